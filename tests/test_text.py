@@ -1,0 +1,170 @@
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TINY_BERT, qa_rows, write_jsonl
+from datamodules.pairs import PairDataModule
+from lightning_modules.text import TextEmbeddingModule
+from losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+from train import cli_main
+
+
+def fit_args(tmp_path, model_dir, data_dir, dims, monitor, extra=()):
+    return [
+        "fit", "--seed_everything=0",
+        "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.max_epochs=1",
+        "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}",
+        "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
+        f"--trainer.callbacks.monitor={monitor}", "--trainer.callbacks.mode=max",
+        "--model=lightning_modules.text.TextEmbeddingModule", f"--model.model_name_or_path={model_dir}",
+        "--model.max_length=64", "--model.lr=1e-4",
+        "--model.loss=losses.MatryoshkaLoss", "--model.loss.loss=losses.MultipleNegativesRankingLoss",
+        f"--model.loss.dims={json.dumps(dims)}",
+        "--data=datamodules.pairs.PairDataModule", f"--data.dataset={data_dir}", "--data.test_split=test",
+        "--data.batch_size=8", "--data.eval_batch_size=7", "--data.num_workers=0", *extra,
+    ]
+
+
+def test_fit_exports_a_model_sentence_transformers_loads(tmp_path, minilm_path, pairs_dir):
+    """End to end on the real MiniLM: base + final evaluation, test after fit, ST-format export that reproduces the
+    module's embeddings, and validation metrics equal to ST's own InformationRetrievalEvaluator on that export."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    cli = cli_main(fit_args(tmp_path, minilm_path, pairs_dir, [384, 64], "val/dim_384_cosine_ndcg@10"))
+    module, dm = cli.model, cli.datamodule
+    assert [step for step, _ in module.history] == [-1, module.global_step] and module.global_step == 6
+    assert "test/dim_64_cosine_map@100" in cli.trainer.callback_metrics
+
+    export = os.path.join(cli.trainer.log_dir, "model")
+    st = SentenceTransformer(export, device="cpu")
+    texts = dm.streams["val"]["corpus"][:5]
+    module.eval()
+    with torch.no_grad():
+        ours = module.encoder(module.processor(texts))
+    theirs = st.encode(texts, convert_to_tensor=True)
+    assert F.cosine_similarity(ours, theirs).min() >= 0.9999
+
+    streams, task = dm.streams["val"], dm.retrieval_tasks("val")[0]
+    final = module.history[-1][1]
+    for dim in (384, 64):
+        evaluator = InformationRetrievalEvaluator(
+            queries={str(i): q for i, q in enumerate(streams["query"])},
+            corpus={str(i): d for i, d in enumerate(streams["corpus"])},
+            relevant_docs={str(i): {str(d) for d in rel} for i, rel in enumerate(task.relevant)},
+            name=f"dim_{dim}", truncate_dim=dim, batch_size=7)
+        reference = evaluator(st)
+        for key, value in reference.items():
+            if key.startswith(f"dim_{dim}_cosine_"):
+                assert final[f"val/{key}"] == pytest.approx(value, abs=1e-5), key
+
+
+def test_encoder_runs_once_per_column_whatever_the_matryoshka_dims(tiny_bert_dir, pairs_dir):
+    module = TextEmbeddingModule(tiny_bert_dir, loss=MatryoshkaLoss(MultipleNegativesRankingLoss(), [32, 16, 8, 4]))
+    dm = PairDataModule(pairs_dir, batch_size=8, num_workers=0)
+    dm.processor = module.processor
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    calls = []
+    module.encoder.model.register_forward_hook(lambda *a: calls.append(1))
+    loss = module.loss(*module.embed_columns(batch))
+    loss.backward()
+    assert len(calls) == 2  # anchor and positive columns, not 2 × 4 dims
+
+
+def test_matryoshka_dim_larger_than_model(tiny_bert_dir):
+    with pytest.raises(ValueError, match="dims: 64 is larger than the model's embedding size 32"):
+        TextEmbeddingModule(tiny_bert_dir, loss=MatryoshkaLoss(MultipleNegativesRankingLoss(), [64, 32]))
+
+
+def test_random_init_from_config(minilm_path):
+    module = TextEmbeddingModule(config=TINY_BERT, tokenizer_name_or_path=minilm_path, pooling="cls")
+    emb = module.encoder(module.processor(["a query", "another longer query text"], "query"))
+    assert emb.shape == (2, 32) and torch.allclose(emb.norm(dim=-1), torch.ones(2))
+
+
+def test_prompts_are_prepended_by_role(tiny_bert_dir):
+    module = TextEmbeddingModule(tiny_bert_dir, query_prompt="query: ", document_prompt="passage: ")
+    tok = module.processor.tokenizer
+    assert tok.decode(module.processor(["x"], "query")["input_ids"][0], skip_special_tokens=True) == "query : x"
+    assert tok.decode(module.processor(["x"], "document")["input_ids"][0], skip_special_tokens=True) == "passage : x"
+
+
+def setup_dm(module, **kwargs):
+    dm = PairDataModule(**{"num_workers": 0, **kwargs})
+    dm.processor = module.processor
+    dm.setup("fit")
+    return dm
+
+
+@pytest.fixture(scope="module")
+def tiny_module(tiny_bert_dir):
+    return TextEmbeddingModule(tiny_bert_dir)
+
+
+def test_missing_column_names_it_and_the_columns_found(tiny_module, tmp_path):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"question": "q one here", "answer": "a one"}] * 3)
+    with pytest.raises(ValueError, match=r"column\(s\) \['anchor', 'positive'\] not found; columns found: \['question', 'answer'\]"):
+        setup_dm(tiny_module, dataset=path, val_split=None)
+
+
+def test_empty_text_names_the_row(tiny_module, tmp_path):
+    rows = qa_rows(5)
+    rows[3]["positive"] = "   "
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    with pytest.raises(ValueError, match=r"pairs.jsonl \(train split\): row 3, column 'positive'"):
+        setup_dm(tiny_module, dataset=path, val_split=None)
+
+
+def test_none_text_names_the_row(tiny_module, tmp_path):
+    rows = qa_rows(5)
+    rows[1]["anchor"] = None
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    with pytest.raises(ValueError, match=r"row 1, column 'anchor' has an empty or non-text value \(None\)"):
+        setup_dm(tiny_module, dataset=path, val_split=None)
+
+
+def test_batch_too_small_for_in_batch_negatives():
+    with pytest.raises(ValueError, match="--data.batch_size must be ≥ 2 for in-batch negatives, got 1"):
+        PairDataModule(batch_size=1)
+
+
+def test_unknown_dataset_path(tiny_module):
+    with pytest.raises(ValueError, match="--data.dataset 'no/such-dataset-here' is not a file, not a directory"):
+        setup_dm(tiny_module, dataset="no/such-dataset-here")
+
+
+def test_missing_validation_split_explains_eval_naming(tiny_module, tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", qa_rows(10))
+    write_jsonl(tmp_path / "eval.jsonl", qa_rows(4))  # HF datasets files "eval" under the test split
+    with pytest.raises(ValueError, match=r"--data.val_split 'validation': split not found .* splits found: \['test', 'train'\]"):
+        setup_dm(tiny_module, dataset=str(tmp_path))
+
+
+def test_local_directory_splits_and_retrieval_streams(tiny_module, pairs_dir):
+    dm = setup_dm(tiny_module, dataset=pairs_dir, test_split="test", corpus_from_train=True)
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 48, "validation": 20, "test": 20}
+    streams, task = dm.streams["val"], dm.retrieval_tasks("val")[0]
+    assert len(streams["query"]) == 20 and len(streams["corpus"]) == 20 + 48
+    assert all(streams["corpus"][next(iter(rel))].startswith(f"Passage {100 + q}:") for q, rel in enumerate(task.relevant))
+
+
+def test_val_carved_from_single_file_with_seed(tiny_module, tmp_path):
+    path = write_jsonl(tmp_path / "pairs.jsonl", qa_rows(40))
+    a = setup_dm(tiny_module, dataset=path, val_size=10, seed=1)
+    b = setup_dm(tiny_module, dataset=path, val_size=10, seed=1)
+    assert len(a.splits["train"]) == 30 and a.streams["val"] == b.streams["val"]
+
+
+def test_train_batches_never_repeat_a_text(tiny_module, tmp_path):
+    rows = qa_rows(30) + [{"anchor": "How do I handle sorting lists case 0?", "positive": f"dup passage {i}"}
+                          for i in range(10)]
+    dm = setup_dm(tiny_module, dataset=write_jsonl(tmp_path / "p.jsonl", rows), val_split=None, batch_size=8)
+    sampler = dm.train_dataloader().batch_sampler
+    for batch in sampler:
+        anchors = [dm.splits["train"][i]["anchor"] for i in batch]
+        assert len(set(anchors)) == len(anchors)
