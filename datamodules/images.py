@@ -1,0 +1,208 @@
+"""Reading images from any column value (PIL image, bytes, HF ``{"bytes", "path"}`` dict, file path) into RGB.
+
+Every failure is an :class:`ImageLoadError` that names the row and what to do. :func:`scan_images` decodes a whole
+column once up front so that the datamodule can count and skip (or refuse) bad rows before training starts, instead
+of crashing in a DataLoader worker mid-epoch.
+"""
+
+import hashlib
+import io
+import itertools
+import logging
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+log = logging.getLogger(__name__)
+
+MAX_PIXELS = 89_478_485  # PIL's default Image.MAX_IMAGE_PIXELS
+WHITE = (255, 255, 255, 255)
+
+
+class ImageLoadError(ValueError):
+    """An unusable image: ``where`` names the row, column or file; ``reason`` says what is wrong and what to do."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(where, reason)  # both in args, so the error pickles across DataLoader workers
+        self.where, self.reason = where, reason
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+def _raw(value: Any, where: str, base_dir: str | None) -> tuple[bytes | Image.Image, str]:
+    """The encoded bytes behind ``value`` (a PIL image is returned as is) and the file they came from ("" if none)."""
+    if isinstance(value, Image.Image):
+        return value, ""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value), ""
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return _raw(value["bytes"], where, base_dir)[0], value.get("path") or ""
+        if value.get("path") is not None:
+            return _raw(value["path"], where, base_dir)
+        raise ImageLoadError(where, f"the image dict has neither 'bytes' nor 'path' (keys: {sorted(value)}); "
+                                    f"fill or remove the row.")
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if "://" in path:
+            raise ImageLoadError(where, f"{path!r} is a URL; images are not downloaded. Download them and put local "
+                                        f"paths (or the image bytes) in the column.")
+        if base_dir is not None and not os.path.isabs(path):
+            path = os.path.join(base_dir, path)
+        try:
+            with open(path, "rb") as f:
+                return f.read(), path
+        except FileNotFoundError:
+            raise ImageLoadError(where, f"image file not found: {path}; fix the path or remove the row.") from None
+        except OSError as err:
+            raise ImageLoadError(where, f"cannot read image file {path}: {err.strerror}.") from None
+    if value is None:
+        raise ImageLoadError(where, "no image (None); fill or remove the row.")
+    raise ImageLoadError(where, f"unsupported image value of type {type(value).__name__}; expected a PIL image, "
+                                f"bytes, a {{'bytes', 'path'}} dict or a file path.")
+
+
+def _check_size(image: Image.Image, where: str, max_pixels: int) -> None:
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise ImageLoadError(where, f"the image has zero size ({width}×{height}); remove the row.")
+    if width * height > max_pixels:
+        raise ImageLoadError(where, f"the image is {width}×{height} = {width * height:,} pixels, over max_pixels = "
+                                    f"{max_pixels:,} (a guard against decompression bombs); downscale it.")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit integer modes map their full range 0…65535 to 0…255 (absolute brightness is kept); 32-bit ``I`` and
+    float ``F`` have no natural range, so the image's own min…max is stretched to 0…255."""
+    pixels = np.asarray(image, dtype=np.float64)
+    lo, hi = (0.0, 65535.0) if image.mode.startswith("I;16") else (pixels.min(), pixels.max())
+    scaled = (pixels - lo) * (255.0 / max(hi - lo, 1e-12))
+    return Image.fromarray(np.rint(np.clip(scaled, 0, 255)).astype(np.uint8))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        image = _to_8bit(image)
+    if image.has_transparency_data:  # RGBA, LA, PA, or P/L/RGB with a transparent colour: flatten onto white
+        return Image.alpha_composite(Image.new("RGBA", image.size, WHITE), image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, HSV
+
+
+def _load(value: Any, where: str, base_dir: str | None, max_pixels: int, draft: bool) -> Image.Image:
+    data, origin = _raw(value, where, base_dir)
+    if origin:
+        where = f"{where} ({origin})"
+    decoding = not isinstance(data, Image.Image)  # a PIL image is the caller's: never drafted or turned
+    try:
+        image = Image.open(io.BytesIO(data)) if decoding else data  # open reads the header only
+        _check_size(image, where, max_pixels)
+        if decoding and draft:
+            image.draft(None, (1, 1))  # JPEG only: decode at 1/8 scale; every byte is still read, so truncation shows
+        image.load()  # raises on truncation as long as ImageFile.LOAD_TRUNCATED_IMAGES is False (PIL's default)
+        if decoding:  # as HF datasets decodes: apply the EXIF orientation
+            ImageOps.exif_transpose(image, in_place=True)
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as err:  # PIL's hard limit, 2 × its default, applies whatever max_pixels
+        raise ImageLoadError(where, f"{err} Downscale the image.") from None
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError(where, f"not an image format PIL can read ({len(data):,} bytes starting {data[:12]!r}); "
+                                    f"replace or remove it.") from None
+    except Exception as err:  # PIL reports corrupt data as OSError, SyntaxError, EOFError, ValueError, zlib.error, …
+        raise ImageLoadError(where, f"truncated or corrupt image ({type(err).__name__}: {err}); re-encode or remove "
+                                    f"it.") from None
+    try:
+        return _to_rgb(image)
+    except ValueError as err:
+        raise ImageLoadError(where, f"cannot convert mode {image.mode} to RGB ({err}); save it as RGB.") from None
+
+
+def load_image(value: Any, *, where: str, base_dir: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode one image column value into a fully loaded RGB image.
+
+    Transparent images are composited on white; CMYK, greyscale, palette and 1-bit images are converted; 16-bit
+    images are scaled by 255/65535, 32-bit integer and float images stretched from their min…max, to 8 bits. Files
+    and bytes are turned by their EXIF orientation, as HF datasets does when it decodes.
+
+    Args:
+        value: a PIL image, encoded bytes, a dict as HF datasets stores images (``{"bytes": ..., "path": ...}``; the
+            bytes win when both are set), or a file path (``str`` or ``PathLike``).
+        where: the source, for error messages, e.g. ``"train split row 17, column 'image'"``.
+        base_dir: directory that relative paths are resolved against (the dataset's directory).
+        max_pixels: refuse images with more pixels than this (decompression bombs). PIL refuses images over twice its
+            own default (about 179 million pixels) whatever this says.
+
+    Raises:
+        ImageLoadError: missing file, unreadable, truncated or corrupt data, zero or too large size, unsupported value.
+    """
+    return _load(value, where, base_dir, max_pixels, draft=False)
+
+
+def image_key(value: Any, *, base_dir: str | None = None) -> str:
+    """A content key (sha1 hex) for duplicate detection: equal for equal encoded bytes, whether given as bytes, an
+    HF dict or a file path. Nothing is decoded, except that a PIL image is keyed by its mode, size and pixels (so it
+    does not match the bytes it was decoded from)."""
+    data, _ = _raw(value, "image_key", base_dir)
+    if isinstance(data, Image.Image):
+        digest = hashlib.sha1(f"{data.mode} {data.size}".encode())
+        digest.update(data.tobytes())
+        return digest.hexdigest()
+    return hashlib.sha1(data).hexdigest()
+
+
+def scan_images(
+    values: Iterable[Any],
+    column: str,
+    where: str,
+    base_dir: str | None = None,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    num_threads: int = 8,
+) -> tuple[list[int], list[str]]:
+    """Decode every image of a column once and report the rows that :func:`load_image` would refuse.
+
+    A real decode, not ``PIL.Image.verify`` (which misses truncated JPEGs): JPEGs are decoded at 1/8 scale, which
+    still reads every byte, other formats in full; the conversion to RGB is checked too. Threads overlap the decoding
+    (PIL releases the GIL), and values are consumed in chunks so that a lazy HF column is never held in memory whole.
+
+    Args:
+        values: the column's values, in row order (a list or an HF ``Column``).
+        column: the column name, for the messages.
+        where: the split, for the messages, e.g. ``"coco (train split)"``.
+        base_dir: directory that relative paths are resolved against.
+        max_pixels: as in :func:`load_image`.
+        num_threads: decoding threads.
+
+    Returns:
+        ``(good, problems)``: the indices of the readable rows, and one message per unreadable row, e.g.
+        ``"coco (train split) row 17, column 'image': truncated or corrupt image (OSError: image file is …"``.
+        The caller decides the policy: skip the bad rows with a logged count, or raise.
+    """
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        log.warning("%s: PIL.ImageFile.LOAD_TRUNCATED_IMAGES was set to True by other code: truncated images decode "
+                    "partly grey instead of failing, and this scan cannot catch them.", where)
+
+    def problem(item: tuple[int, Any]) -> str | None:
+        row, value = item
+        try:
+            _load(value, f"{where} row {row}, column {column!r}", base_dir, max_pixels, draft=True)
+        except ImageLoadError as err:
+            return str(err)
+        return None
+
+    rows, good, problems = enumerate(values), [], []
+    with ThreadPoolExecutor(num_threads) as pool:
+        while chunk := list(itertools.islice(rows, 64 * num_threads)):
+            for (row, _), outcome in zip(chunk, pool.map(problem, chunk)):
+                if outcome is None:
+                    good.append(row)
+                else:
+                    problems.append(outcome)
+    return good, problems
