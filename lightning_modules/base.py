@@ -153,6 +153,9 @@ class EmbeddingModule(L.LightningModule):
         self.train(was_training)
         return metrics
 
+    def on_fit_start(self) -> None:
+        self.train()  # HF from_pretrained returns eval-mode modules; ST trains with dropout on, so must we
+
     def on_train_start(self) -> None:
         if not self.evaluate_before_training or not self.trainer.datamodule.retrieval_tasks("val"):
             return
