@@ -1,12 +1,21 @@
+"""Retrieval metrics against sentence-transformers' InformationRetrievalEvaluator itself, cross-checked with
+torchmetrics where the definitions agree; EmbeddingCollector ordering, deduplication and errors."""
+
 import pytest
 import torch
+import torch.nn.functional as F
 import torchmetrics.retrieval as tmr
+from sentence_transformers import util
+from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
-from lightning_modules.retrieval import EmbeddingCollector, information_retrieval_metrics
+from lightning_modules.retrieval import EmbeddingCollector, information_retrieval_metrics, rank_corpus
+
+ST_KS = {"accuracy_at": "accuracy_at_k", "precision_recall_at": "precision_recall_at_k", "mrr_at": "mrr_at_k",
+         "ndcg_at": "ndcg_at_k", "map_at": "map_at_k"}
 
 
 class StubModel:
-    """Stands in for a SentenceTransformer: 'encodes' text ids to fixed embeddings."""
+    """Stands in for a SentenceTransformer: 'encodes' each text id to its fixed embedding row."""
 
     def __init__(self, table: dict[str, torch.Tensor]) -> None:
         self.table = table
@@ -18,116 +27,207 @@ class StubModel:
     encode_query = encode_document = _encode
 
 
-def st_metrics(queries, corpus, relevant, similarity="cosine", truncate_dim=None, chunk=50_000):
-    from sentence_transformers import util
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
-
-    # zero-padded ids: ST breaks ties by corpus-id string, which then equals corpus index order
+def st_metrics(queries, corpus, relevant, similarity="cosine", truncate_dim=None, **ks) -> dict[str, float]:
+    """ST's own numbers, keyed and ordered as ``InformationRetrievalEvaluator.__call__`` returns them."""
+    # zero-padded ids: ST breaks ties by corpus-id string, which then is corpus index order
     q_ids, c_ids = [f"q{i:06d}" for i in range(len(queries))], [f"c{i:06d}" for i in range(len(corpus))]
-    fn = {"cosine": util.cos_sim, "dot": util.dot_score}[similarity]
     evaluator = InformationRetrievalEvaluator(
         dict(zip(q_ids, q_ids)), dict(zip(c_ids, c_ids)),
-        {q_ids[q]: {c_ids[d] for d in rel} for q, rel in enumerate(relevant) if rel},
-        score_functions={similarity: fn}, truncate_dim=truncate_dim, corpus_chunk_size=chunk)
+        {q_ids[q]: {c_ids[d] for d in rel} for q, rel in enumerate(relevant)},  # empty sets too: ST drops them
+        score_functions={similarity: {"cosine": util.cos_sim, "dot": util.dot_score}[similarity]},
+        truncate_dim=truncate_dim, **{ST_KS[name]: list(k) for name, k in ks.items()})
     stub = StubModel({**dict(zip(q_ids, queries)), **dict(zip(c_ids, corpus))})
     scores = evaluator.compute_all_metrics(stub)[similarity]
-    names = {"accuracy@k": "accuracy", "precision@k": "precision", "recall@k": "recall", "ndcg@k": "ndcg",
-             "mrr@k": "mrr", "map@k": "map"}
-    return {f"{similarity}_{names[m]}@{k}": float(v) for m, values in scores.items() for k, v in values.items()}
+    return {f"{similarity}_{metric.replace('@k', f'@{k}')}": float(v)
+            for metric, values in scores.items() for k, v in values.items()}
 
 
-def assert_same(ours, theirs):
-    assert set(ours) == set(theirs)
+def assert_same(ours: dict[str, float], theirs: dict[str, float]) -> None:
+    assert list(ours) == list(theirs)  # same keys in the same order
     for key, value in theirs.items():
         assert ours[key] == pytest.approx(value, abs=1e-6), key
 
 
-def random_case(n_q, n_c, d, max_rel, seed, quantise=None):
+def random_case(n_q, n_c, d, max_rel, seed):
+    """Random embeddings and 1 … max_rel relevant docs per query."""
     g = torch.Generator().manual_seed(seed)
     q, c = torch.randn(n_q, d, generator=g), torch.randn(n_c, d, generator=g)
-    if quantise:  # few distinct values: many exactly tied scores
-        q, c = (q * quantise).round(), (c * quantise).round()
+    return q, c, random_relevant(n_q, n_c, max_rel, g)
+
+
+def random_relevant(n_q, n_c, max_rel, g):
     counts = torch.randint(1, max_rel + 1, (n_q,), generator=g).tolist()
-    relevant = [set(torch.randperm(n_c, generator=g)[:k].tolist()) for k in counts]
-    return q, c, relevant
+    return [set(torch.randperm(n_c, generator=g)[:k].tolist()) for k in counts]
 
 
+def tied_case(n_q, n_c, max_rel, seed):
+    """Embeddings whose cosine and dot scores are exact in float32, so that many scores tie exactly.
+
+    Rows are ±2^j times a one-hot or a ±1 vector of 4 dims: norms are powers of two, every product is exact, so
+    ST's and our scores agree bit for bit whatever the matmul blocking (random floats have ulp-level near-ties
+    that a different blocking can flip).
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(n):
+        signs = torch.randint(0, 2, (n, 4), generator=g) * 2.0 - 1  # (n, 4)
+        one_hot = F.one_hot(torch.randint(0, 4, (n,), generator=g), 4)  # (n, 4)
+        mask = torch.where(torch.rand(n, 1, generator=g) < 0.5, one_hot, 1)  # (n, 4)
+        return signs * mask * 2.0 ** torch.randint(-2, 3, (n, 1), generator=g)
+
+    return draw(n_q), draw(n_c), random_relevant(n_q, n_c, max_rel, g)
+
+
+@pytest.mark.parametrize("chunk_size", [64, 8192])
 @pytest.mark.parametrize("max_rel", [1, 25])
 @pytest.mark.parametrize("similarity", ["cosine", "dot"])
-def test_equals_sentence_transformers(max_rel, similarity):
+def test_equals_sentence_transformers(similarity, max_rel, chunk_size):
     q, c, rel = random_case(60, 300, 16, max_rel, seed=max_rel)
-    assert_same(information_retrieval_metrics(q, c, rel, similarity=similarity), st_metrics(q, c, rel, similarity))
+    ours = information_retrieval_metrics(q, c, rel, similarity=similarity, chunk_size=chunk_size)
+    assert_same(ours, st_metrics(q, c, rel, similarity))
 
 
-def test_ties_go_to_the_lower_corpus_index_across_chunks():
-    q, c, rel = random_case(40, 257, 4, 5, seed=3, quantise=0.5)
-    c = torch.cat([c, c[:60]])  # exact duplicate documents: tied scores at every rank
-    ours = information_retrieval_metrics(q, c, rel, chunk_size=37)
-    assert_same(ours, st_metrics(q, c, rel))
-    assert_same(ours, information_retrieval_metrics(q, c, rel, chunk_size=10_000))
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_ties_go_to_the_lower_corpus_index_across_chunks(similarity):
+    q, c, rel = tied_case(40, 380, 12, seed=3)
+    scores = util.cos_sim(q, c) if similarity == "cosine" else q @ c.T  # (Q, C)
+    top = scores.sort(1, descending=True).values  # (Q, C)
+    assert all((top[:, k - 1] == top[:, k]).float().mean() >= 0.75 for k in (1, 3, 5, 10, 100))  # ties at the cuts
+    ours = information_retrieval_metrics(q, c, rel, similarity=similarity, chunk_size=37, map_at=(100, 150))
+    assert_same(ours, st_metrics(q, c, rel, similarity, map_at=(100, 150)))
+    assert ours == information_retrieval_metrics(q, c, rel, similarity=similarity, map_at=(100, 150))
 
 
-def test_queries_without_relevant_docs_are_dropped():
+@pytest.mark.parametrize(("k", "chunk_size"), [(1, 1), (5, 3), (10, 7), (40, 16), (100, 1000)])
+def test_rank_corpus_is_the_exact_total_order(k, chunk_size):
+    q, c, _ = tied_case(12, 90, 1, seed=9)
+    scores = (q @ c.T).tolist()
+    expected = [sorted(range(90), key=lambda j: (-row[j], j))[:k] for row in scores]
+    assert rank_corpus(q, c, k, chunk_size).tolist() == expected
+
+
+def test_queries_without_relevant_docs_are_dropped_and_duplicates_count_once():
     q, c, rel = random_case(30, 100, 8, 3, seed=5)
-    rel[0], rel[7] = set(), set()
+    rel[0], rel[7], rel[29] = set(), [], set()
+    rel[3] = [*rel[3], *rel[3]]  # ST's relevant docs are a set
     assert_same(information_retrieval_metrics(q, c, rel), st_metrics(q, c, rel))
 
 
-def test_truncate_dim_equals_st():
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_truncate_dim_equals_st(similarity):
     q, c, rel = random_case(30, 120, 32, 4, seed=6)
-    assert_same(information_retrieval_metrics(q, c, rel, truncate_dim=8), st_metrics(q, c, rel, truncate_dim=8))
+    ours = information_retrieval_metrics(q, c, rel, similarity=similarity, truncate_dim=8)
+    assert_same(ours, st_metrics(q, c, rel, similarity, truncate_dim=8))
 
 
-def test_corpus_smaller_than_k():
-    q, c, rel = random_case(10, 7, 8, 2, seed=7)
+def test_other_ks_and_corpus_smaller_than_k():
+    ks = {"accuracy_at": (2, 20), "precision_recall_at": (1, 4, 12), "mrr_at": (1, 3, 50), "ndcg_at": (3, 20),
+          "map_at": (3, 9)}  # map@3 with up to 5 relevant: the min(k, |R|) denominator
+    q, c, rel = random_case(20, 9, 8, 5, seed=7)
+    assert_same(information_retrieval_metrics(q, c, rel, chunk_size=4, **ks), st_metrics(q, c, rel, **ks))
+    q, c, rel = random_case(20, 7, 8, 2, seed=8)
     assert_same(information_retrieval_metrics(q, c, rel), st_metrics(q, c, rel))
+
+
+def torchmetrics_values(q, c, rel, ks=(1, 3, 5, 10)) -> dict[str, float]:
+    """torchmetrics' values over every (query, doc) pair: positive, tie-free preds avoid its `preds > 0` quirk."""
+    scores = F.normalize(q, dim=-1) @ F.normalize(c, dim=-1).T + 1.0001  # (Q, C) cosine shifted into (0, 2]
+    assert all(row.unique().numel() == row.numel() for row in scores)  # no ties
+    target = torch.zeros_like(scores, dtype=torch.bool)
+    for i, r in enumerate(rel):
+        target[i, list(r)] = True
+    preds, target = scores.flatten(), target.flatten()
+    indexes = torch.arange(len(q))[:, None].expand_as(scores).flatten()
+    metrics = {"accuracy": tmr.RetrievalHitRate, "precision": tmr.RetrievalPrecision, "recall": tmr.RetrievalRecall,
+               "ndcg": tmr.RetrievalNormalizedDCG, "mrr": tmr.RetrievalMRR, "map": tmr.RetrievalMAP}
+    return {f"cosine_{name}@{k}": cls(top_k=k)(preds, target, indexes).item()
+            for name, cls in metrics.items() for k in (*ks, 100)}
 
 
 def test_agrees_with_torchmetrics_with_one_relevant_doc_and_no_ties():
     q, c, rel = random_case(50, 200, 16, 1, seed=8)
-    ours = information_retrieval_metrics(q, c, rel, map_at=(200,), mrr_at=(200,), ndcg_at=(10,))
-    scores = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(c, dim=-1).T
-    target = torch.zeros_like(scores, dtype=torch.bool)
-    for i, r in enumerate(rel):
-        target[i, list(r)] = True
-    # torchmetrics ignores relevant docs scored <= 0 (REFERENCE.md): shift cosines into (0, 2]
-    preds, indexes = (scores + 1.0001).flatten(), torch.arange(50)[:, None].expand_as(scores).flatten()
-    target = target.flatten()
-    assert ours["cosine_ndcg@10"] == pytest.approx(tmr.RetrievalNormalizedDCG(top_k=10)(preds, target, indexes).item(), abs=1e-6)
-    assert ours["cosine_map@200"] == pytest.approx(tmr.RetrievalMAP()(preds, target, indexes).item(), abs=1e-6)
-    assert ours["cosine_mrr@200"] == pytest.approx(tmr.RetrievalMRR()(preds, target, indexes).item(), abs=1e-6)
-    assert ours["cosine_recall@5"] == pytest.approx(tmr.RetrievalRecall(top_k=5)(preds, target, indexes).item(), abs=1e-6)
-    assert ours["cosine_accuracy@3"] == pytest.approx(tmr.RetrievalHitRate(top_k=3)(preds, target, indexes).item(), abs=1e-6)
+    ours = information_retrieval_metrics(q, c, rel)
+    theirs = torchmetrics_values(q, c, rel)
+    assert set(ours) < set(theirs)  # all 15 of ours
+    for key, value in ours.items():
+        assert value == pytest.approx(theirs[key], abs=1e-6), key
+
+
+def test_agrees_with_torchmetrics_where_definitions_agree_with_many_relevant_docs():
+    q, c, rel = random_case(50, 200, 16, 25, seed=10)
+    ks = (1, 3, 5, 10, 100)
+    ours = information_retrieval_metrics(q, c, rel, accuracy_at=ks, precision_recall_at=ks, mrr_at=ks, ndcg_at=ks,
+                                         map_at=ks)
+    theirs = torchmetrics_values(q, c, rel)
+    for key, value in ours.items():
+        if "map" not in key:  # torchmetrics' AP divides by the relevant docs retrieved, ST's by min(k, |R|)
+            assert value == pytest.approx(theirs[key], abs=1e-6), key
+    assert ours["cosine_map@10"] < theirs["cosine_map@10"]
 
 
 def test_errors():
     q, c = torch.randn(3, 4), torch.randn(5, 4)
     with pytest.raises(ValueError, match="similarity must be one of"):
         information_retrieval_metrics(q, c, [{0}] * 3, similarity="l2")
+    with pytest.raises(ValueError, match="every k and chunk_size must be ≥ 1"):
+        information_retrieval_metrics(q, c, [{0}] * 3, mrr_at=(0,))
+    with pytest.raises(ValueError, match="every k and chunk_size must be ≥ 1"):
+        information_retrieval_metrics(q, c, [{0}] * 3, chunk_size=0)
     with pytest.raises(ValueError, match="same D"):
         information_retrieval_metrics(q, torch.randn(5, 3), [{0}] * 3)
-    with pytest.raises(ValueError, match="relevant has 2 entries for 3 queries"):
-        information_retrieval_metrics(q, c, [{0}] * 2)
-    with pytest.raises(ValueError, match="outside the corpus"):
-        information_retrieval_metrics(q, c, [{5}] * 3)
+    with pytest.raises(ValueError, match="same D"):
+        information_retrieval_metrics(q[0], c, [{0}])
     with pytest.raises(ValueError, match="corpus is empty"):
         information_retrieval_metrics(q, c[:0], [{0}] * 3)
-    with pytest.raises(ValueError, match="truncate_dim 8"):
+    with pytest.raises(ValueError, match="relevant has 2 entries for 3 queries"):
+        information_retrieval_metrics(q, c, [{0}] * 2)
+    with pytest.raises(ValueError, match="truncate_dim 8 must be in"):
         information_retrieval_metrics(q, c, [{0}] * 3, truncate_dim=8)
+    with pytest.raises(ValueError, match="index 5 is outside the corpus of 5"):
+        information_retrieval_metrics(q, c, [{0}, {1, 5}, set()])
+    with pytest.raises(ValueError, match="index -1 is outside"):
+        information_retrieval_metrics(q, c, [{0}, {-1}, set()])
     with pytest.raises(ValueError, match="no query has a relevant document"):
         information_retrieval_metrics(q, c, [set()] * 3)
 
 
-def test_collector_orders_and_deduplicates():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_collector_orders_deduplicates_and_keeps_dtype(dtype):
+    emb = torch.randn(7, 3).to(dtype)
     collector = EmbeddingCollector()
-    emb = torch.randn(6, 3)
-    collector.update(torch.tensor([4, 0, 2]), emb[[4, 0, 2]])
-    collector.update(torch.tensor([1, 5, 3, 0]), emb[[1, 5, 3, 0]])  # 0 again, as a padded DDP shard repeats items
-    assert torch.equal(collector.compute(), emb)
+    for ids in ([4, 0, 2], [1, 6, 3, 0], [5, 4]):  # 0 and 4 again, as padded DDP shards repeat items
+        collector.update(torch.tensor(ids, dtype=torch.int32), emb[ids])
+    out = collector.compute()
+    assert out.dtype == dtype and torch.equal(out, emb)
 
 
-def test_collector_missing_id():
+def test_collector_errors():
     collector = EmbeddingCollector()
-    collector.update(torch.tensor([0, 2]), torch.randn(2, 3))
-    with pytest.raises(ValueError, match=r"embeddings missing for ids \[1\]"):
+    with pytest.raises(ValueError, match="no embeddings were collected"), pytest.warns(UserWarning, match="before"):
         collector.compute()
+    with pytest.raises(ValueError, match=r"expected ids \(N,\) and embeddings \(N, D\)"):
+        collector.update(torch.tensor([0, 1]), torch.randn(3, 2))
+    with pytest.raises(ValueError, match="ids must be an integer tensor"):
+        collector.update(torch.tensor([0.0]), torch.randn(1, 2))
+    collector.update(torch.tensor([0, 3, 0]), torch.randn(3, 2))
+    with pytest.raises(ValueError, match=r"embeddings missing for 2 ids, first \[1, 2\]"):
+        collector.compute()
+    collector.reset()
+    collector.update(torch.tensor([-1, 0]), torch.randn(2, 2))
+    with pytest.raises(ValueError, match="ids must be ≥ 0, got -1"):
+        collector.compute()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_equals_sentence_transformers():
+    q, c, rel = random_case(60, 300, 16, 25, seed=11)
+    assert_same(information_retrieval_metrics(q.cuda(), c.cuda(), rel, chunk_size=64), st_metrics(q, c, rel))
+    q, c, rel = tied_case(40, 300, 12, seed=3)
+    for similarity in ("cosine", "dot"):
+        ours = information_retrieval_metrics(q.cuda(), c.cuda(), rel, similarity=similarity, chunk_size=37)
+        assert_same(ours, st_metrics(q, c, rel, similarity))
+    assert rank_corpus(q.cuda(), c.cuda(), 100, 37).tolist() == rank_corpus(q, c, 100, 37).tolist()
+    collector = EmbeddingCollector().cuda()
+    collector.update(torch.tensor([1, 0, 1], device="cuda"), c[[1, 0, 1]].cuda())
+    assert torch.equal(collector.compute().cpu(), c[:2])
