@@ -171,7 +171,8 @@ class EmbeddingModule(L.LightningModule):
         if best:  # like ST's load_best_model_at_end: export (and keep) the best weights, not the last
             state = torch.load(best, map_location=self.device, weights_only=True)["state_dict"]
             self.load_state_dict(state)
-            rank_zero_info(f"Loaded the best checkpoint ({checkpoint.monitor} = {checkpoint.best_model_score:.4f}): {best}")
+            which = f"best by {checkpoint.monitor} = {checkpoint.best_model_score:.4f}" if checkpoint.monitor else "latest"
+            rank_zero_info(f"Loaded the {which} checkpoint: {best}")
         if len(self.history) >= 2:
             columns = {"base model" if step < 0 else f"step {step}": m for step, m in (self.history[0], self.history[-1])}
             rank_zero_info(format_table(columns, "val"))

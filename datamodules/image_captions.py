@@ -1,0 +1,222 @@
+"""Image–caption pairs (COCO captions layout, a local imagefolder, parquet with image bytes, or built-in shapes)."""
+
+import logging
+import os
+
+import datasets
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.common import RetrievalDataModule, RetrievalTask, check_columns, check_texts, load_splits, pick_splits
+from datamodules.images import image_key, load_image, scan_images
+from datamodules.sampler import NoDuplicatesBatchSampler
+from datamodules.shapes import make_shapes
+
+log = logging.getLogger(__name__)
+
+BAD_IMAGE_POLICIES = ("skip", "error")
+
+
+class ImageCaptionCollator:
+    """Rows → ``{"features": [...]}`` with one entry per loss column: pixel values for images, tokens for captions.
+
+    Images are decoded and preprocessed here, in the DataLoader workers.
+    """
+
+    def __init__(self, processor, columns: list[str], image_column: str, where: str, base_dir: str | None) -> None:
+        self.processor, self.columns, self.image_column = processor, columns, image_column
+        self.where, self.base_dir = where, base_dir
+
+    def __call__(self, rows: list[dict]) -> dict:
+        features = []
+        for column in self.columns:
+            if column == self.image_column:
+                pixels = [self.processor.image_transform(load_image(r[column], where=f"{self.where} row {r['__row__']}, "
+                          f"column {column!r}", base_dir=self.base_dir), True) for r in rows]
+                features.append({"pixel_values": torch.stack(pixels)})
+            else:
+                features.append(self.processor.tokenize([r[column] for r in rows]))
+        return {"features": features}
+
+
+class StreamCollator:
+    """(id, caption or image) items of one evaluation stream → ``{"stream", "ids", "features"}``."""
+
+    def __init__(self, processor, stream: str, where: str, base_dir: str | None) -> None:
+        self.processor, self.stream, self.where, self.base_dir = processor, stream, where, base_dir
+
+    def __call__(self, items: list[tuple[int, object]]) -> dict:
+        ids, values = zip(*items)
+        if self.stream == "image":
+            pixels = [self.processor.image_transform(load_image(v, where=f"{self.where} image {i}", base_dir=self.base_dir),
+                                                     False) for i, v in items]
+            features = {"pixel_values": torch.stack(pixels)}
+        else:
+            features = self.processor.tokenize(list(values))
+        return {"stream": self.stream, "ids": torch.tensor(ids), "features": features}
+
+
+class ImageCaptionDataModule(RetrievalDataModule):
+    """Serves (image, caption) batches for CLIP-style training and retrieval evaluation in both directions.
+
+    As in sentence-transformers, the first of ``columns`` is the loss anchor: the COCO seed recipe trains
+    image → caption with columns (image, caption). Evaluation scores caption → image with the corpus deduplicated by
+    image (each caption has exactly one relevant image; keys ``{val_name}_cosine_…``) and image → caption with every
+    caption of the image relevant (keys ``{val_name}-image2text_cosine_…``).
+
+    Args:
+        dataset: ``builtin:shapes`` (drawn shapes generated at run time), a hub name (``jxie/coco_captions``), a local
+            ``imagefolder`` directory (images plus ``metadata.jsonl`` with ``file_name`` and a caption column), a
+            parquet/jsonl file or a directory of such files.
+        data_files: explicit ``{split: file}`` for ``dataset`` (e.g. ``dataset: parquet``).
+        image_column: column holding the image (HF Image feature, bytes, or a path relative to the data directory).
+        caption_column: column holding the caption.
+        image_id_column: column identifying the image (COCO ``cocoid``); default: a hash of the image bytes. Rows with
+            the same image are never in one batch and form one corpus entry.
+        columns: loss column order; the first is the anchor.
+        train_split: training split name.
+        val_split: validation split name; None to skip validation.
+        test_split: test split name; None when there is none.
+        val_size: hold out rows of train as validation when ``val_split`` is absent.
+        max_train_rows: keep the first rows of train (the seed: 10,000).
+        max_eval_rows: keep the first rows of validation and test (the seed: 1,000).
+        val_name: metric name prefix of validation (the seed: ``coco-eval``).
+        test_name: metric name prefix of test (the seed: ``coco-test``).
+        on_bad_image: ``skip`` rows whose image cannot be read (the count and the first rows are logged) or ``error``.
+        builtin_rows: rows of the built-in shapes dataset (train, validation and test are carved from them).
+        image_size: side of the built-in shapes images.
+        batch_size: pairs per device per step; in-batch negatives need at least 2.
+        eval_batch_size: items per evaluation batch.
+        no_duplicates: never put one image or caption twice in a batch (ST's ``BatchSamplers.NO_DUPLICATES``).
+        drop_last: drop the last, smaller batch of an epoch.
+        num_workers: DataLoader workers (image decoding and preprocessing run there).
+        seed: seed of the batch order and of the built-in data.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "builtin:shapes",
+        data_files: dict[str, str] | None = None,
+        image_column: str = "image",
+        caption_column: str = "caption",
+        image_id_column: str | None = None,
+        columns: list[str] | None = None,
+        train_split: str = "train",
+        val_split: str | None = "validation",
+        test_split: str | None = None,
+        val_size: int | float | None = None,
+        max_train_rows: int | None = None,
+        max_eval_rows: int | None = None,
+        val_name: str = "eval",
+        test_name: str = "test",
+        on_bad_image: str = "skip",
+        builtin_rows: int = 3000,
+        image_size: int = 64,
+        batch_size: int = 16,
+        eval_batch_size: int = 64,
+        no_duplicates: bool = True,
+        drop_last: bool = False,
+        num_workers: int = 2,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        if batch_size < 2:
+            raise ValueError(f"--data.batch_size must be ≥ 2 for in-batch negatives, got {batch_size}")
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"--data.on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+        self.columns = list(columns or [image_column, caption_column])
+        if sorted(self.columns) != sorted([image_column, caption_column]):
+            raise ValueError(f"--data.columns must order {image_column!r} and {caption_column!r}, got {self.columns}")
+        self.save_hyperparameters()
+        self.splits: dict[str, datasets.Dataset] = {}
+        self.keys: dict[str, list[str]] = {}
+
+    def builtins(self) -> dict:
+        def shapes():
+            h = self.hparams
+            rows = make_shapes(h.builtin_rows, seed=h.seed, image_size=h.image_size)
+            return datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
+
+        return {"shapes": shapes}
+
+    @property
+    def base_dir(self) -> str | None:
+        source = self.hparams.dataset
+        return source if os.path.isdir(source) else os.path.dirname(source) if os.path.isfile(source) else None
+
+    def setup(self, stage: str | None = None) -> None:
+        self.attach_processor()
+        if self.splits:
+            return
+        h = self.hparams
+        raw = load_splits(h.dataset, self.builtins(), h.data_files)
+        train, val, test = pick_splits(raw, h.dataset, h.train_split, h.val_split, h.test_split, h.val_size,
+                                       h.max_train_rows, h.max_eval_rows, h.seed)
+        for name, split in (("train", train), ("validation", val), ("test", test)):
+            if split is not None:
+                self.splits[name], self.keys[name] = self._prepare(split, f"{h.dataset} ({name} split)")
+        for stage_name, split_name, prefix in (("val", "validation", h.val_name), ("test", "test", h.test_name)):
+            if split_name in self.splits:
+                self.streams[stage_name], self.tasks[stage_name] = self._retrieval(split_name, prefix)
+
+    def _prepare(self, split: datasets.Dataset, where: str) -> tuple[datasets.Dataset, list[str]]:
+        """Check columns and captions, drop (or refuse) unreadable images, and key every row's image."""
+        h = self.hparams
+        check_columns(split, [h.image_column, h.caption_column] + ([h.image_id_column] if h.image_id_column else []), where)
+        check_texts(split, [h.caption_column], where)
+        if isinstance(split.features[h.image_column], datasets.Image):  # keep bytes; decode in workers
+            split = split.cast_column(h.image_column, datasets.Image(decode=False))
+        split = split.add_column("__row__", list(range(len(split))))
+        good, problems = scan_images(split[h.image_column], h.image_column, where, base_dir=self.base_dir)
+        if problems:
+            message = f"{len(problems)} of {len(split)} rows have unreadable images:\n  " + "\n  ".join(problems[:10])
+            if h.on_bad_image == "error":
+                raise ValueError(message + "\nFix or remove them, or set --data.on_bad_image skip.")
+            log.warning(message + "\nThese rows are skipped (--data.on_bad_image skip).")
+            split = split.select(good)
+        if h.image_id_column:
+            keys = [str(v) for v in split[h.image_id_column]]
+        else:
+            keys = [image_key(v, base_dir=self.base_dir) for v in split[h.image_column]]
+        return split, keys
+
+    def _retrieval(self, split_name: str, prefix: str):
+        split, keys = self.splits[split_name], self.keys[split_name]
+        images: dict[str, int] = {}
+        image_values: list = []
+        captions: dict[str, int] = {}
+        caption_to_images: list[set[int]] = []
+        for key, value, caption in zip(keys, split[self.hparams.image_column], split[self.hparams.caption_column]):
+            if key not in images:
+                images[key] = len(images)
+                image_values.append(value)
+            c = captions.setdefault(caption, len(captions))
+            if c == len(caption_to_images):
+                caption_to_images.append(set())
+            caption_to_images[c].add(images[key])
+        image_to_captions: list[set[int]] = [set() for _ in images]
+        for c, image_ids in enumerate(caption_to_images):
+            for i in image_ids:
+                image_to_captions[i].add(c)
+        streams = {"caption": list(captions), "image": image_values}
+        tasks = [RetrievalTask(prefix, "caption", "image", caption_to_images),
+                 RetrievalTask(f"{prefix}-image2text", "image", "caption", image_to_captions)]
+        return streams, tasks
+
+    def stream_collator(self, stream: str, stage: str) -> StreamCollator:
+        return StreamCollator(self.processor, stream, f"{self.hparams.dataset} ({stage})", self.base_dir)
+
+    def train_dataloader(self) -> DataLoader:
+        h = self.hparams
+        train, keys = self.splits["train"], self.keys["train"]
+        if h.no_duplicates:
+            row_values = [(("image", k), ("caption", t)) for k, t in zip(keys, train[h.caption_column])]
+        else:
+            row_values = [(i,) for i in range(len(train))]
+        rank, world = self.rank()
+        sampler = NoDuplicatesBatchSampler(row_values, h.batch_size, drop_last=h.drop_last, seed=h.seed,
+                                           num_replicas=world, rank=rank)
+        collate = ImageCaptionCollator(self.processor, self.columns, h.image_column, f"{h.dataset} (train split)",
+                                       self.base_dir)
+        return DataLoader(train, batch_sampler=sampler, collate_fn=collate, num_workers=h.num_workers,
+                          persistent_workers=h.num_workers > 0)
