@@ -103,9 +103,15 @@ class EmbeddingModule(L.LightningModule):
             self._collectors[stream] = EmbeddingCollector().to(self.device)
         self._collectors[stream].update(batch["ids"], self.embed_stream(batch).float())
 
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:  # a partial pass: the base model is evaluated in full before training
+    def _partial_pass(self) -> bool:
+        """Sanity checks and fast_dev_run see one batch per stream; retrieval metrics need whole streams."""
+        if self.trainer.sanity_checking or self.trainer.fast_dev_run:
             self._collectors.clear()
+            return True
+        return False
+
+    def on_validation_epoch_end(self) -> None:
+        if self._partial_pass():
             return
         metrics = self._compute_retrieval("val")
         self.history.append((self.global_step, metrics))
@@ -114,6 +120,8 @@ class EmbeddingModule(L.LightningModule):
             self.log(key, value, prog_bar=key == main, sync_dist=False, rank_zero_only=False)
 
     def on_test_epoch_end(self) -> None:
+        if self._partial_pass():
+            return
         metrics = self._compute_retrieval("test")
         for key, value in metrics.items():
             self.log(key, value)
@@ -157,6 +165,9 @@ class EmbeddingModule(L.LightningModule):
         self.train()  # HF from_pretrained returns eval-mode modules; ST trains with dropout on, so must we
 
     def on_train_start(self) -> None:
+        if self.trainer.fast_dev_run:
+            rank_zero_info("fast_dev_run: one batch per stage, so no retrieval metrics and no export")
+            return
         if not self.evaluate_before_training or not self.trainer.datamodule.retrieval_tasks("val"):
             return
         metrics = self._evaluate_now()
@@ -176,7 +187,7 @@ class EmbeddingModule(L.LightningModule):
         if len(self.history) >= 2:
             columns = {"base model" if step < 0 else f"step {step}": m for step, m in (self.history[0], self.history[-1])}
             rank_zero_info(format_table(columns, "val"))
-        if self.export_dir is not None and self.trainer.is_global_zero:
+        if self.export_dir is not None and not self.trainer.fast_dev_run and self.trainer.is_global_zero:
             directory = self.export_path()
             self.export(directory)
             rank_zero_info(f"Exported the model to {directory}")

@@ -51,3 +51,73 @@ def test_clip_seed_recipe_hyperparameters(capsys):
     assert (data["dataset"], data["batch_size"], data["no_duplicates"]) == ("jxie/coco_captions", 16, True)
     assert (data["max_train_rows"], data["max_eval_rows"]) == (10000, 1000)
     assert (data["val_name"], data["test_name"], data["columns"]) == ("coco-eval", "coco-test", ["image", "caption"])
+
+
+@pytest.mark.parametrize("recipe", ["configs/demo/text.yaml", "configs/demo/clip.yaml"])
+def test_recipe_fast_dev_run(recipe, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be written outside the run directory
+    cli = cli_main(["fit", "--config", os.path.join(ROOT, recipe), "--trainer.fast_dev_run=1",
+                    "--data.num_workers=0", "--trainer.enable_progress_bar=false"])
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_bge_seed_recipe_on_local_directories(tmp_path, tiny_bert_dir, pairs_dir):
+    """The seed config unchanged but for paths (a hub-like model snapshot and data directory) and a tiny model's dims."""
+    cli = cli_main(["fit", "--config", os.path.join(ROOT, "configs", "bge_base_matryoshka.yaml"),
+                    f"--model.init_args.model_name_or_path={tiny_bert_dir}", f"--data.init_args.dataset={pairs_dir}",
+                    "--model.init_args.loss.init_args.dims=[32, 16, 8, 4, 2]", "--data.init_args.num_workers=0",
+                    '--trainer.callbacks=[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", '
+                    '"init_args": {"monitor": "val/dim_32_cosine_map@100", "mode": "max"}}]',
+                    "--trainer.max_epochs=1", f"--trainer.logger.init_args.save_dir={tmp_path}",
+                    "--trainer.enable_progress_bar=false"])
+    metrics = cli.model.history[-1][1]
+    assert {f"val/dim_{d}_cosine_map@100" for d in (32, 16, 8, 4, 2)} <= set(metrics)
+    assert cli.trainer.global_step == 1  # 48 rows / 32 per batch = 2 batches, accumulated 16 → one optimizer step
+    assert os.path.exists(os.path.join(cli.trainer.log_dir, "model", "modules.json"))
+
+
+@pytest.fixture()
+def coco_like(tmp_path):
+    """A model snapshot and a dataset repository laid out like openai/clip-vit-large-patch14 and jxie/coco_captions."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TransformersClip
+
+    model_dir = str(tmp_path / "clip-model")
+    backend = TransformersClip(config=TINY_HF_CLIP_CONFIG)
+    backend.model.save_pretrained(model_dir)
+    backend.processor.hf_processor.save_pretrained(model_dir)
+
+    features = datasets.Features({"image": datasets.Image(), "filename": datasets.Value("string"),
+                                  "cocoid": datasets.Value("int32"), "caption": datasets.Value("string")})
+    os.makedirs(tmp_path / "coco" / "data")
+    for split, n_images in (("train", 8), ("validation", 4), ("test", 4)):
+        rows = []
+        for i in range(n_images):
+            buffer = io.BytesIO()
+            Image.new("RGB", (40 + i, 30), (30 * i, 255 - 30 * i, 90)).save(buffer, format="JPEG")
+            for c in range(5):  # five captions per COCO image
+                rows.append({"image": {"bytes": buffer.getvalue(), "path": None}, "filename": f"{split}_{i}.jpg",
+                             "cocoid": 1000 * len(split) + i, "caption": f"picture {i} of {split}, caption {c}"})
+        datasets.Dataset.from_list(rows, features=features).to_parquet(str(tmp_path / "coco" / "data" / f"{split}-00000-of-00001.parquet"))
+    return model_dir, str(tmp_path / "coco")
+
+
+def test_clip_seed_recipe_on_local_directories(tmp_path, coco_like):
+    model_dir, data_dir = coco_like
+    cli = cli_main(["fit", "--config", os.path.join(ROOT, "configs", "clip_vit_l14_coco.yaml"),
+                    f"--model.init_args.encoder.init_args.model_name_or_path={model_dir}",
+                    f"--data.init_args.dataset={data_dir}", "--data.init_args.num_workers=0",
+                    "--trainer.val_check_interval=1", f"--trainer.logger.init_args.save_dir={tmp_path}",
+                    "--trainer.enable_progress_bar=false"])
+    # 8 images × 5 captions: no batch holds an image twice, so 5 batches of 8; evaluated before training + every step
+    assert [step for step, _ in cli.model.history] == [-1, 1, 2, 3, 4, 5]
+    keys = cli.trainer.callback_metrics
+    assert "test/coco-test_cosine_ndcg@10" in keys and "test/coco-test-image2text_cosine_ndcg@10" in keys
+    # caption → image: one relevant image per caption, so precision@3 = accuracy@3 / 3 (as in the card)
+    assert keys["test/coco-test_cosine_precision@3"].item() == pytest.approx(keys["test/coco-test_cosine_accuracy@3"].item() / 3)
+    assert os.path.exists(os.path.join(cli.trainer.log_dir, "model", "sentence_bert_config.json"))
