@@ -64,7 +64,7 @@ def prepare(args, root: str) -> tuple[str, str, list[int]]:
         AutoTokenizer.from_pretrained(args.tokenizer).save_pretrained(model_dir)
     else:
         model_dir = resolve_model_path(args.model)
-    dim = SentenceTransformer(model_dir, device="cpu").get_sentence_embedding_dimension()
+    dim = SentenceTransformer(model_dir, device="cpu").get_embedding_dimension()
     dims = [int(d) for d in args.dims.split(",")] if args.dims else [dim, dim // 2, dim // 3, dim // 6]
     train_rows = args.train_rows or args.batch_size * args.steps
     pairs = stdlib_docstring_pairs(seed=0)

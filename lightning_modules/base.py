@@ -88,7 +88,23 @@ class EmbeddingModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> dict:
-        return build_optimizer(self, total_steps=self.trainer.estimated_stepping_batches, **self.optim_args)
+        # fused AdamW unscales fp16 gradients inside step(), after clipping would have run: not with a loss scaler
+        fused = self.device.type == "cuda" and not self._loss_scaler()
+        return build_optimizer(self, total_steps=self.trainer.estimated_stepping_batches, fused=fused, **self.optim_args)
+
+    def _loss_scaler(self) -> bool:
+        return str(self.trainer.precision).startswith("16")
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if gradient_clip_val and not self._loss_scaler():
+            # fp32 / bf16 gradients are unscaled, so fused AdamW can be clipped (Lightning's AMP plugin refuses it)
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # evaluation
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -50,11 +50,11 @@ def build_optimizer(
     schedule: str,
     warmup_ratio: float,
     total_steps: int,
+    fused: bool = False,
 ) -> dict:
-    """AdamW (fused on CUDA) plus a per-step LambdaLR, in the dict form `configure_optimizers` returns."""
+    """AdamW (``fused``: one CUDA kernel for all parameters) plus a per-step LambdaLR, as `configure_optimizers` returns."""
     params = parameter_groups(module.named_parameters(), weight_decay)
-    on_cuda = any(p.is_cuda for group in params for p in group["params"])
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, fused=on_cuda or None)
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, fused=fused or None)
     warmup_steps = math.ceil(total_steps * warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(schedule, warmup_steps, total_steps))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

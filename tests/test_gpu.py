@@ -26,6 +26,7 @@ def test_bf16_fit_with_fused_adamw(tmp_path, pairs_dir, minilm_path):
 
     cli = cli_main([
         "--trainer.accelerator=gpu", "--trainer.devices=1", "--trainer.precision=bf16-mixed", "--trainer.max_steps=3",
+        "--trainer.gradient_clip_val=1.0",
         "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
         "--model=lightning_modules.text.TextEmbeddingModule", f"--model.config={TINY_BERT}",
         f"--model.tokenizer_name_or_path={minilm_path}", "--model.export_dir=null",
@@ -40,3 +41,15 @@ def test_bf16_fit_with_fused_adamw(tmp_path, pairs_dir, minilm_path):
     assert optimizer.defaults["fused"] is True
     assert any(not torch.equal(before[k], v.cpu()) for k, v in cli.model.state_dict().items())
     assert cli.model.history[-1][1]["val/dim_32_cosine_ndcg@10"] > 0
+
+
+def test_clip_vit_l14_bf16_step(tmp_path):
+    """One bf16 step of the CLIP seed recipe's architecture (ViT-L/14 at random init), evaluated on the GPU."""
+    import subprocess
+    import sys
+
+    root = __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__)))
+    out = subprocess.run([sys.executable, f"{root}/bench/clip_seed_gpu.py", "--steps", "2", "--batch-size", "4"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "embeddings on {'cuda:0'}" in out.stdout and "fused AdamW: True" in out.stdout

@@ -43,3 +43,22 @@ def test_frozen_parameters_are_not_optimised():
 def test_unknown_schedule():
     with pytest.raises(ValueError, match="--model.lr_schedule"):
         warmup_lambda("exponential", 0, 10)
+
+
+def test_clipping_without_a_loss_scaler_clips_the_true_gradient():
+    """bf16/fp32 (no scaler): the module clips itself, so fused AdamW on CUDA can be combined with max_grad_norm."""
+    from types import SimpleNamespace
+
+    from lightning_modules.text import TextEmbeddingModule
+
+    module = TextEmbeddingModule.__new__(TextEmbeddingModule)
+    nn.Module.__init__(module)
+    module.layer = nn.Linear(4, 4)
+    module._trainer = SimpleNamespace(precision="bf16-mixed")
+    module._loss_scaler = lambda: False
+    module.layer.weight.grad = torch.full((4, 4), 10.0)
+    module.layer.bias.grad = torch.full((4,), 10.0)
+    optimizer = torch.optim.AdamW(module.layer.parameters())
+    module.configure_gradient_clipping(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+    norm = torch.cat([module.layer.weight.grad.flatten(), module.layer.bias.grad]).norm()
+    assert norm.item() == pytest.approx(1.0, rel=1e-5)
