@@ -119,25 +119,87 @@ def check_texts(split: datasets.Dataset, columns: Sequence[str], where: str) -> 
 
 
 class RetrievalDataModule(L.LightningDataModule):
-    """Shared plumbing: the model's processor, DDP rank, and the evaluation streams' loaders.
+    """Shared options and plumbing: splits, batching, the model's processor, DDP rank, evaluation streams' loaders.
 
     Subclasses fill ``self.streams[stage]`` ({stream name: values}) and ``self.tasks[stage]`` in ``setup`` and
     implement ``stream_collator``. Each rank evaluates every world_size-th item of every stream; the model's
     collectors gather and reorder them.
+
+    Args:
+        dataset: where the data comes from (see the subclass).
+        data_files: explicit ``{split: file}`` for ``dataset`` (a format name such as ``json`` or ``parquet``, or a
+            directory).
+        train_split: name of the training split.
+        val_split: name of the validation split; None to skip validation.
+        test_split: name of the test split; None when there is none.
+        val_size: hold out this many rows (or fraction, if < 1) of train as validation when ``val_split`` is absent.
+        max_train_rows: keep only the first rows of train (after carving validation).
+        max_eval_rows: keep only the first rows of validation and test.
+        batch_size: pairs per device per step; in-batch negatives need at least 2.
+        eval_batch_size: items per evaluation batch.
+        no_duplicates: never put a value (text, image) twice in one batch (ST's ``BatchSamplers.NO_DUPLICATES``): a
+            duplicate would be a false negative.
+        drop_last: drop the last, smaller batch of an epoch.
+        num_workers: DataLoader worker processes (tokenisation and image decoding run there).
+        seed: seed of the batch order (shuffled anew every epoch) and of the validation carve.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        dataset: str,
+        data_files: dict[str, str] | None = None,
+        train_split: str = "train",
+        val_split: str | None = "validation",
+        test_split: str | None = None,
+        val_size: int | float | None = None,
+        max_train_rows: int | None = None,
+        max_eval_rows: int | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        no_duplicates: bool = True,
+        drop_last: bool = False,
+        num_workers: int = 2,
+        seed: int = 42,
+    ) -> None:
         super().__init__()
+        if batch_size < 2:
+            raise ValueError(f"--data.batch_size must be ≥ 2 for in-batch negatives, got {batch_size}")
+        self.save_hyperparameters()  # with the subclass's own arguments
+        self.splits: dict[str, datasets.Dataset] = {}
         self.processor = None  # the model's tokenizer / image transform, taken from the LightningModule in setup
         self.streams: dict[str, dict[str, list]] = {}
         self.tasks: dict[str, list[RetrievalTask]] = {}
 
-    def attach_processor(self) -> None:
-        if self.processor is None:
-            self.processor = self.trainer.lightning_module.processor
+    def builtins(self) -> dict[str, Callable[[], datasets.DatasetDict]]:
+        """``builtin:<name>`` datasets this datamodule can generate."""
+        return {}
+
+    def prepare_split(self, name: str, split: datasets.Dataset, where: str) -> datasets.Dataset:
+        """Check (and possibly filter) one split; errors name ``where``."""
+        raise NotImplementedError
+
+    def retrieval(self, stage: str, split_name: str) -> tuple[dict[str, list], list[RetrievalTask]]:
+        """The evaluation streams and tasks of ``stage`` ("val" or "test") built from a prepared split."""
+        raise NotImplementedError
 
     def stream_collator(self, stream: str, stage: str):
         raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.processor is None:
+            self.processor = self.trainer.lightning_module.processor
+        if self.splits:  # idempotent: fit, validate and test share the prepared data
+            return
+        h = self.hparams
+        raw = load_splits(h.dataset, self.builtins(), h.data_files)
+        splits = pick_splits(raw, h.dataset, h.train_split, h.val_split, h.test_split, h.val_size,
+                             h.max_train_rows, h.max_eval_rows, h.seed)
+        for name, split in zip(("train", "validation", "test"), splits):
+            if split is not None:
+                self.splits[name] = self.prepare_split(name, split, f"{h.dataset} ({name} split)")
+        for stage_name, split_name in (("val", "validation"), ("test", "test")):
+            if split_name in self.splits:
+                self.streams[stage_name], self.tasks[stage_name] = self.retrieval(stage_name, split_name)
 
     def retrieval_tasks(self, stage: str) -> list[RetrievalTask]:
         return self.tasks.get(stage, [])

@@ -7,7 +7,7 @@ import datasets
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.common import RetrievalDataModule, RetrievalTask, check_columns, check_texts, load_splits, pick_splits
+from datamodules.common import RetrievalDataModule, RetrievalTask, check_columns, check_texts
 from datamodules.images import image_key, load_image, scan_images
 from datamodules.sampler import NoDuplicatesBatchSampler
 from datamodules.shapes import make_shapes
@@ -68,67 +68,41 @@ class ImageCaptionDataModule(RetrievalDataModule):
         dataset: ``builtin:shapes`` (drawn shapes generated at run time), a hub name (``jxie/coco_captions``), a local
             ``imagefolder`` directory (images plus ``metadata.jsonl`` with ``file_name`` and a caption column), a
             parquet/jsonl file or a directory of such files.
-        data_files: explicit ``{split: file}`` for ``dataset`` (e.g. ``dataset: parquet``).
         image_column: column holding the image (HF Image feature, bytes, or a path relative to the data directory).
         caption_column: column holding the caption.
         image_id_column: column identifying the image (COCO ``cocoid``); default: a hash of the image bytes. Rows with
             the same image are never in one batch and form one corpus entry.
         columns: loss column order; the first is the anchor.
-        train_split: training split name.
-        val_split: validation split name; None to skip validation.
-        test_split: test split name; None when there is none.
-        val_size: hold out rows of train as validation when ``val_split`` is absent.
-        max_train_rows: keep the first rows of train (the seed: 10,000).
-        max_eval_rows: keep the first rows of validation and test (the seed: 1,000).
         val_name: metric name prefix of validation (the seed: ``coco-eval``).
         test_name: metric name prefix of test (the seed: ``coco-test``).
         on_bad_image: ``skip`` rows whose image cannot be read (the count and the first rows are logged) or ``error``.
-        builtin_rows: rows of the built-in shapes dataset (train, validation and test are carved from them).
+        builtin_rows: rows of the built-in shapes dataset (validation is carved from them with ``val_size``).
         image_size: side of the built-in shapes images.
-        batch_size: pairs per device per step; in-batch negatives need at least 2.
-        eval_batch_size: items per evaluation batch.
-        no_duplicates: never put one image or caption twice in a batch (ST's ``BatchSamplers.NO_DUPLICATES``).
-        drop_last: drop the last, smaller batch of an epoch.
-        num_workers: DataLoader workers (image decoding and preprocessing run there).
-        seed: seed of the batch order and of the built-in data.
+        batch_size: pairs per device per step.
+        **kwargs: split, batching and loader options of ``RetrievalDataModule``.
     """
 
     def __init__(
         self,
         dataset: str = "builtin:shapes",
-        data_files: dict[str, str] | None = None,
         image_column: str = "image",
         caption_column: str = "caption",
         image_id_column: str | None = None,
         columns: list[str] | None = None,
-        train_split: str = "train",
-        val_split: str | None = "validation",
-        test_split: str | None = None,
-        val_size: int | float | None = None,
-        max_train_rows: int | None = None,
-        max_eval_rows: int | None = None,
         val_name: str = "eval",
         test_name: str = "test",
         on_bad_image: str = "skip",
         builtin_rows: int = 3000,
         image_size: int = 64,
         batch_size: int = 16,
-        eval_batch_size: int = 64,
-        no_duplicates: bool = True,
-        drop_last: bool = False,
-        num_workers: int = 2,
-        seed: int = 42,
+        **kwargs,
     ) -> None:
-        super().__init__()
-        if batch_size < 2:
-            raise ValueError(f"--data.batch_size must be ≥ 2 for in-batch negatives, got {batch_size}")
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"--data.on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+        super().__init__(dataset, batch_size=batch_size, **kwargs)
         self.columns = list(columns or [image_column, caption_column])
         if sorted(self.columns) != sorted([image_column, caption_column]):
             raise ValueError(f"--data.columns must order {image_column!r} and {caption_column!r}, got {self.columns}")
-        self.save_hyperparameters()
-        self.splits: dict[str, datasets.Dataset] = {}
         self.keys: dict[str, list[str]] = {}
 
     def builtins(self) -> dict:
@@ -144,22 +118,7 @@ class ImageCaptionDataModule(RetrievalDataModule):
         source = self.hparams.dataset
         return source if os.path.isdir(source) else os.path.dirname(source) if os.path.isfile(source) else None
 
-    def setup(self, stage: str | None = None) -> None:
-        self.attach_processor()
-        if self.splits:
-            return
-        h = self.hparams
-        raw = load_splits(h.dataset, self.builtins(), h.data_files)
-        train, val, test = pick_splits(raw, h.dataset, h.train_split, h.val_split, h.test_split, h.val_size,
-                                       h.max_train_rows, h.max_eval_rows, h.seed)
-        for name, split in (("train", train), ("validation", val), ("test", test)):
-            if split is not None:
-                self.splits[name], self.keys[name] = self._prepare(split, f"{h.dataset} ({name} split)")
-        for stage_name, split_name, prefix in (("val", "validation", h.val_name), ("test", "test", h.test_name)):
-            if split_name in self.splits:
-                self.streams[stage_name], self.tasks[stage_name] = self._retrieval(split_name, prefix)
-
-    def _prepare(self, split: datasets.Dataset, where: str) -> tuple[datasets.Dataset, list[str]]:
+    def prepare_split(self, name: str, split: datasets.Dataset, where: str) -> datasets.Dataset:
         """Check columns and captions, drop (or refuse) unreadable images, and key every row's image."""
         h = self.hparams
         check_columns(split, [h.image_column, h.caption_column] + ([h.image_id_column] if h.image_id_column else []), where)
@@ -178,9 +137,11 @@ class ImageCaptionDataModule(RetrievalDataModule):
             keys = [str(v) for v in split[h.image_id_column]]
         else:
             keys = [image_key(v, base_dir=self.base_dir) for v in split[h.image_column]]
-        return split, keys
+        self.keys[name] = keys
+        return split
 
-    def _retrieval(self, split_name: str, prefix: str):
+    def retrieval(self, stage: str, split_name: str) -> tuple[dict[str, list], list[RetrievalTask]]:
+        prefix = self.hparams.val_name if stage == "val" else self.hparams.test_name
         split, keys = self.splits[split_name], self.keys[split_name]
         images: dict[str, int] = {}
         image_values: list = []

@@ -47,6 +47,7 @@ class EmbeddingModule(L.LightningModule):
         export_dir: str | None = "model",
     ) -> None:
         super().__init__()
+        self.save_hyperparameters(ignore=["loss", "encoder"])  # with the subclass's own arguments
         if not 0.0 <= warmup_ratio < 1.0:
             raise ValueError(f"--model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
         if lr <= 0:
@@ -84,7 +85,8 @@ class EmbeddingModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         embeddings = self.embed_columns(batch)
         loss = self.loss(*embeddings, **self.loss_kwargs())
-        self.log("train/loss", loss, prog_bar=True, batch_size=embeddings[0].shape[0])
+        # not on the progress bar: showing it would copy the loss to the host (a device sync) every step
+        self.log("train/loss", loss, batch_size=embeddings[0].shape[0])
         return loss
 
     def configure_optimizers(self) -> dict:

@@ -39,18 +39,9 @@ class CLIPEmbeddingModule(EmbeddingModule):
         lock_image_unlocked_layers: int = 0,
         gradient_checkpointing: bool = False,
         loss: nn.Module | None = None,
-        lr: float = 2e-5,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        lr_schedule: str = "linear",
-        warmup_ratio: float = 0.0,
-        evaluate_before_training: bool = True,
-        export_dir: str | None = "model",
+        **kwargs,
     ) -> None:
-        super().__init__(loss or MultipleNegativesRankingLoss(), lr, weight_decay, betas, eps, lr_schedule,
-                         warmup_ratio, evaluate_before_training, export_dir)
-        self.save_hyperparameters(ignore=["encoder", "loss"])
+        super().__init__(loss or MultipleNegativesRankingLoss(), **kwargs)
         self.encoder = encoder
         self.learn_logit_scale = learn_logit_scale
         self.encoder.logit_scale.requires_grad_(learn_logit_scale)  # unused parameters would stall DDP

@@ -43,7 +43,9 @@ class TextEncoder(nn.Module):
         pooling: ``cls`` (BGE) or ``mean`` over non-padding tokens (MiniLM, most ST models).
         normalize: L2-normalise embeddings (ST's Normalize module).
         max_length: tokens kept per text (ST's max_seq_length).
-        prompts: text prepended per role, e.g. ``{"query": "Represent this sentence for searching relevant passages: "}``.
+        prompts: text prepended per role, e.g. ``{"query": "Represent this sentence for searching relevant passages: "}``
+            (``query`` for the data's query column, ``document`` for every other).
+        gradient_checkpointing: trade compute for activation memory.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class TextEncoder(nn.Module):
         normalize: bool = True,
         max_length: int = 512,
         prompts: dict[str, str] | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if pooling not in POOLING_MODES:
@@ -78,6 +81,9 @@ class TextEncoder(nn.Module):
         self.processor = TextProcessor(tokenizer, self.max_length, dict(prompts or {}))
         self.pooling = pooling
         self.normalize = normalize
+        self.source = model_name_or_path
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable({"use_reentrant": False})
 
     @property
     def embedding_dim(self) -> int:

@@ -29,7 +29,9 @@ def test_bge_seed_recipe_hyperparameters(capsys):
     trainer, model, data = config["trainer"], config["model"]["init_args"], config["data"]["init_args"]
     assert (trainer["max_epochs"], trainer["accumulate_grad_batches"], trainer["gradient_clip_val"]) == (4, 16, 1.0)
     assert trainer["precision"] == "32-true"
-    assert model["model_name_or_path"] == "BAAI/bge-base-en-v1.5" and model["pooling"] == "cls"
+    encoder = model["encoder"]["init_args"]
+    assert encoder["model_name_or_path"] == "BAAI/bge-base-en-v1.5" and encoder["pooling"] == "cls"
+    assert encoder["max_length"] == 512 and encoder["normalize"] is True
     assert (model["lr"], model["weight_decay"], model["lr_schedule"], model["warmup_ratio"]) == (2e-5, 0.0, "cosine", 0.1)
     assert (model["betas"], model["eps"]) == ([0.9, 0.999], 1e-8)
     loss = model["loss"]["init_args"]
@@ -65,7 +67,7 @@ def test_recipe_fast_dev_run(recipe, tmp_path, monkeypatch):
 def test_bge_seed_recipe_on_local_directories(tmp_path, tiny_bert_dir, pairs_dir):
     """The seed config unchanged but for paths (a hub-like model snapshot and data directory) and a tiny model's dims."""
     cli = cli_main(["fit", "--config", os.path.join(ROOT, "configs", "bge_base_matryoshka.yaml"),
-                    f"--model.init_args.model_name_or_path={tiny_bert_dir}", f"--data.init_args.dataset={pairs_dir}",
+                    f"--model.init_args.encoder.init_args.model_name_or_path={tiny_bert_dir}", f"--data.init_args.dataset={pairs_dir}",
                     "--model.init_args.loss.init_args.dims=[32, 16, 8, 4, 2]", "--data.init_args.num_workers=0",
                     '--trainer.callbacks=[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", '
                     '"init_args": {"monitor": "val/dim_32_cosine_map@100", "mode": "max"}}]',

@@ -1,60 +1,110 @@
 import random
+import time
 
 import datasets
 import pytest
 import torch
+from lightning.fabric.utilities.data import _set_sampler_epoch
+from sentence_transformers.base.sampler import NoDuplicatesBatchSampler as STSampler
+from torch.utils.data import DataLoader, SequentialSampler
 
 from datamodules.sampler import NoDuplicatesBatchSampler
 
 
-def rows(n=600, seed=0):
-    rnd = random.Random(seed)  # heavy duplication within and across columns
-    return [{"anchor": f"t{rnd.randint(0, 250)}", "positive": f"t{rnd.randint(100, 400)}"} for _ in range(n)]
+def rows(n=600, seed=0, distinct=250, hot=0.0):
+    rnd = random.Random(seed)  # duplicates within and across columns; `hot` of the rows share one anchor
+    return [{"anchor": "hot" if rnd.random() < hot else f"t{rnd.randint(0, distinct)}",
+             "positive": f"t{rnd.randint(distinct // 2, 2 * distinct)}"} for _ in range(n)]
 
 
 def ours(data, bs, drop_last=False, seed=12, epoch=0, **kwargs):
-    sampler = NoDuplicatesBatchSampler([(r["anchor"], r["positive"]) for r in data], bs, drop_last, seed, **kwargs)
+    sampler = NoDuplicatesBatchSampler([tuple(r.values()) for r in data], bs, drop_last, seed, **kwargs)
     sampler.set_epoch(epoch)
     return sampler
 
 
-@pytest.mark.parametrize("bs,drop_last", [(32, False), (16, True), (7, False)])
-def test_identical_to_sentence_transformers(bs, drop_last):
-    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler as STSampler
+def st(data, bs, drop_last=False, seed=12, epoch=0):
+    # As SentenceTransformerTrainer builds it: a generator, reseeded by the sampler with seed + epoch.
+    sampler = STSampler(datasets.Dataset.from_list(data), batch_size=bs, drop_last=drop_last,
+                        generator=torch.Generator(), seed=seed)
+    sampler.set_epoch(epoch)
+    return sampler
 
+
+@pytest.mark.parametrize("bs,drop_last", [(32, False), (16, True), (7, False), (1, False)])
+def test_identical_to_sentence_transformers(bs, drop_last):
     data = rows()
     for epoch in range(3):
-        st = STSampler(datasets.Dataset.from_list(data), batch_size=bs, drop_last=drop_last,
-                       generator=torch.Generator(), seed=12)
-        st.set_epoch(epoch)
         mine = ours(data, bs, drop_last, epoch=epoch)
-        assert list(mine) == list(st)
-        assert len(mine) == len(list(mine))  # exact, where ST's len is an estimate
+        assert list(mine) == list(st(data, bs, drop_last, epoch=epoch))
+        assert len(mine) == len(list(mine))
+
+
+def test_identical_to_sentence_transformers_on_random_shapes():
+    rnd = random.Random(3)
+    for case in range(25):
+        n, bs, columns = rnd.randint(1, 120), rnd.randint(1, 20), rnd.randint(1, 3)
+        distinct = rnd.choice([3, 10, 60, 1000])
+        data = [{f"c{c}": f"v{rnd.randint(0, distinct)}" for c in range(columns)} for _ in range(n)]
+        assert list(ours(data, bs, seed=case)) == list(st(data, bs, seed=case)), case
+
+
+def test_where_sentence_transformers_len_is_wrong_ours_is_exact():
+    data = rows(200, hot=0.2)  # one anchor in ~40 rows: at most one of them per batch
+    # drop_last=False: ST yields more batches than its __len__ says (the DDP hang of ST #3348).
+    theirs = st(data, 16)
+    assert list(ours(data, 16)) == list(theirs) and len(ours(data, 16)) == len(list(theirs)) > len(theirs)
+    # drop_last=True: ST tops up to its __len__ from a reshuffle, repeating rows; we stop after the one pass.
+    mine, theirs = list(ours(data, 16, drop_last=True)), list(st(data, 16, drop_last=True))
+    assert mine == theirs[: len(mine)] and len(mine) < len(theirs) == len(data) // 16
+    assert len({i for batch in mine for i in batch}) == 16 * len(mine)
 
 
 def test_no_value_twice_in_a_batch_and_every_row_once():
-    data = rows()
+    data = rows(hot=0.05)
+    epochs = []
     for epoch in range(3):
         batches = list(ours(data, 16, epoch=epoch))
         for batch in batches:
-            values = [v for i in batch for v in {data[i]["anchor"], data[i]["positive"]}]
-            assert len(values) == len(set(values))
+            values = [v for i in batch for v in set(data[i].values())]
+            assert len(values) == len(set(values)) and 1 <= len(batch) <= 16
         assert sorted(i for b in batches for i in b) == list(range(len(data)))
-    assert list(ours(data, 16, epoch=0)) != list(ours(data, 16, epoch=1))
+        epochs.append(batches)
+    assert epochs[0] != epochs[1] != epochs[2]
 
 
 @pytest.mark.parametrize("world", [2, 3, 4])
-@pytest.mark.parametrize("n,bs,drop_last", [(600, 16, False), (601, 7, False), (333, 16, True)])
+@pytest.mark.parametrize("n,bs,drop_last", [(600, 16, False), (601, 7, False), (5, 4, False), (333, 16, True),
+                                            (200, 16, True)])
 def test_ddp_ranks_yield_equal_counts(world, n, bs, drop_last):
-    data = rows(n)
-    shards = [list(ours(data, bs, drop_last, num_replicas=world, rank=r)) for r in range(world)]
-    lengths = {len(ours(data, bs, drop_last, num_replicas=world, rank=r)) for r in range(world)}
-    assert lengths == {len(s) for s in shards} and len(lengths) == 1
-    covered = {i for s in shards for b in s for i in b}
-    if drop_last:
-        assert all(len(b) == bs for s in shards for b in s)
-    else:
-        assert covered == set(range(n))
+    data = rows(n, hot=0.1)
+    for epoch in (0, 1):
+        samplers = [ours(data, bs, drop_last, epoch=epoch, num_replicas=world, rank=r) for r in range(world)]
+        shards = [list(s) for s in samplers]
+        assert len({len(s) for s in samplers}) == 1 and [len(s) for s in samplers] == [len(s) for s in shards]
+        covered = sorted(i for s in shards for b in s for i in b)
+        if drop_last:
+            assert all(len(b) == bs for s in shards for b in s)
+            assert len(covered) == len(set(covered))  # nothing padded in
+            full = [b for b in ours(data, bs, epoch=epoch).global_batches() if len(b) == bs]
+            assert len(shards[0]) == len(full) // world
+        else:
+            assert set(covered) == set(range(n))
+            assert len(covered) - n < world * bs  # padding is less than one batch per rank
+
+
+def test_lightning_sets_the_epoch():
+    sampler = ours(rows(), 16)
+    _set_sampler_epoch(DataLoader(range(600), batch_sampler=sampler), 3)  # what Lightning's fit loop calls
+    assert sampler.epoch == 3 and list(sampler) == list(ours(rows(), 16, epoch=3))
+
+
+def test_many_rows_sharing_a_value_stay_fast():
+    data = [("hot" if i % 5 == 0 else f"q{i}", f"p{i}") for i in range(100_000)]  # quadratic in ST's rescans
+    start = time.perf_counter()
+    sampler = NoDuplicatesBatchSampler(data, 64)
+    assert len(sampler) == 20_000  # one "hot" row per batch
+    assert time.perf_counter() - start < 5
 
 
 def test_errors():
@@ -62,5 +112,9 @@ def test_errors():
         NoDuplicatesBatchSampler([("a",)], 0)
     with pytest.raises(ValueError, match="row_values is empty"):
         NoDuplicatesBatchSampler([], 2)
+    with pytest.raises(ValueError, match="num_replicas must be ≥ 1"):
+        NoDuplicatesBatchSampler([("a",)], 2, num_replicas=0, rank=0)
     with pytest.raises(ValueError, match=r"rank must be in \[0, 2\)"):
         NoDuplicatesBatchSampler([("a",)], 2, num_replicas=2, rank=2)
+    with pytest.raises(TypeError, match="use_distributed_sampler=False"):
+        NoDuplicatesBatchSampler(SequentialSampler(range(4)), 2)

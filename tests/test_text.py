@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from conftest import TINY_BERT, qa_rows, write_jsonl
 from datamodules.pairs import PairDataModule
 from lightning_modules.text import TextEmbeddingModule
+from lightning_modules.text_encoder import TextEncoder
 from losses import MatryoshkaLoss, MultipleNegativesRankingLoss
 from train import cli_main
 
@@ -20,8 +21,9 @@ def fit_args(tmp_path, model_dir, data_dir, dims, monitor, extra=()):
         "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}",
         "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
         f"--trainer.callbacks.monitor={monitor}", "--trainer.callbacks.mode=max",
-        "--model=lightning_modules.text.TextEmbeddingModule", f"--model.model_name_or_path={model_dir}",
-        "--model.max_length=64", "--model.lr=1e-4",
+        "--model=lightning_modules.text.TextEmbeddingModule",
+        "--model.encoder=lightning_modules.text_encoder.TextEncoder", f"--model.encoder.model_name_or_path={model_dir}",
+        "--model.encoder.max_length=64", "--model.lr=1e-4",
         "--model.loss=losses.MatryoshkaLoss", "--model.loss.loss=losses.MultipleNegativesRankingLoss",
         f"--model.loss.dims={json.dumps(dims)}",
         "--data=datamodules.pairs.PairDataModule", f"--data.dataset={data_dir}", "--data.test_split=test",
@@ -64,7 +66,7 @@ def test_fit_exports_a_model_sentence_transformers_loads(tmp_path, minilm_path, 
 
 
 def test_encoder_runs_once_per_column_whatever_the_matryoshka_dims(tiny_bert_dir, pairs_dir):
-    module = TextEmbeddingModule(tiny_bert_dir, loss=MatryoshkaLoss(MultipleNegativesRankingLoss(), [32, 16, 8, 4]))
+    module = TextEmbeddingModule(TextEncoder(tiny_bert_dir), loss=MatryoshkaLoss(MultipleNegativesRankingLoss(), [32, 16, 8, 4]))
     dm = PairDataModule(pairs_dir, batch_size=8, num_workers=0)
     dm.processor = module.processor
     dm.setup("fit")
@@ -78,17 +80,17 @@ def test_encoder_runs_once_per_column_whatever_the_matryoshka_dims(tiny_bert_dir
 
 def test_matryoshka_dim_larger_than_model(tiny_bert_dir):
     with pytest.raises(ValueError, match="dims: 64 is larger than the model's embedding size 32"):
-        TextEmbeddingModule(tiny_bert_dir, loss=MatryoshkaLoss(MultipleNegativesRankingLoss(), [64, 32]))
+        TextEmbeddingModule(TextEncoder(tiny_bert_dir), loss=MatryoshkaLoss(MultipleNegativesRankingLoss(), [64, 32]))
 
 
 def test_random_init_from_config(minilm_path):
-    module = TextEmbeddingModule(config=TINY_BERT, tokenizer_name_or_path=minilm_path, pooling="cls")
-    emb = module.encoder(module.processor(["a query", "another longer query text"], "query"))
+    encoder = TextEncoder(config=TINY_BERT, tokenizer_name_or_path=minilm_path, pooling="cls")
+    emb = encoder(encoder.processor(["a query", "another longer query text"], "query"))
     assert emb.shape == (2, 32) and torch.allclose(emb.norm(dim=-1), torch.ones(2))
 
 
 def test_prompts_are_prepended_by_role(tiny_bert_dir):
-    module = TextEmbeddingModule(tiny_bert_dir, query_prompt="query: ", document_prompt="passage: ")
+    module = TextEmbeddingModule(TextEncoder(tiny_bert_dir, prompts={"query": "query: ", "document": "passage: "}))
     tok = module.processor.tokenizer
     assert tok.decode(module.processor(["x"], "query")["input_ids"][0], skip_special_tokens=True) == "query : x"
     assert tok.decode(module.processor(["x"], "document")["input_ids"][0], skip_special_tokens=True) == "passage : x"
@@ -103,7 +105,7 @@ def setup_dm(module, **kwargs):
 
 @pytest.fixture(scope="module")
 def tiny_module(tiny_bert_dir):
-    return TextEmbeddingModule(tiny_bert_dir)
+    return TextEmbeddingModule(TextEncoder(tiny_bert_dir))
 
 
 def test_missing_column_names_it_and_the_columns_found(tiny_module, tmp_path):
