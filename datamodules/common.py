@@ -223,6 +223,12 @@ class RetrievalDataModule(L.LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("val") if "val" in self.streams else []
 
+    def predict_dataloader(self) -> list[DataLoader]:
+        """The evaluation streams (test split, else validation) to embed with ``train.py predict``."""
+        if not self.streams:
+            raise ValueError("nothing to predict: the dataset has no validation or test split")
+        return self._eval_loaders("test" if "test" in self.streams else "val")
+
     def test_dataloader(self) -> list[DataLoader]:
         if "test" not in self.streams:
             raise ValueError("no test split: set --data.test_split to the name of the dataset's test split")

@@ -115,6 +115,10 @@ class EmbeddingModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._collect(batch)
 
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """Embeddings of one evaluation batch: ``{"stream", "ids", "embeddings"}`` (``train.py predict``)."""
+        return {"stream": batch["stream"], "ids": batch["ids"], "embeddings": self.embed_stream(batch).float()}
+
     def _collect(self, batch: dict) -> None:
         stream = batch["stream"]
         if stream not in self._collectors:

@@ -170,3 +170,16 @@ def test_train_batches_never_repeat_a_text(tiny_module, tmp_path):
     for batch in sampler:
         anchors = [dm.splits["train"][i]["anchor"] for i in batch]
         assert len(set(anchors)) == len(anchors)
+
+
+def test_predict_embeds_every_item_of_each_stream(tiny_bert_dir, pairs_dir):
+    import lightning as L
+
+    module = TextEmbeddingModule(TextEncoder(tiny_bert_dir))
+    dm = PairDataModule(pairs_dir, test_split="test", num_workers=0, eval_batch_size=6)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    batches = [b for loader in trainer.predict(module, datamodule=dm) for b in loader]
+    for stream in ("query", "corpus"):
+        ids = torch.cat([b["ids"] for b in batches if b["stream"] == stream])
+        assert sorted(ids.tolist()) == list(range(len(dm.streams["test"][stream])))
+        assert all(b["embeddings"].shape[1] == 32 for b in batches)
