@@ -9,6 +9,8 @@ import datasets
 import lightning as L
 from torch.utils.data import DataLoader
 
+from datamodules.sampler import NoDuplicatesBatchSampler
+
 log = logging.getLogger(__name__)
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -184,6 +186,25 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def stream_collator(self, stream: str, stage: str):
         raise NotImplementedError
+
+    def row_values(self) -> list[tuple]:
+        """Each training row's values (text, image key): rows sharing one never meet in a batch."""
+        raise NotImplementedError
+
+    def train_collator(self):
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        h = self.hparams
+        train = self.splits["train"]
+        # without no_duplicates every row is its own key: plain shuffled batches, sharded the same way
+        values = self.row_values() if h.no_duplicates else [(i,) for i in range(len(train))]
+        rank, world = self.rank()
+        sampler = NoDuplicatesBatchSampler(values, h.batch_size, drop_last=h.drop_last, seed=h.seed,
+                                           num_replicas=world, rank=rank)
+        sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)  # len() of this epoch
+        return DataLoader(train, batch_sampler=sampler, collate_fn=self.train_collator(), num_workers=h.num_workers,
+                          persistent_workers=h.num_workers > 0)
 
     def setup(self, stage: str | None = None) -> None:
         if self.processor is None:

@@ -5,11 +5,9 @@ import os
 
 import datasets
 import torch
-from torch.utils.data import DataLoader
 
 from datamodules.common import RetrievalDataModule, RetrievalTask, check_columns, check_texts
 from datamodules.images import image_key, load_image, scan_images
-from datamodules.sampler import NoDuplicatesBatchSampler
 from datamodules.shapes import make_shapes
 
 log = logging.getLogger(__name__)
@@ -167,17 +165,10 @@ class ImageCaptionDataModule(RetrievalDataModule):
     def stream_collator(self, stream: str, stage: str) -> StreamCollator:
         return StreamCollator(self.processor, stream, f"{self.hparams.dataset} ({stage})", self.base_dir)
 
-    def train_dataloader(self) -> DataLoader:
+    def row_values(self) -> list[tuple]:
+        captions = self.splits["train"][self.hparams.caption_column]
+        return [(("image", k), ("caption", t)) for k, t in zip(self.keys["train"], captions)]
+
+    def train_collator(self) -> ImageCaptionCollator:
         h = self.hparams
-        train, keys = self.splits["train"], self.keys["train"]
-        if h.no_duplicates:
-            row_values = [(("image", k), ("caption", t)) for k, t in zip(keys, train[h.caption_column])]
-        else:
-            row_values = [(i,) for i in range(len(train))]
-        rank, world = self.rank()
-        sampler = NoDuplicatesBatchSampler(row_values, h.batch_size, drop_last=h.drop_last, seed=h.seed,
-                                           num_replicas=world, rank=rank)
-        collate = ImageCaptionCollator(self.processor, self.columns, h.image_column, f"{h.dataset} (train split)",
-                                       self.base_dir)
-        return DataLoader(train, batch_sampler=sampler, collate_fn=collate, num_workers=h.num_workers,
-                          persistent_workers=h.num_workers > 0)
+        return ImageCaptionCollator(self.processor, self.columns, h.image_column, f"{h.dataset} (train split)", self.base_dir)

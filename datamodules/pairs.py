@@ -5,10 +5,8 @@ from collections.abc import Callable
 
 import datasets
 import torch
-from torch.utils.data import DataLoader
 
 from datamodules.common import RetrievalDataModule, RetrievalTask, check_columns, check_texts
-from datamodules.sampler import NoDuplicatesBatchSampler
 from datamodules.stdlib_pairs import stdlib_docstring_pairs
 
 log = logging.getLogger(__name__)
@@ -97,16 +95,9 @@ class PairDataModule(RetrievalDataModule):
     def stream_collator(self, stream: str, stage: str) -> StreamCollator:
         return StreamCollator(self.processor, stream, "query" if stream == "query" else "document")
 
-    def train_dataloader(self) -> DataLoader:
-        h = self.hparams
-        train = self.splits["train"]
-        if h.no_duplicates:
-            row_values = list(zip(*(train[c] for c in self.columns)))
-        else:  # unique keys: plain shuffled batches with the same DDP sharding
-            row_values = [(i,) for i in range(len(train))]
-        rank, world = self.rank()
-        sampler = NoDuplicatesBatchSampler(row_values, h.batch_size, drop_last=h.drop_last, seed=h.seed,
-                                           num_replicas=world, rank=rank)
+    def row_values(self) -> list[tuple]:
+        return list(zip(*(self.splits["train"][c] for c in self.columns)))
+
+    def train_collator(self) -> PairCollator:
         roles = ["query" if c == self.query_column else "document" for c in self.columns]
-        return DataLoader(train, batch_sampler=sampler, collate_fn=PairCollator(self.processor, self.columns, roles),
-                          num_workers=h.num_workers, persistent_workers=h.num_workers > 0)
+        return PairCollator(self.processor, self.columns, roles)
