@@ -183,8 +183,9 @@ class EmbeddingModule(L.LightningModule):
         self.train(was_training)
         return metrics
 
-    def on_fit_start(self) -> None:
-        self.train()  # HF from_pretrained returns eval-mode modules; ST trains with dropout on, so must we
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # HF from_pretrained returns eval-mode modules; ST trains with dropout on, so must we
+            self.train()
 
     def on_train_start(self) -> None:
         if self.trainer.fast_dev_run:

@@ -183,3 +183,11 @@ def test_predict_embeds_every_item_of_each_stream(tiny_bert_dir, pairs_dir):
         ids = torch.cat([b["ids"] for b in batches if b["stream"] == stream])
         assert sorted(ids.tolist()) == list(range(len(dm.streams["test"][stream])))
         assert all(b["embeddings"].shape[1] == 32 for b in batches)
+
+
+def test_fit_trains_with_dropout_like_st(tiny_bert_dir):
+    """HF loads pretrained models in eval mode; without setup("fit") switching back, dropout would be off."""
+    module = TextEmbeddingModule(TextEncoder(tiny_bert_dir))
+    assert not module.encoder.model.training  # what from_pretrained hands over
+    module.setup("fit")
+    assert all(m.training for m in module.modules())
