@@ -204,7 +204,7 @@ class RetrievalDataModule(L.LightningDataModule):
                                            num_replicas=world, rank=rank)
         sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)  # len() of this epoch
         return DataLoader(train, batch_sampler=sampler, collate_fn=self.train_collator(), num_workers=h.num_workers,
-                          persistent_workers=h.num_workers > 0)
+                          persistent_workers=h.num_workers > 0, pin_memory=self.pin_memory())
 
     def setup(self, stage: str | None = None) -> None:
         if self.processor is None:
@@ -225,6 +225,10 @@ class RetrievalDataModule(L.LightningDataModule):
     def retrieval_tasks(self, stage: str) -> list[RetrievalTask]:
         return self.tasks.get(stage, [])
 
+    def pin_memory(self) -> bool:
+        """Pinned host batches copy to a GPU without a host-device sync per tensor."""
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+
     def rank(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
@@ -238,7 +242,7 @@ class RetrievalDataModule(L.LightningDataModule):
             items.sort(key=lambda item: -len(item[1]) if isinstance(item[1], str) else 0)
             loaders.append(DataLoader(items, batch_size=self.hparams.eval_batch_size,
                                       collate_fn=self.stream_collator(stream, stage),
-                                      num_workers=self.hparams.num_workers))
+                                      num_workers=self.hparams.num_workers, pin_memory=self.pin_memory()))
         return loaders
 
     def val_dataloader(self) -> list[DataLoader]:
