@@ -191,3 +191,36 @@ def test_fit_trains_with_dropout_like_st(tiny_bert_dir):
     assert not module.encoder.model.training  # what from_pretrained hands over
     module.setup("fit")
     assert all(m.training for m in module.modules())
+
+
+def fake_trainer(device_type: str, num_devices: int = 1):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device_type)), num_devices=num_devices,
+                           global_rank=0, world_size=num_devices, current_epoch=0)
+
+
+@pytest.mark.parametrize("device, devices, cores, expected", [
+    ("cpu", 1, 2, 0),  # on a CPU a worker would take a core from the model
+    ("cuda", 1, 16, 4),
+    ("cuda", 8, 16, 1),
+    ("cuda", 1, 2, 1),
+])
+def test_workers_default_to_none_on_cpu_and_a_few_per_gpu(tiny_module, pairs_dir, monkeypatch, device, devices,
+                                                           cores, expected):
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    dm = PairDataModule(pairs_dir)
+    dm.trainer = fake_trainer(device, devices)
+    assert dm.loader_options() == {"num_workers": expected, "persistent_workers": expected > 0,
+                                   "pin_memory": device == "cuda"}
+    dm.hparams.num_workers = 3  # an explicit --data.num_workers wins
+    assert dm.loader_options()["num_workers"] == 3
+
+
+def test_evaluation_loaders_are_built_once_and_keep_their_workers(tiny_module, pairs_dir):
+    dm = setup_dm(tiny_module, dataset=pairs_dir, test_split="test", num_workers=1)
+    first = dm.val_dataloader()
+    assert dm.val_dataloader() is first and all(loader.persistent_workers for loader in first)
+    assert dm.test_dataloader() is not first  # a stage of its own
+    batch = next(iter(first[0]))
+    assert batch["stream"] == "query" and batch["features"]["input_ids"].shape[0] == min(64, len(dm.streams["val"]["query"]))
