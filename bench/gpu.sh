@@ -9,5 +9,6 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, transformers, lightning, sentence_transformers as st; print('torch', torch.__version__, 'transformers', transformers.__version__, 'lightning', lightning.__version__, 'sentence-transformers', st.__version__)"
 python3 -m pytest -q -p no:warnings -m gpu tests/test_gpu.py tests/test_retrieval.py 2>&1 | tail -3
 python3 bench/clip_seed_gpu.py --steps 20 2>&1 | tail -3
+python3 bench/sync_probe.py --tokenizer wheels/tokenizer --steps 12 2>&1 | tail -4
 python3 bench/text_speed.py --random-init bert-base --tokenizer wheels/tokenizer --precision bf16 --batch-size 32 \
-    --steps 30 --eval-rows 800 --max-length 256 --rounds 2 2>&1 | tail -4
+    --steps 35 --eval-rows 800 --max-length 256 --rounds 3 2>&1 | tail -4

@@ -54,6 +54,8 @@ class Probe(Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if batch_idx >= self.warmup:
             self.steps += 1
+        if trainer.global_step == trainer.max_steps:  # count training steps only, not the teardown after them
+            torch.cuda.set_sync_debug_mode(0)
 
 
 def main() -> None:
@@ -80,7 +82,7 @@ def main() -> None:
             "--model.loss=losses.MatryoshkaLoss", "--model.loss.loss=losses.MultipleNegativesRankingLoss",
             "--model.loss.dims=[768, 384, 256, 128]",
             "--data=datamodules.pairs.PairDataModule", f"--data.dataset={root}/train.jsonl", "--data.val_split=null",
-            "--data.batch_size=32", "--data.num_workers=2",
+            "--data.batch_size=32",
         ], run=False)
         cli.trainer.callbacks.append(probe)
         seen = collections.Counter()
