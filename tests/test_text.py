@@ -193,24 +193,18 @@ def test_fit_trains_with_dropout_like_st(tiny_bert_dir):
     assert all(m.training for m in module.modules())
 
 
-def fake_trainer(device_type: str, num_devices: int = 1):
-    from types import SimpleNamespace
-
-    return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device_type)), num_devices=num_devices,
-                           global_rank=0, world_size=num_devices, current_epoch=0)
-
-
 @pytest.mark.parametrize("device, devices, cores, expected", [
     ("cpu", 1, 2, 0),  # on a CPU a worker would take a core from the model
     ("cuda", 1, 16, 4),
     ("cuda", 8, 16, 1),
     ("cuda", 1, 2, 1),
 ])
-def test_workers_default_to_none_on_cpu_and_a_few_per_gpu(tiny_module, pairs_dir, monkeypatch, device, devices,
-                                                           cores, expected):
+def test_workers_default_to_none_on_cpu_and_a_few_per_gpu(pairs_dir, monkeypatch, device, devices, cores, expected):
+    from types import SimpleNamespace
+
     monkeypatch.setattr("os.cpu_count", lambda: cores)
     dm = PairDataModule(pairs_dir)
-    dm.trainer = fake_trainer(device, devices)
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), num_devices=devices)
     assert dm.loader_options() == {"num_workers": expected, "persistent_workers": expected > 0,
                                    "pin_memory": device == "cuda"}
     dm.hparams.num_workers = 3  # an explicit --data.num_workers wins
