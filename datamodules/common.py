@@ -224,6 +224,11 @@ class RetrievalDataModule(L.LightningDataModule):
             if split_name in self.splits:
                 self.streams[stage_name], self.tasks[stage_name] = self.retrieval(stage_name, split_name)
 
+    @property
+    def equal_batch_sizes(self) -> bool:
+        """Whether every training batch on every rank has ``batch_size`` rows (what a cross-device gather needs)."""
+        return self.hparams.drop_last
+
     def retrieval_tasks(self, stage: str) -> list[RetrievalTask]:
         return self.tasks.get(stage, [])
 
@@ -251,7 +256,10 @@ class RetrievalDataModule(L.LightningDataModule):
             return self._eval_loader_cache[key]
         loaders = []
         for stream, values in self.streams[stage].items():
-            items = [(i, values[i]) for i in range(rank, len(values), world)]
+            # every rank gets the same number of items, at least one (a rank without a stream would skip the gather
+            # that computes its metrics): the last ranks repeat a few first items, which the collector drops
+            padded = -(-len(values) // world) * world
+            items = [(i % len(values), values[i % len(values)]) for i in range(rank, padded, world)]
             # longest texts first, as ST's encode does: batches of similar length waste less padding
             items.sort(key=lambda item: -len(item[1]) if isinstance(item[1], str) else 0)
             loaders.append(DataLoader(items, batch_size=self.hparams.eval_batch_size,

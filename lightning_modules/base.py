@@ -1,21 +1,29 @@
 """What every litembed model shares: in-batch-negative training, optimizer and schedule, retrieval evaluation, export.
 
-Subclasses provide the encoder: ``embed_columns`` (training batch → one embedding tensor per data column),
-``embed_stream`` (evaluation batch → embeddings), ``eval_dims`` and ``export``.
+Subclasses provide the encoder: ``embed`` (the features of one column or evaluation stream → embeddings), ``eval_dims``
+and ``export``. A training batch holds one features dict per data column (anchor, positive, negatives…); an evaluation
+batch holds the features of one stream.
 """
 
 import os
+import warnings
 from abc import abstractmethod
 from collections.abc import Sequence
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
 from lightning_modules.optim import build_optimizer
 from lightning_modules.retrieval import EmbeddingCollector, information_retrieval_metrics
+
+# Retrieval metrics are computed once, on rank 0, and broadcast: every rank logs the same value, so there is nothing
+# for sync_dist to reduce, and Lightning's advice to set it (one warning per metric key) does not apply to them.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/", category=PossibleUserWarning)
 
 
 class EmbeddingModule(L.LightningModule):
@@ -61,12 +69,8 @@ class EmbeddingModule(L.LightningModule):
         self._collectors: dict[str, EmbeddingCollector] = {}
 
     @abstractmethod
-    def embed_columns(self, batch: dict) -> list[Tensor]:
-        """One (B, D) embedding per data column of a training batch: anchor, positive, negatives…"""
-
-    @abstractmethod
-    def embed_stream(self, batch: dict) -> Tensor:
-        """(B, D) embeddings of one evaluation batch."""
+    def embed(self, features: dict[str, Tensor]) -> Tensor:
+        """(B, D) embeddings of one column's (or one evaluation stream's) features: tokens, pixel values."""
 
     @abstractmethod
     def export(self, directory: str) -> None:
@@ -83,7 +87,7 @@ class EmbeddingModule(L.LightningModule):
 
     # training
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        embeddings = self.embed_columns(batch)
+        embeddings = [self.embed(features) for features in batch["features"]]
         loss = self.loss(*embeddings, **self.loss_kwargs())
         # not on the progress bar: showing it would copy the loss to the host (a device sync) every step
         self.log("train/loss", loss, batch_size=embeddings[0].shape[0])
@@ -98,6 +102,10 @@ class EmbeddingModule(L.LightningModule):
         return str(self.trainer.precision).startswith("16")
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if gradient_clip_val and gradient_clip_algorithm != "value" and isinstance(self.trainer.strategy, FSDPStrategy):
+            # each rank holds a shard of every gradient: only the FSDP root module knows the global norm
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
         if gradient_clip_val and not self._loss_scaler():
             # fp32 / bf16 gradients are unscaled, so fused AdamW can be clipped (Lightning's AMP plugin refuses it)
             params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -117,13 +125,13 @@ class EmbeddingModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         """Embeddings of one evaluation batch: ``{"stream", "ids", "embeddings"}`` (``train.py predict``)."""
-        return {"stream": batch["stream"], "ids": batch["ids"], "embeddings": self.embed_stream(batch).float()}
+        return {"stream": batch["stream"], "ids": batch["ids"], "embeddings": self.embed(batch["features"]).float()}
 
     def _collect(self, batch: dict) -> None:
         stream = batch["stream"]
         if stream not in self._collectors:
             self._collectors[stream] = EmbeddingCollector().to(self.device)
-        self._collectors[stream].update(batch["ids"], self.embed_stream(batch).float())
+        self._collectors[stream].update(batch["ids"], self.embed(batch["features"]).float())
 
     def _partial_pass(self) -> bool:
         """Sanity checks and fast_dev_run see one batch per stream; retrieval metrics need whole streams."""
@@ -139,7 +147,7 @@ class EmbeddingModule(L.LightningModule):
         self.history.append((self.global_step, metrics))
         main = self.main_metric("val")
         for key, value in metrics.items():
-            self.log(key, value, prog_bar=key == main, sync_dist=False, rank_zero_only=False)
+            self.log(key, value, prog_bar=key == main)
 
     def on_test_epoch_end(self) -> None:
         if self._partial_pass():
@@ -150,17 +158,23 @@ class EmbeddingModule(L.LightningModule):
         rank_zero_info(format_table({"test": metrics}, "test"))
 
     def _compute_retrieval(self, stage: str) -> dict[str, float]:
-        streams = {name: collector.compute() for name, collector in self._collectors.items()}
+        """Every task's metrics at every dim, computed on rank 0 from all ranks' embeddings and broadcast."""
+        tasks = self.trainer.datamodule.retrieval_tasks(stage)
+        streams = {}
+        for name in sorted({s for task in tasks for s in (task.query_stream, task.corpus_stream)}):
+            # compute() gathers the stream from every rank: a collective, so every rank calls it, in the same order
+            streams[name] = self._collectors[name].compute()
         self._collectors.clear()
         metrics = {}
-        for task in self.trainer.datamodule.retrieval_tasks(stage):
-            for dim in self.eval_dims:
-                name = "_".join(p for p in (task.name, f"dim_{dim}" if dim else "") if p)
-                values = information_retrieval_metrics(
-                    streams[task.query_stream], streams[task.corpus_stream], task.relevant, truncate_dim=dim
-                )
-                metrics.update({f"{stage}/{name + '_' if name else ''}{k}": v for k, v in values.items()})
-        return metrics
+        if self.trainer.is_global_zero:
+            for task in tasks:
+                for dim in self.eval_dims:
+                    name = "_".join(p for p in (task.name, f"dim_{dim}" if dim else "") if p)
+                    values = information_retrieval_metrics(
+                        streams[task.query_stream], streams[task.corpus_stream], task.relevant, truncate_dim=dim
+                    )
+                    metrics.update({f"{stage}/{name + '_' if name else ''}{k}": v for k, v in values.items()})
+        return self.trainer.strategy.broadcast(metrics, src=0)
 
     def main_metric(self, stage: str) -> str:
         """The progress-bar metric: nDCG@10 of the first task at the largest dim."""
@@ -186,6 +200,12 @@ class EmbeddingModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":  # HF from_pretrained returns eval-mode modules; ST trains with dropout on, so must we
             self.train()
+            gathers = any(getattr(m, "gather_across_devices", False) for m in self.loss.modules())
+            if gathers and self.trainer.world_size > 1 and not self.trainer.datamodule.equal_batch_sizes:
+                raise ValueError(
+                    "gather_across_devices needs the same batch size on every rank at every step, but the last "
+                    "batches of an epoch can be smaller: set --data.init_args.drop_last true (or stream the data: "
+                    "--data.init_args.streaming true yields full batches only)")
 
     def on_train_start(self) -> None:
         if self.trainer.fast_dev_run:
@@ -200,6 +220,8 @@ class EmbeddingModule(L.LightningModule):
         rank_zero_info(format_table({"base model": metrics}, "val"))
 
     def on_fit_end(self) -> None:
+        # trainer.log_dir broadcasts rank 0's directory: every rank must ask for it, not only the one that exports
+        directory = self.export_path() if self.export_dir is not None and not self.trainer.fast_dev_run else None
         checkpoint = self.trainer.checkpoint_callback
         best = getattr(checkpoint, "best_model_path", "")
         if best:  # like ST's load_best_model_at_end: export (and keep) the best weights, not the last
@@ -210,8 +232,7 @@ class EmbeddingModule(L.LightningModule):
         if len(self.history) >= 2:
             columns = {"base model" if step < 0 else f"step {step}": m for step, m in (self.history[0], self.history[-1])}
             rank_zero_info(format_table(columns, "val"))
-        if self.export_dir is not None and not self.trainer.fast_dev_run and self.trainer.is_global_zero:
-            directory = self.export_path()
+        if directory is not None and self.trainer.is_global_zero:
             self.export(directory)
             rank_zero_info(f"Exported the model to {directory}")
         self.trainer.strategy.barrier()

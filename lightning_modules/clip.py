@@ -57,16 +57,10 @@ class CLIPEmbeddingModule(EmbeddingModule):
         """Weights-free ``tokenize(texts)`` and ``image_transform(image, train)`` the datamodule's workers call."""
         return self.encoder.processor
 
-    def _embed(self, features: dict[str, Tensor]) -> Tensor:
+    def embed(self, features: dict[str, Tensor]) -> Tensor:
         if "pixel_values" in features:
             return self.encoder.encode_image(features["pixel_values"])
         return self.encoder.encode_text(features)
-
-    def embed_columns(self, batch: dict) -> list[Tensor]:
-        return [self._embed(features) for features in batch["features"]]
-
-    def embed_stream(self, batch: dict) -> Tensor:
-        return self._embed(batch["features"])
 
     def loss_kwargs(self) -> dict:
         return {"scale": self.encoder.logit_scale.exp()} if self.learn_logit_scale else {}

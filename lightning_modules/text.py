@@ -35,11 +35,8 @@ class TextEmbeddingModule(EmbeddingModule):
     def eval_dims(self) -> Sequence[int | None]:
         return self.loss.dims if isinstance(self.loss, MatryoshkaLoss) else [None]
 
-    def embed_columns(self, batch: dict) -> list[Tensor]:
-        return [self.encoder(features) for features in batch["features"]]
-
-    def embed_stream(self, batch: dict) -> Tensor:
-        return self.encoder(batch["features"])
+    def embed(self, features: dict[str, Tensor]) -> Tensor:
+        return self.encoder(features)
 
     def export(self, directory: str) -> None:
         self.encoder.save(directory, model_card=self.model_card())

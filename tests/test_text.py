@@ -73,7 +73,7 @@ def test_encoder_runs_once_per_column_whatever_the_matryoshka_dims(tiny_bert_dir
     batch = next(iter(dm.train_dataloader()))
     calls = []
     module.encoder.model.register_forward_hook(lambda *a: calls.append(1))
-    loss = module.loss(*module.embed_columns(batch))
+    loss = module.loss(*(module.embed(f) for f in batch["features"]))
     loss.backward()
     assert len(calls) == 2  # anchor and positive columns, not 2 × 4 dims
 
