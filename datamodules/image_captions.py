@@ -4,10 +4,14 @@ import logging
 import os
 
 import datasets
+import numpy as np
+import pyarrow as pa
 import torch
 
-from datamodules.common import RetrievalDataModule, RetrievalTask, check_columns, check_texts
-from datamodules.images import image_key, load_image, scan_images
+from datamodules.common import (ROW, RetrievalDataModule, RetrievalTask, check_columns, check_texts, text_value,
+                                value_codes)
+from datamodules.images import ImageLoadError, check_image, image_key, load_image, scan_images
+from datamodules.sources import BadRow
 from datamodules.shapes import make_shapes
 
 log = logging.getLogger(__name__)
@@ -29,8 +33,9 @@ class ImageCaptionCollator:
         features = []
         for column in self.columns:
             if column == self.image_column:
-                pixels = [self.processor.image_transform(load_image(r[column], where=f"{self.where} row {r['__row__']}, "
-                          f"column {column!r}", base_dir=self.base_dir), True) for r in rows]
+                pixels = [self.processor.image_transform(load_image(r[column], where=f"{self.where}"
+                          f"{f' row {r[ROW]}' if ROW in r else ''}, column {column!r}", base_dir=self.base_dir), True)
+                          for r in rows]
                 features.append({"pixel_values": torch.stack(pixels)})
             else:
                 features.append(self.processor.tokenize([r[column] for r in rows]))
@@ -73,11 +78,12 @@ class ImageCaptionDataModule(RetrievalDataModule):
         columns: loss column order; the first is the anchor.
         val_name: metric name prefix of validation (the seed: ``coco-eval``).
         test_name: metric name prefix of test (the seed: ``coco-test``).
-        on_bad_image: ``skip`` rows whose image cannot be read (the count and the first rows are logged) or ``error``.
+        on_bad_image: ``skip`` rows whose image cannot be read (the count and the first rows are logged; a stream
+            reports them per epoch) or ``error``.
         builtin_rows: rows of the built-in shapes dataset (validation is carved from them with ``val_size``).
         image_size: side of the built-in shapes images.
         batch_size: pairs per device per step.
-        **kwargs: split, batching and loader options of ``RetrievalDataModule``.
+        **kwargs: split, streaming, batching and loader options of ``RetrievalDataModule``.
     """
 
     def __init__(
@@ -116,27 +122,77 @@ class ImageCaptionDataModule(RetrievalDataModule):
         source = self.hparams.dataset
         return source if os.path.isdir(source) else os.path.dirname(source) if os.path.isfile(source) else None
 
-    def prepare_split(self, name: str, split: datasets.Dataset, where: str) -> datasets.Dataset:
-        """Check columns and captions, drop (or refuse) unreadable images, and key every row's image."""
+    @property
+    def train_columns(self) -> list[str]:
         h = self.hparams
-        check_columns(split, [h.image_column, h.caption_column] + ([h.image_id_column] if h.image_id_column else []), where)
+        return [h.image_column, h.caption_column] + ([h.image_id_column] if h.image_id_column else [])
+
+    def encoded(self, split):
+        column = self.hparams.image_column
+        if isinstance((split.features or {}).get(column), datasets.Image):  # keep bytes or paths; decode in workers
+            return split.cast_column(column, datasets.Image(decode=False))
+        return split
+
+    def check_split(self, name: str, split: datasets.Dataset, where: str) -> datasets.Dataset:
+        """Check columns and captions, key every row's image, and drop (or refuse) rows whose image is unreadable.
+
+        Each distinct image is decoded once, its rank's share only (COCO has 5 caption rows per image): the ranks
+        then exchange the unreadable ones.
+        """
+        h = self.hparams
+        check_columns(split, self.train_columns, where)
         check_texts(split, [h.caption_column], where)
-        if isinstance(split.features[h.image_column], datasets.Image):  # keep bytes; decode in workers
-            split = split.cast_column(h.image_column, datasets.Image(decode=False))
-        split = split.add_column("__row__", list(range(len(split))))
-        good, problems = scan_images(split[h.image_column], h.image_column, where, base_dir=self.base_dir)
-        if problems:
-            message = f"{len(problems)} of {len(split)} rows have unreadable images:\n  " + "\n  ".join(problems[:10])
+        keys = self._image_keys(split)
+        first: dict[str, int] = {}
+        for row, key in enumerate(keys):
+            first.setdefault(key, row)
+        rank, world = self.rank()
+        mine = sorted(first.values())[rank::world]
+        values = split.select(mine)[h.image_column]
+        good, problems = scan_images(values, h.image_column, where, base_dir=self.base_dir,
+                                     rows=split.select(mine)[ROW])
+        bad = {keys[mine[i]] for i in sorted(set(range(len(mine))) - set(good))}
+        if world > 1:
+            gathered: list = [None] * world
+            torch.distributed.all_gather_object(gathered, (bad, problems))
+            bad = set().union(*(b for b, _ in gathered))
+            problems = [p for _, ps in gathered for p in ps]
+        if bad:
+            good_rows = [row for row, key in enumerate(keys) if key not in bad]
+            message = (f"{len(keys) - len(good_rows)} of {len(keys)} rows have unreadable images ({len(bad)} distinct "
+                       f"images):\n  " + "\n  ".join(problems[:10]))
             if h.on_bad_image == "error":
                 raise ValueError(message + "\nFix or remove them, or set --data.on_bad_image skip.")
             log.warning(message + "\nThese rows are skipped (--data.on_bad_image skip).")
-            split = split.select(good)
-        if h.image_id_column:
-            keys = [str(v) for v in split[h.image_id_column]]
-        else:
-            keys = [image_key(v, base_dir=self.base_dir) for v in split[h.image_column]]
+            split, keys = split.select(good_rows), [keys[row] for row in good_rows]
         self.keys[name] = keys
         return split
+
+    def _image_keys(self, split: datasets.Dataset) -> list[str]:
+        """Each row's image key: the id column's value, else a hash of the image's bytes (a file is read once)."""
+        h = self.hparams
+        table = split.select_columns([h.image_id_column or h.image_column]).with_format("arrow")
+        if h.image_id_column:
+            return table[:].column(0).cast(pa.string()).to_pylist()
+        by_path: dict[str, str] = {}
+        keys = []
+        for batch in table.iter(batch_size=1024):
+            for value in batch.column(0).to_pylist():
+                path = value if isinstance(value, str) else value.get("path") if isinstance(value, dict) else None
+                inline = isinstance(value, dict) and value.get("bytes") is not None
+                if path is not None and not inline:
+                    if path not in by_path:
+                        by_path[path] = self._key(value, path)
+                    keys.append(by_path[path])
+                else:
+                    keys.append(self._key(value, f"row {len(keys)}"))
+        return keys
+
+    def _key(self, value, name: str) -> str:
+        try:
+            return image_key(value, base_dir=self.base_dir)
+        except ImageLoadError:  # unreadable: a key of its own, and the scan names the row
+            return f"unreadable {name}"
 
     def retrieval(self, stage: str, split_name: str) -> tuple[dict[str, list], list[RetrievalTask]]:
         prefix = self.hparams.val_name if stage == "val" else self.hparams.test_name
@@ -165,9 +221,24 @@ class ImageCaptionDataModule(RetrievalDataModule):
     def stream_collator(self, stream: str, stage: str) -> StreamCollator:
         return StreamCollator(self.processor, stream, f"{self.hparams.dataset} ({stage})", self.base_dir)
 
-    def row_values(self) -> list[tuple]:
-        captions = self.splits["train"][self.hparams.caption_column]
-        return [(("image", k), ("caption", t)) for k, t in zip(self.keys["train"], captions)]
+    def row_codes(self, split: datasets.Dataset) -> np.ndarray:
+        captions = split.select_columns([self.hparams.caption_column]).with_format("arrow")[:].column(0)
+        return value_codes([[pa.chunked_array([pa.array(self.keys["train"], pa.string())])], [captions]])
+
+    def admit(self, row: dict) -> tuple:
+        h = self.hparams
+        where = f"{h.dataset} (train stream)"
+        caption = text_value(row, h.caption_column, where)
+        value = row.get(h.image_column)
+        try:
+            check_image(value, where=f"{where}, column {h.image_column!r} of the row captioned {caption[:60]!r}",
+                        base_dir=self.base_dir)
+        except ImageLoadError as err:
+            if h.on_bad_image == "error":
+                raise ValueError(f"{err}\nFix or remove the row, or set --data.on_bad_image skip.") from None
+            raise BadRow(str(err)) from None
+        key = str(row[h.image_id_column]) if h.image_id_column else image_key(value, base_dir=self.base_dir)
+        return ("image", key), ("caption", caption)
 
     def train_collator(self) -> ImageCaptionCollator:
         h = self.hparams

@@ -1,8 +1,9 @@
 """Reading images from any column value (PIL image, bytes, HF ``{"bytes", "path"}`` dict, file path) into RGB.
 
-Every failure is an :class:`ImageLoadError` that names the row and what to do. :func:`scan_images` decodes a whole
-column once up front so that the datamodule can count and skip (or refuse) bad rows before training starts, instead
-of crashing in a DataLoader worker mid-epoch.
+Every failure is an :class:`ImageLoadError` that names the row and what to do. :func:`scan_images` decodes a list of
+images once up front (the datamodule passes each distinct image once) so that bad rows are counted and skipped (or
+refused) before training starts, instead of crashing in a DataLoader worker mid-epoch; :func:`check_image` does the
+same for one streamed row.
 """
 
 import hashlib
@@ -10,7 +11,7 @@ import io
 import itertools
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -157,12 +158,19 @@ def image_key(value: Any, *, base_dir: str | None = None) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
+def check_image(value: Any, *, where: str, base_dir: str | None = None, max_pixels: int = MAX_PIXELS) -> None:
+    """Raise :class:`ImageLoadError` if :func:`load_image` would refuse ``value``; JPEGs are decoded at 1/8 scale
+    (every byte is still read, so truncation shows), other formats in full."""
+    _load(value, where, base_dir, max_pixels, draft=True)
+
+
 def scan_images(
     values: Iterable[Any],
     column: str,
     where: str,
     base_dir: str | None = None,
     *,
+    rows: Sequence[int] | None = None,
     max_pixels: int = MAX_PIXELS,
     num_threads: int = 8,
 ) -> tuple[list[int], list[str]]:
@@ -177,6 +185,7 @@ def scan_images(
         column: the column name, for the messages.
         where: the split, for the messages, e.g. ``"coco (train split)"``.
         base_dir: directory that relative paths are resolved against.
+        rows: the row number to name for each value (default: its position).
         max_pixels: as in :func:`load_image`.
         num_threads: decoding threads.
 
@@ -189,20 +198,21 @@ def scan_images(
         log.warning("%s: PIL.ImageFile.LOAD_TRUNCATED_IMAGES was set to True by other code: truncated images decode "
                     "partly grey instead of failing, and this scan cannot catch them.", where)
 
-    def problem(item: tuple[int, Any]) -> str | None:
-        row, value = item
+    def problem(item: tuple[int, int, Any]) -> str | None:
+        _, row, value = item
         try:
-            _load(value, f"{where} row {row}, column {column!r}", base_dir, max_pixels, draft=True)
+            check_image(value, where=f"{where} row {row}, column {column!r}", base_dir=base_dir, max_pixels=max_pixels)
         except ImageLoadError as err:
             return str(err)
         return None
 
-    rows, good, problems = enumerate(values), [], []
+    items = ((i, rows[i] if rows is not None else i, v) for i, v in enumerate(values))
+    good, problems = [], []
     with ThreadPoolExecutor(num_threads) as pool:
-        while chunk := list(itertools.islice(rows, 64 * num_threads)):
-            for (row, _), outcome in zip(chunk, pool.map(problem, chunk)):
+        while chunk := list(itertools.islice(items, 64 * num_threads)):
+            for (position, _, _), outcome in zip(chunk, pool.map(problem, chunk)):
                 if outcome is None:
-                    good.append(row)
+                    good.append(position)
                 else:
                     problems.append(outcome)
     return good, problems

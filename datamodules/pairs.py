@@ -4,9 +4,10 @@ import logging
 from collections.abc import Callable
 
 import datasets
+import numpy as np
 import torch
 
-from datamodules.common import RetrievalDataModule, RetrievalTask, check_columns, check_texts
+from datamodules.common import RetrievalDataModule, RetrievalTask, check_columns, check_texts, text_value, value_codes
 from datamodules.stdlib_pairs import stdlib_docstring_pairs
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class PairDataModule(RetrievalDataModule):
         query_column: eval query column; default ``columns[0]``.
         corpus_column: eval corpus column; default ``columns[1]``.
         corpus_from_train: add the training split's passages to the evaluation corpus (distractors).
-        **kwargs: split, batching and loader options of ``RetrievalDataModule``.
+        **kwargs: split, streaming, batching and loader options of ``RetrievalDataModule``.
     """
 
     def __init__(
@@ -61,6 +62,9 @@ class PairDataModule(RetrievalDataModule):
     ) -> None:
         if len(columns) < 2:
             raise ValueError(f"--data.columns needs at least an anchor and a positive column, got {columns}")
+        if corpus_from_train and kwargs.get("streaming"):
+            raise ValueError("--data.init_args.corpus_from_train needs the whole training split in memory; it cannot be "
+                             "combined with --data.init_args.streaming true")
         super().__init__(dataset, **kwargs)
         self.columns = list(columns)
         self.query_column = query_column or self.columns[0]
@@ -69,7 +73,11 @@ class PairDataModule(RetrievalDataModule):
     def builtins(self) -> dict:
         return {"stdlib-docstrings": lambda: datasets.DatasetDict({"train": stdlib_docstring_pairs(seed=self.hparams.seed)})}
 
-    def prepare_split(self, name: str, split: datasets.Dataset, where: str) -> datasets.Dataset:
+    @property
+    def train_columns(self) -> list[str]:
+        return self.columns
+
+    def check_split(self, name: str, split: datasets.Dataset, where: str) -> datasets.Dataset:
         columns = self.columns if name == "train" else list(dict.fromkeys([self.query_column, self.corpus_column]))
         check_columns(split, columns, where)
         check_texts(split, columns, where)
@@ -95,8 +103,14 @@ class PairDataModule(RetrievalDataModule):
     def stream_collator(self, stream: str, stage: str) -> StreamCollator:
         return StreamCollator(self.processor, stream, "query" if stream == "query" else "document")
 
-    def row_values(self) -> list[tuple]:
-        return list(zip(*(self.splits["train"][c] for c in self.columns)))
+    def row_codes(self, split: datasets.Dataset) -> np.ndarray:
+        # a text is the same value in any column (ST compares each row's set of strings)
+        table = split.select_columns(self.columns).with_format("arrow")[:]
+        return value_codes([[table.column(c) for c in self.columns]])
+
+    def admit(self, row: dict) -> tuple:
+        where = f"{self.hparams.dataset} (train stream)"
+        return tuple(text_value(row, column, where) for column in self.columns)
 
     def train_collator(self) -> PairCollator:
         roles = ["query" if c == self.query_column else "document" for c in self.columns]

@@ -14,6 +14,7 @@ formed fewer than ``len(rows) // batch_size`` full batches: each row is used at 
 
 from collections.abc import Hashable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
@@ -73,8 +74,10 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
     """Shuffled batches of row indices where no value repeats within a batch, in any column.
 
     Args:
-        row_values: for each row, its values in every column (text as ``str``; images as a content hash). Two rows
-            conflict when they share any value; ST compares ``str(value)``, so pass strings to match it.
+        row_values: for each row, its values in every column (text as ``str``; images as a content hash), or an
+            (N, C) integer array of codes standing for them (``datamodules.common.value_codes``; equal codes = equal
+            values), which is far smaller than N tuples of strings. Two rows conflict when they share any value; ST
+            compares ``str(value)``, so pass strings (or codes of strings) to match it.
         batch_size: rows per batch on each rank.
         drop_last: yield only full batches (and, under DDP, a multiple of ``num_replicas`` of them). Otherwise batches
             that ran out of rows without a shared value are yielded too, smaller.
@@ -112,7 +115,13 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
             raise ValueError(f"num_replicas must be ≥ 1, got {self.num_replicas}")
         if not 0 <= self.rank < self.num_replicas:
             raise ValueError(f"rank must be in [0, {self.num_replicas}), got {self.rank}")
-        self.row_values = [tuple(values) for values in row_values]
+        if isinstance(row_values, np.ndarray):
+            # every value distinct: no row can be deferred, so the batches are consecutive slices of the order
+            self._all_distinct = len(np.unique(row_values)) == row_values.size
+            self.row_values = row_values if self._all_distinct else row_values.tolist()
+        else:
+            self._all_distinct = False
+            self.row_values = [tuple(values) for values in row_values]
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.seed = seed
@@ -130,8 +139,11 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
     def global_batches(self) -> list[list[int]]:
         """The batches of the current epoch on all ranks together, before sharding (ST's batches when unsharded)."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.row_values), generator=generator).tolist()
-        batches = no_duplicate_batches(order, self.row_values, self.batch_size)
+        order = torch.randperm(len(self.row_values), generator=generator)
+        if self._all_distinct:
+            batches = [chunk.tolist() for chunk in order.split(self.batch_size)]
+        else:
+            batches = no_duplicate_batches(order.tolist(), self.row_values, self.batch_size)
         return [batch for batch in batches if len(batch) == self.batch_size] if self.drop_last else batches
 
     def _rank_batches(self) -> list[list[int]]:

@@ -93,6 +93,9 @@ class EmbeddingModule(L.LightningModule):
         self.log("train/loss", loss, batch_size=embeddings[0].shape[0])
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        self.trainer.datamodule.report_epoch(self.current_epoch)  # rows a stream skipped or read twice
+
     def configure_optimizers(self) -> dict:
         # fused AdamW unscales fp16 gradients inside step(), after clipping would have run: not with a loss scaler
         fused = self.device.type == "cuda" and not self._loss_scaler()

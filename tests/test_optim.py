@@ -54,7 +54,8 @@ def test_clipping_without_a_loss_scaler_clips_the_true_gradient():
     module = TextEmbeddingModule.__new__(TextEmbeddingModule)
     nn.Module.__init__(module)
     module.layer = nn.Linear(4, 4)
-    module._trainer = SimpleNamespace(precision="bf16-mixed")
+    module._fabric = None
+    module._trainer = SimpleNamespace(precision="bf16-mixed", strategy=SimpleNamespace())
     module._loss_scaler = lambda: False
     module.layer.weight.grad = torch.full((4, 4), 10.0)
     module.layer.bias.grad = torch.full((4,), 10.0)
@@ -62,3 +63,23 @@ def test_clipping_without_a_loss_scaler_clips_the_true_gradient():
     module.configure_gradient_clipping(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
     norm = torch.cat([module.layer.weight.grad.flatten(), module.layer.bias.grad]).norm()
     assert norm.item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_fsdp_clips_the_global_norm_through_the_root_module():
+    """Under FSDP each rank holds shards of the gradients: clip_grad_norm_ of the FSDP root computes the global norm,
+    while torch.nn.utils.clip_grad_norm_ would clip each shard by its own."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from lightning_modules.text import TextEmbeddingModule
+
+    module = TextEmbeddingModule.__new__(TextEmbeddingModule)
+    nn.Module.__init__(module)
+    strategy = FSDPStrategy.__new__(FSDPStrategy)
+    clipped = []
+    strategy.model = SimpleNamespace(clip_grad_norm_=clipped.append)
+    module._fabric = None
+    module._trainer = SimpleNamespace(precision="bf16-mixed", strategy=strategy)
+    module.configure_gradient_clipping(None, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+    assert clipped == [1.0]

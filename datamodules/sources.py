@@ -1,0 +1,216 @@
+"""Where training batches come from: a map-style dataset with the exact ST sampler, or a stream with windowed batches.
+
+Both sources hand the datamodule one ``DataLoader`` whose batches have no value twice (no duplicate text, no image
+twice), so no in-batch negative is a copy of a positive, and give every DDP rank the same number of batches.
+
+- :class:`MapStyleSource`: an Arrow-backed ``datasets.Dataset`` plus one integer code per (row, value), batched by
+  :class:`~datamodules.sampler.NoDuplicatesBatchSampler` (sentence-transformers' exact batches in one process).
+- :class:`StreamingSource`: an HF ``IterableDataset`` read shard by shard in the DataLoader workers of every rank.
+  Rows pass a bounded shuffle buffer, then a window in which :func:`~datamodules.sampler.no_duplicate_batches` forms
+  full duplicate-free batches; rows that fit no batch yet wait in the window for the next ones. Bad rows are skipped
+  and counted. Each rank yields exactly ``steps_per_epoch`` batches: a worker whose shards run out reads them again
+  (counted as repeated rows), so no rank waits for another at the end of an epoch.
+"""
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from datamodules.sampler import NoDuplicatesBatchSampler, no_duplicate_batches
+
+log = logging.getLogger(__name__)
+
+
+class BadRow(ValueError):
+    """A training row that cannot be used (empty text, unreadable image): skipped in a stream, counted, reported."""
+
+
+class TrainSource(ABC):
+    """One epoch's training batches for one rank."""
+
+    @abstractmethod
+    def dataloader(self, *, epoch: int, rank: int, world: int, options: dict) -> DataLoader:
+        """The DataLoader of ``epoch`` for ``rank`` of ``world``; ``options`` are worker and pinning options."""
+
+    @property
+    @abstractmethod
+    def equal_batch_sizes(self) -> bool:
+        """Whether every batch on every rank has exactly ``batch_size`` rows (what a cross-device gather needs)."""
+
+
+class MapStyleSource(TrainSource):
+    """An indexable dataset batched by the no-duplicates sampler.
+
+    Args:
+        dataset: the training rows; ``dataset[i]`` is what the collate function receives.
+        row_values: (N, C) integer codes, one per value of each row (equal codes = equal values); rows sharing a code
+            never meet in a batch. With ``no_duplicates`` off, pass one distinct code per row.
+        batch_size: rows per batch on each rank.
+        drop_last: only full batches.
+        seed: the batch order of epoch ``e`` is seeded with ``seed + e``.
+        collate: rows → batch, run in the workers.
+    """
+
+    def __init__(self, dataset, row_values: np.ndarray, batch_size: int, drop_last: bool, seed: int,
+                 collate: Callable) -> None:
+        self.dataset, self.row_values = dataset, row_values
+        self.batch_size, self.drop_last, self.seed, self.collate = batch_size, drop_last, seed, collate
+
+    @property
+    def equal_batch_sizes(self) -> bool:
+        return self.drop_last
+
+    def dataloader(self, *, epoch: int, rank: int, world: int, options: dict) -> DataLoader:
+        sampler = NoDuplicatesBatchSampler(self.row_values, self.batch_size, drop_last=self.drop_last, seed=self.seed,
+                                           num_replicas=world, rank=rank)
+        sampler.set_epoch(epoch)  # len() of this epoch
+        return DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate, **options)
+
+
+@dataclass
+class EpochReport:
+    """What a stream skipped or repeated; carried to the main process inside the batches."""
+
+    skipped: int = 0
+    examples: list[str] = field(default_factory=list)  # the first few skipped rows, with why
+    repeated_passes: int = 0  # times a worker's shards ran out and were read again to fill the epoch
+
+    def add(self, other: "EpochReport", keep: int = 10) -> None:
+        self.skipped += other.skipped
+        self.examples += other.examples[: max(0, keep - len(self.examples))]
+        self.repeated_passes += other.repeated_passes
+
+
+class StreamingSource(TrainSource):
+    """An HF ``IterableDataset`` turned into duplicate-free batches in the workers.
+
+    Args:
+        stream: the training split as an HF ``IterableDataset`` (``take(n)`` already applied for a row cap).
+        rows: rows per epoch (all ranks together) when known, from the row cap or the data's metadata; None: unknown.
+        max_steps: ``--trainer.max_steps`` (-1: unset); used when ``rows`` is unknown.
+        accumulate: ``--trainer.accumulate_grad_batches``: batches per optimizer step.
+        batch_size: rows per batch on each rank.
+        seed: seed of the shard order and shuffle buffer (reshuffled every epoch).
+        buffer_size: rows in the shuffle buffer (HF ``IterableDataset.shuffle``): more mixes better, costs memory.
+        window: rows among which duplicate-free batches are formed (at least ``batch_size``).
+        admit: ``row → values`` of a row whose values may not repeat in a batch; raises :class:`BadRow` for a row to
+            skip. Runs in the workers.
+        collate: rows → batch, run in the workers.
+        where: names the data in messages.
+    """
+
+    def __init__(self, stream: datasets.IterableDataset, rows: int | None, max_steps: int, accumulate: int,
+                 batch_size: int, seed: int, buffer_size: int, window: int, admit: Callable[[dict], tuple],
+                 collate: Callable, where: str) -> None:
+        if rows is None and max_steps < 0:
+            raise ValueError(
+                f"{where}: the stream's length is unknown (no row count in its metadata, not a local parquet, jsonl or "
+                f"csv file), so an epoch has no end: set --data.init_args.max_train_rows (rows per epoch) or "
+                f"--trainer.max_steps")
+        self.stream, self.rows, self.max_steps, self.accumulate = stream, rows, max_steps, accumulate
+        self.batch_size, self.seed, self.buffer_size = batch_size, seed, buffer_size
+        self.window, self.admit, self.collate, self.where = max(window, batch_size), admit, collate, where
+
+    @property
+    def equal_batch_sizes(self) -> bool:
+        return True
+
+    def steps_per_epoch(self, world: int) -> int | None:
+        """Batches every rank yields per epoch: full global batches of the known rows, else None (until max_steps)."""
+        if self.rows is None:
+            return None
+        steps = self.rows // (self.batch_size * world)
+        if steps == 0:
+            raise ValueError(f"{self.where}: {self.rows} rows make no batch of {self.batch_size} on each of {world} "
+                             f"ranks; lower --data.init_args.batch_size")
+        return steps
+
+    def dataloader(self, *, epoch: int, rank: int, world: int, options: dict) -> DataLoader:
+        stream = datasets.distributed.split_dataset_by_node(self.stream, rank=rank, world_size=world)
+        stream = stream.shuffle(seed=self.seed, buffer_size=self.buffer_size)
+        workers = options["num_workers"]
+        if workers > stream.num_shards:
+            # HF gives each worker whole shards: a worker without one would have nothing to read
+            log.warning("%s: %d DataLoader workers for %d shard(s) on this rank: using %d (split the data into more "
+                        "files for more)", self.where, workers, stream.num_shards, stream.num_shards)
+            options = {**options, "num_workers": stream.num_shards, "persistent_workers": True}
+        batches = StreamBatches(stream, self.steps_per_epoch(world), epoch, self.batch_size, self.window, self.admit,
+                                self.collate, f"{self.where} rank {rank}")
+        return DataLoader(batches, batch_size=None, **options)
+
+
+class StreamBatches(IterableDataset):
+    """The batches of one rank: each worker reads its shards and yields its share of ``steps`` batches per epoch.
+
+    Persistent workers keep their copy of this object, so each ``__iter__`` is the next epoch (Lightning calls
+    ``set_epoch`` only on samplers, which an iterable dataset has none of).
+    """
+
+    def __init__(self, stream: datasets.IterableDataset, steps: int | None, epoch: int, batch_size: int, window: int,
+                 admit: Callable[[dict], tuple], collate: Callable, where: str) -> None:
+        self.stream, self.steps, self.epoch = stream, steps, epoch
+        self.batch_size, self.window, self.admit, self.collate, self.where = batch_size, window, admit, collate, where
+
+    def __len__(self) -> int:
+        if self.steps is None:
+            raise TypeError("the stream has no length: the run ends at --trainer.max_steps")
+        return self.steps
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        # DataLoader takes batches from the workers in turn, so worker w serves every workers-th batch
+        quota = None if self.steps is None else self.steps // workers + (worker < self.steps % workers)
+        report, produced, passes = EpochReport(), 0, 0
+        while quota is None or produced < quota:
+            self.stream.set_epoch(epoch * 1000 + passes)  # a fresh shard order and buffer for each pass
+            produced_this_pass = 0
+            for batch in self._batches(report):
+                batch["report"], report = report, EpochReport()
+                yield batch
+                produced += 1
+                produced_this_pass += 1
+                if produced == quota:
+                    return
+            if produced_this_pass == 0:
+                raise ValueError(f"{self.where}, worker {worker}: a whole pass over its shard(s) formed no batch of "
+                                 f"{self.batch_size} rows with distinct values; check the data or lower "
+                                 f"--data.init_args.batch_size")
+            passes += 1
+            report.repeated_passes += 1
+
+    def _batches(self, report: EpochReport) -> Iterator[dict]:
+        """Full duplicate-free batches from one pass; rows left over at the end of the pass are dropped."""
+        pending: list[tuple[dict, tuple]] = []
+        for row in self.stream:
+            try:
+                values = self.admit(row)
+            except BadRow as err:
+                report.skipped += 1
+                if len(report.examples) < 10:
+                    report.examples.append(str(err))
+                continue
+            pending.append((row, values))
+            if len(pending) < self.window:
+                continue
+            batches = no_duplicate_batches(range(len(pending)), [v for _, v in pending], self.batch_size)
+            full = [b for b in batches if len(b) == self.batch_size]
+            used = {i for b in full for i in b}
+            for batch in full:
+                yield self.collate([pending[i][0] for i in batch])
+            # rows that fit no full batch wait for the next window; past a window of them, the oldest give way
+            pending = [p for i, p in enumerate(pending) if i not in used]
+            overflow = len(pending) - (self.window - self.batch_size)
+            if overflow > 0:
+                report.skipped += overflow
+                if len(report.examples) < 10:
+                    report.examples.append(f"{overflow} row(s) shared a value with every batch formed in a window of "
+                                           f"{self.window} rows (raise --data.init_args.stream_window)")
+                pending = pending[overflow:]
