@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import datasets
+from datasets.distributed import split_dataset_by_node
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -132,7 +133,7 @@ class StreamingSource(TrainSource):
         return steps
 
     def dataloader(self, *, epoch: int, rank: int, world: int, options: dict) -> DataLoader:
-        stream = datasets.distributed.split_dataset_by_node(self.stream, rank=rank, world_size=world)
+        stream = split_dataset_by_node(self.stream, rank=rank, world_size=world)
         stream = stream.shuffle(seed=self.seed, buffer_size=self.buffer_size)
         workers = options["num_workers"]
         if workers > stream.num_shards:
@@ -187,7 +188,7 @@ class StreamBatches(IterableDataset):
             report.repeated_passes += 1
 
     def _batches(self, report: EpochReport) -> Iterator[dict]:
-        """Full duplicate-free batches from one pass; rows left over at the end of the pass are dropped."""
+        """Full duplicate-free batches from one pass; fewer than a batch of rows may be left at its end."""
         pending: list[tuple[dict, tuple]] = []
         for row in self.stream:
             try:
@@ -198,19 +199,23 @@ class StreamBatches(IterableDataset):
                     report.examples.append(str(err))
                 continue
             pending.append((row, values))
-            if len(pending) < self.window:
-                continue
-            batches = no_duplicate_batches(range(len(pending)), [v for _, v in pending], self.batch_size)
-            full = [b for b in batches if len(b) == self.batch_size]
-            used = {i for b in full for i in b}
-            for batch in full:
+            if len(pending) == self.window:
+                pending = yield from self._full_batches(pending)
+                overflow = len(pending) - (self.window - self.batch_size)
+                if overflow > 0:  # a window of rows that fit no batch yet: the oldest give way
+                    report.skipped += overflow
+                    if len(report.examples) < 10:
+                        report.examples.append(f"{overflow} row(s) shared a value with every batch formed in a "
+                                               f"window of {self.window} rows (raise --data.init_args.stream_window)")
+                    pending = pending[overflow:]
+        yield from self._full_batches(pending)
+
+    def _full_batches(self, pending: list[tuple[dict, tuple]]):
+        """Yield the full duplicate-free batches ``pending`` forms; return the rows left waiting, in order."""
+        batches = no_duplicate_batches(range(len(pending)), [values for _, values in pending], self.batch_size)
+        used = set()
+        for batch in batches:
+            if len(batch) == self.batch_size:
+                used.update(batch)
                 yield self.collate([pending[i][0] for i in batch])
-            # rows that fit no full batch wait for the next window; past a window of them, the oldest give way
-            pending = [p for i, p in enumerate(pending) if i not in used]
-            overflow = len(pending) - (self.window - self.batch_size)
-            if overflow > 0:
-                report.skipped += overflow
-                if len(report.examples) < 10:
-                    report.examples.append(f"{overflow} row(s) shared a value with every batch formed in a window of "
-                                           f"{self.window} rows (raise --data.init_args.stream_window)")
-                pending = pending[overflow:]
+        return [p for i, p in enumerate(pending) if i not in used]

@@ -51,7 +51,7 @@ def test_clip_seed_recipe_hyperparameters(capsys):
     assert (model["lr"], model["weight_decay"], model["lr_schedule"], model["warmup_ratio"]) == (2e-5, 0.0, "linear", 0.1)
     assert model["loss"]["init_args"]["scale"] == 20.0 and not model["learn_logit_scale"]
     assert (data["dataset"], data["batch_size"], data["no_duplicates"]) == ("jxie/coco_captions", 16, True)
-    assert (data["max_train_rows"], data["max_eval_rows"]) == (10000, 1000)
+    assert (data["max_train_rows"], data["max_eval_rows"], data["streaming"]) == (10000, 1000, True)
     assert (data["val_name"], data["test_name"], data["columns"]) == ("coco-eval", "coco-test", ["image", "caption"])
 
 
@@ -114,12 +114,26 @@ def test_clip_seed_recipe_on_local_directories(tmp_path, coco_like):
     cli = cli_main(["fit", "--config", os.path.join(ROOT, "configs", "clip_vit_l14_coco.yaml"),
                     f"--model.init_args.encoder.init_args.model_name_or_path={model_dir}",
                     f"--data.init_args.dataset={data_dir}", "--data.init_args.num_workers=0",
-                    "--trainer.val_check_interval=1", f"--trainer.logger.init_args.save_dir={tmp_path}",
-                    "--trainer.enable_progress_bar=false"])
-    # 8 images × 5 captions: no batch holds an image twice, so 5 batches of 8; evaluated before training + every step
+                    "--data.init_args.batch_size=8", "--trainer.val_check_interval=1",
+                    f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    # streamed: 8 images × 5 captions = 40 rows (from the parquet footers) make 5 batches of 8 distinct images;
+    # evaluated before training + every step
     assert [step for step, _ in cli.model.history] == [-1, 1, 2, 3, 4, 5]
+    assert "train" not in cli.datamodule.splits  # the training split was streamed, never loaded whole
     keys = cli.trainer.callback_metrics
     assert "test/coco-test_cosine_ndcg@10" in keys and "test/coco-test-image2text_cosine_ndcg@10" in keys
     # caption → image: one relevant image per caption, so precision@3 = accuracy@3 / 3 (as in the card)
     assert keys["test/coco-test_cosine_precision@3"].item() == pytest.approx(keys["test/coco-test_cosine_accuracy@3"].item() / 3)
     assert os.path.exists(os.path.join(cli.trainer.log_dir, "model", "sentence_bert_config.json"))
+
+
+def test_clip_seed_recipe_map_style(tmp_path, coco_like):
+    model_dir, data_dir = coco_like
+    cli = cli_main(["fit", "--config", os.path.join(ROOT, "configs", "clip_vit_l14_coco.yaml"),
+                    f"--model.init_args.encoder.init_args.model_name_or_path={model_dir}",
+                    f"--data.init_args.dataset={data_dir}", "--data.init_args.num_workers=0",
+                    "--data.init_args.streaming=false", "--trainer.val_check_interval=1",
+                    f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    # 8 images × 5 captions: no batch holds an image twice, so 5 batches of 8 (the batch size is 16)
+    assert [step for step, _ in cli.model.history] == [-1, 1, 2, 3, 4, 5]
+    assert len(cli.datamodule.splits["train"]) == 40
