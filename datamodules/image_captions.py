@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from datamodules.common import (ROW, RetrievalDataModule, RetrievalTask, check_columns, check_texts, text_value,
-                                value_codes)
+from datamodules.common import (ROW, RetrievalDataModule, RetrievalTask, arrow_columns, check_columns, check_texts,
+                                text_value, value_codes)
 from datamodules.images import ImageLoadError, check_image, image_key, load_image, scan_images
 from datamodules.sources import BadRow
 from datamodules.shapes import make_shapes
@@ -171,13 +171,13 @@ class ImageCaptionDataModule(RetrievalDataModule):
     def _image_keys(self, split: datasets.Dataset) -> list[str]:
         """Each row's image key: the id column's value, else a hash of the image's bytes (a file is read once)."""
         h = self.hparams
-        table = split.select_columns([h.image_id_column or h.image_column]).with_format("arrow")
+        column = arrow_columns(split, [h.image_id_column or h.image_column]).column(0)
         if h.image_id_column:
-            return table[:].column(0).cast(pa.string()).to_pylist()
+            return column.cast(pa.string()).to_pylist()
         by_path: dict[str, str] = {}
         keys = []
-        for batch in table.iter(batch_size=1024):
-            for value in batch.column(0).to_pylist():
+        for chunk in column.chunks:
+            for value in chunk.to_pylist():  # one Arrow chunk of images in Python at a time
                 path = value if isinstance(value, str) else value.get("path") if isinstance(value, dict) else None
                 inline = isinstance(value, dict) and value.get("bytes") is not None
                 if path is not None and not inline:
@@ -222,7 +222,7 @@ class ImageCaptionDataModule(RetrievalDataModule):
         return StreamCollator(self.processor, stream, f"{self.hparams.dataset} ({stage})", self.base_dir)
 
     def row_codes(self, split: datasets.Dataset) -> np.ndarray:
-        captions = split.select_columns([self.hparams.caption_column]).with_format("arrow")[:].column(0)
+        captions = arrow_columns(split, [self.hparams.caption_column]).column(0)
         return value_codes([[pa.chunked_array([pa.array(self.keys["train"], pa.string())])], [captions]])
 
     def admit(self, row: dict) -> tuple:

@@ -7,7 +7,8 @@ import datasets
 import numpy as np
 import torch
 
-from datamodules.common import RetrievalDataModule, RetrievalTask, check_columns, check_texts, text_value, value_codes
+from datamodules.common import (RetrievalDataModule, RetrievalTask, arrow_columns, check_columns, check_texts, text_value,
+                                value_codes)
 from datamodules.stdlib_pairs import stdlib_docstring_pairs
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class PairDataModule(RetrievalDataModule):
 
     def row_codes(self, split: datasets.Dataset) -> np.ndarray:
         # a text is the same value in any column (ST compares each row's set of strings)
-        table = split.select_columns(self.columns).with_format("arrow")[:]
+        table = arrow_columns(split, self.columns)
         return value_codes([[table.column(c) for c in self.columns]])
 
     def admit(self, row: dict) -> tuple:

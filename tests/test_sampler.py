@@ -118,3 +118,23 @@ def test_errors():
         NoDuplicatesBatchSampler([("a",)], 2, num_replicas=2, rank=2)
     with pytest.raises(TypeError, match="use_distributed_sampler=False"):
         NoDuplicatesBatchSampler(SequentialSampler(range(4)), 2)
+
+
+@pytest.mark.parametrize("hot,distinct", [(0.05, 250), (0.0, 10**9)])
+def test_value_codes_give_the_batches_the_strings_give(hot, distinct):
+    """The datamodules pass Arrow dictionary codes instead of tuples of strings (1M pairs: MBs instead of GBs); with
+    every value distinct the sampler slices the permutation directly. Both must be the batches of the strings (ST's)."""
+    import pyarrow as pa
+
+    from datamodules.common import value_codes
+
+    data = rows(600, distinct=distinct, hot=hot)
+    if distinct > 10**6:  # all distinct: anchors and positives from disjoint ranges
+        data = [{"anchor": f"a{i}", "positive": f"p{i}"} for i in range(600)]
+    codes = value_codes([[pa.chunked_array([pa.array([r[c] for r in data])]) for c in ("anchor", "positive")]])
+    assert codes.shape == (600, 2) and codes.dtype.kind == "i"
+    for bs, drop_last, epoch in [(16, False, 0), (7, True, 1), (32, False, 2)]:
+        mine = NoDuplicatesBatchSampler(codes, bs, drop_last, seed=12)
+        mine.set_epoch(epoch)
+        assert mine._all_distinct == (hot == 0.0)
+        assert list(mine) == list(st(data, bs, drop_last, epoch=epoch))
