@@ -1,0 +1,125 @@
+"""Whole `train.py fit` processes under DDP with 2 gloo processes: they exit by themselves, export once, test, and
+compute the metrics a 1-process run computes.
+
+A 2-rank DDP run with batch size B gives rank r the global batches r, r+2, … and averages their gradients; a 1-process
+run with the same B and accumulate_grad_batches 2 takes the same optimizer steps (dropout off, an even number of
+batches), so every validation and test metric must match.
+"""
+
+import csv
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY_BERT, qa_rows, write_jsonl
+from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+
+
+@pytest.fixture(scope="module")
+def no_dropout_bert(tmp_path_factory, minilm_path) -> str:
+    """A tiny BERT without dropout, so that runs with different RNG streams train identically."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    directory = str(tmp_path_factory.mktemp("bert-no-dropout"))
+    config = {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config)).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(directory)
+    return directory
+
+
+def fit(args: list[str], log_dir, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python train.py fit` as users do; a hang fails the test instead of blocking the suite."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": ROOT}
+    command = [sys.executable, os.path.join(ROOT, "train.py"), "fit", "--seed_everything=0",
+               "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
+               "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={log_dir}",
+               *args, "--data.num_workers=0"]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(log_dir) -> dict[str, float]:
+    """The last logged value of every val/ and test/ metric (and the base model's) of the run's metrics.csv."""
+    (path,) = glob.glob(os.path.join(log_dir, "**", "metrics.csv"), recursive=True)
+    last = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            last.update({k: float(v) for k, v in row.items() if v and k.startswith(("val/", "test/"))})
+    return last
+
+
+def check_ddp_run(run: subprocess.CompletedProcess, log_dir) -> dict[str, float]:
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    exports = glob.glob(os.path.join(log_dir, "**", "model"), recursive=True)
+    assert len(exports) == 1 and os.path.exists(os.path.join(exports[0], "modules.json")), exports
+    assert "It is recommended to use `self.log('val/" not in run.stderr  # metrics are broadcast, not re-synced
+    return metrics(log_dir)
+
+
+def text_args(model_dir, data_dir, *extra):
+    return ["--model=lightning_modules.text.TextEmbeddingModule",
+            "--model.encoder=lightning_modules.text_encoder.TextEncoder",
+            f"--model.encoder.model_name_or_path={model_dir}", "--model.encoder.max_length=32", "--model.lr=1e-3",
+            "--model.loss=losses.MatryoshkaLoss", "--model.loss.loss=losses.MultipleNegativesRankingLoss",
+            "--model.loss.dims=[32, 8]", "--data=datamodules.pairs.PairDataModule", f"--data.dataset={data_dir}",
+            "--data.test_split=test", "--data.batch_size=8", *extra]
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> str:
+    directory = tmp_path_factory.mktemp("pairs")
+    write_jsonl(directory / "train-00000-of-00002.jsonl", qa_rows(32))  # two files: one shard per rank when streaming
+    write_jsonl(directory / "train-00001-of-00002.jsonl", qa_rows(32, offset=32))
+    write_jsonl(directory / "validation.jsonl", qa_rows(16, offset=100))
+    write_jsonl(directory / "test.jsonl", qa_rows(16, offset=200))
+    return str(directory)
+
+
+def test_text_fit_with_two_processes_equals_one_process_accumulating_two(tmp_path, no_dropout_bert, pairs):
+    ddp = check_ddp_run(fit(text_args(no_dropout_bert, pairs) + DDP, tmp_path / "ddp"), tmp_path / "ddp")
+    single = fit(text_args(no_dropout_bert, pairs, "--trainer.accelerator=cpu", "--trainer.devices=1",
+                           "--trainer.accumulate_grad_batches=2"), tmp_path / "one")
+    assert single.returncode == 0, single.stderr[-3000:]
+    one = metrics(tmp_path / "one")
+    assert {"test/dim_32_cosine_ndcg@10", "val/dim_8_cosine_map@100", "val/dim_32_cosine_ndcg@10_base"} <= set(ddp)
+    assert set(ddp) == set(one)
+    for key, value in one.items():
+        assert ddp[key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_clip_fit_with_two_processes_equals_one_process_accumulating_two(tmp_path):
+    args = ["--model=lightning_modules.clip.CLIPEmbeddingModule",
+            "--model.encoder=lightning_modules.clip_backends.TransformersClip",
+            f"--model.encoder.config={json.dumps(TINY_HF_CLIP_CONFIG)}", "--model.lr=1e-3",
+            "--data=datamodules.image_captions.ImageCaptionDataModule", "--data.builtin_rows=96",
+            "--data.image_size=32", "--data.val_size=32", "--data.batch_size=8"]
+    ddp = check_ddp_run(fit(args + DDP, tmp_path / "ddp"), tmp_path / "ddp")
+    single = fit(args + ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.accumulate_grad_batches=2"],
+                 tmp_path / "one")
+    assert single.returncode == 0, single.stderr[-3000:]
+    one = metrics(tmp_path / "one")
+    assert {"val/eval_cosine_ndcg@10", "val/eval-image2text_cosine_ndcg@10"} <= set(ddp) and set(ddp) == set(one)
+    for key, value in one.items():
+        assert ddp[key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_gather_without_drop_last_is_refused_at_start_up_and_streaming_gathers(tmp_path, no_dropout_bert, pairs):
+    gather = "--model.loss.loss.gather_across_devices=true"
+    refused = fit(text_args(no_dropout_bert, pairs, gather) + DDP, tmp_path / "refused")
+    assert refused.returncode != 0
+    assert "set --data.init_args.drop_last true" in refused.stderr
+    assert not glob.glob(os.path.join(tmp_path, "refused", "**", "*.ckpt"), recursive=True)  # before any step
+    # the flag as the message spells it, typed back in
+    fixed = fit(text_args(no_dropout_bert, pairs, gather, "--data.init_args.drop_last", "true") + DDP, tmp_path / "fixed")
+    check_ddp_run(fixed, tmp_path / "fixed")
+    # a stream yields full batches only: gathering needs no drop_last there
+    streamed = fit(text_args(no_dropout_bert, pairs, gather, "--data.init_args.streaming", "true") + DDP,
+                   tmp_path / "stream")
+    streamed_metrics = check_ddp_run(streamed, tmp_path / "stream")
+    assert "test/dim_32_cosine_ndcg@10" in streamed_metrics
