@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
+from lightning_modules.gradcache import cached_step
 from lightning_modules.optim import build_optimizer
 from lightning_modules.retrieval import EmbeddingCollector, information_retrieval_metrics
 
@@ -40,6 +41,11 @@ class EmbeddingModule(L.LightningModule):
         warmup_ratio: fraction of all optimizer steps spent warming up linearly from 0.
         evaluate_before_training: evaluate the base model on the validation split before the first step.
         export_dir: where ``fit`` writes the best model (relative paths go under the run's log directory); None: skip.
+        gradcache_chunk_size: GradCache (``lightning_modules.gradcache``): embed the batch in chunks of this many rows
+            without activations, then re-embed chunk by chunk to backpropagate. The same loss and gradients as the
+            plain step (dropout masks included) with the activation memory of one chunk per column, for about one
+            extra forward pass: the batch, and so the in-batch negatives, is no longer capped by device memory.
+            None: plain steps.
     """
 
     def __init__(
@@ -53,6 +59,7 @@ class EmbeddingModule(L.LightningModule):
         warmup_ratio: float = 0.0,
         evaluate_before_training: bool = True,
         export_dir: str | None = "model",
+        gradcache_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "encoder"])  # with the subclass's own arguments
@@ -60,6 +67,10 @@ class EmbeddingModule(L.LightningModule):
             raise ValueError(f"--model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
         if lr <= 0:
             raise ValueError(f"--model.lr must be > 0, got {lr}")
+        if gradcache_chunk_size is not None and gradcache_chunk_size < 1:
+            raise ValueError(f"--model.init_args.gradcache_chunk_size must be ≥ 1 (rows embedded at once), got "
+                             f"{gradcache_chunk_size}")
+        self.gradcache_chunk_size = gradcache_chunk_size
         self.loss = loss
         self.optim_args = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps, schedule=lr_schedule,
                                warmup_ratio=warmup_ratio)
@@ -87,11 +98,34 @@ class EmbeddingModule(L.LightningModule):
 
     # training
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        embeddings = [self.embed(features) for features in batch["features"]]
-        loss = self.loss(*embeddings, **self.loss_kwargs())
+        columns = batch["features"]
+        if self.gradcache_chunk_size is None:
+            loss = self.loss(*(self.embed(features) for features in columns), **self.loss_kwargs())
+        else:
+            loss = self.gradcache_loss(columns, 1 / self.trainer.accumulate_grad_batches)
         # not on the progress bar: showing it would copy the loss to the host (a device sync) every step
-        self.log("train/loss", loss, batch_size=embeddings[0].shape[0])
+        self.log("train/loss", loss, batch_size=next(iter(columns[0].values())).shape[0])
         return loss
+
+    def gradcache_loss(self, columns: list[dict[str, Tensor]], grad_factor: float) -> Tensor:
+        """A GradCache step over the batch's columns: all chunks but each column's last are backpropagated here, into
+        the parameters' gradients; the returned loss carries the rest to Lightning's backward."""
+        kwargs = self.loss_kwargs()
+        differentiable = {k: v for k, v in kwargs.items() if isinstance(v, Tensor) and v.requires_grad}
+        fixed = {k: v for k, v in kwargs.items() if k not in differentiable}
+        return cached_step(self.embed, columns, lambda *e, **d: self.loss(*e, **fixed, **d),
+                           self.gradcache_chunk_size, differentiable, grad_factor)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
+        # Lightning zeroes between training_step and backward: that would wipe what GradCache's chunks backpropagated
+        # inside the step. With GradCache the gradients are zeroed right after each optimizer step instead.
+        if self.gradcache_chunk_size is None:
+            super().optimizer_zero_grad(epoch, batch_idx, optimizer)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self.gradcache_chunk_size is not None:
+            optimizer.zero_grad(set_to_none=True)
 
     def on_train_epoch_end(self) -> None:
         self.trainer.datamodule.report_epoch(self.current_epoch)  # rows a stream skipped or read twice
@@ -203,6 +237,13 @@ class EmbeddingModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":  # HF from_pretrained returns eval-mode modules; ST trains with dropout on, so must we
             self.train()
+            if self.gradcache_chunk_size is not None and self._loss_scaler():
+                raise ValueError("--model.init_args.gradcache_chunk_size backpropagates inside the step, where fp16's "
+                                 "loss scaler cannot scale: use --trainer.precision bf16-mixed or 32-true")
+            if self.gradcache_chunk_size is not None and isinstance(self.trainer.strategy, FSDPStrategy):
+                raise ValueError("--model.init_args.gradcache_chunk_size backpropagates inside the step, where FSDP "
+                                 "would reduce-scatter and reshard once per chunk: use --trainer.strategy ddp with "
+                                 "GradCache (it gives any batch size the memory of one chunk), or FSDP without it")
             gathers = any(getattr(m, "gather_across_devices", False) for m in self.loss.modules())
             if gathers and self.trainer.world_size > 1 and not self.trainer.datamodule.equal_batch_sizes:
                 raise ValueError(

@@ -58,3 +58,15 @@ def pairs_dir(tmp_path) -> str:
     write_jsonl(tmp_path / "validation.jsonl", qa_rows(20, offset=100))
     write_jsonl(tmp_path / "test.jsonl", qa_rows(20, offset=200))
     return str(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def no_dropout_bert(tmp_path_factory, minilm_path) -> str:
+    """A tiny BERT without dropout, so that runs with different RNG streams (or chunkings) train identically."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    directory = str(tmp_path_factory.mktemp("bert-no-dropout"))
+    config = {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config)).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(directory)
+    return directory

@@ -22,18 +22,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
 
 
-@pytest.fixture(scope="module")
-def no_dropout_bert(tmp_path_factory, minilm_path) -> str:
-    """A tiny BERT without dropout, so that runs with different RNG streams train identically."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    directory = str(tmp_path_factory.mktemp("bert-no-dropout"))
-    config = {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config)).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(directory)
-    return directory
-
-
 def fit(args: list[str], log_dir, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `python train.py fit` as users do; a hang fails the test instead of blocking the suite."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": ROOT}
@@ -109,7 +97,7 @@ def test_clip_fit_with_two_processes_equals_one_process_accumulating_two(tmp_pat
         assert ddp[key] == pytest.approx(value, abs=1e-4), key
 
 
-def test_gather_without_drop_last_is_refused_at_start_up_and_streaming_gathers(tmp_path, no_dropout_bert, pairs):
+def test_gather_without_drop_last_is_refused_at_start_up_gradcache_and_streaming_gather(tmp_path, no_dropout_bert, pairs):
     gather = "--model.loss.loss.gather_across_devices=true"
     refused = fit(text_args(no_dropout_bert, pairs, gather) + DDP, tmp_path / "refused")
     assert refused.returncode != 0
@@ -117,7 +105,14 @@ def test_gather_without_drop_last_is_refused_at_start_up_and_streaming_gathers(t
     assert not glob.glob(os.path.join(tmp_path, "refused", "**", "*.ckpt"), recursive=True)  # before any step
     # the flag as the message spells it, typed back in
     fixed = fit(text_args(no_dropout_bert, pairs, gather, "--data.init_args.drop_last", "true") + DDP, tmp_path / "fixed")
-    check_ddp_run(fixed, tmp_path / "fixed")
+    gathered = check_ddp_run(fixed, tmp_path / "fixed")
+    # GradCache under DDP with the gather: the same training, so the same metrics (the model has no dropout)
+    cached = fit(text_args(no_dropout_bert, pairs, gather, "--data.init_args.drop_last=true",
+                           "--model.init_args.gradcache_chunk_size=3") + DDP, tmp_path / "cached")
+    cached_metrics = check_ddp_run(cached, tmp_path / "cached")
+    assert cached_metrics.keys() == gathered.keys()
+    for key, value in gathered.items():
+        assert cached_metrics[key] == pytest.approx(value, abs=1e-4), key
     # a stream yields full batches only: gathering needs no drop_last there
     streamed = fit(text_args(no_dropout_bert, pairs, gather, "--data.init_args.streaming", "true") + DDP,
                    tmp_path / "stream")
