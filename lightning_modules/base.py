@@ -87,6 +87,11 @@ class EmbeddingModule(L.LightningModule):
     def export(self, directory: str) -> None:
         """Save the model in a format its ecosystem loads (sentence-transformers, open_clip)."""
 
+    def tower(self, features: dict[str, Tensor]) -> str:
+        """Which parameters ``embed(features)`` uses: columns with the same tower share them (one text encoder for
+        every column by default; CLIP has an image and a text tower). GradCache holds one chunk per tower."""
+        return "encoder"
+
     @property
     def eval_dims(self) -> Sequence[int | None]:
         """Embedding prefixes to evaluate (Matryoshka dims); None means the full embedding."""
@@ -114,7 +119,7 @@ class EmbeddingModule(L.LightningModule):
         differentiable = {k: v for k, v in kwargs.items() if isinstance(v, Tensor) and v.requires_grad}
         fixed = {k: v for k, v in kwargs.items() if k not in differentiable}
         return cached_step(self.embed, columns, lambda *e, **d: self.loss(*e, **fixed, **d),
-                           self.gradcache_chunk_size, differentiable, grad_factor)
+                           self.gradcache_chunk_size, differentiable, grad_factor, [self.tower(f) for f in columns])
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
         # Lightning zeroes between training_step and backward: that would wipe what GradCache's chunks backpropagated

@@ -62,6 +62,9 @@ class CLIPEmbeddingModule(EmbeddingModule):
             return self.encoder.encode_image(features["pixel_values"])
         return self.encoder.encode_text(features)
 
+    def tower(self, features: dict[str, Tensor]) -> str:
+        return "image" if "pixel_values" in features else "text"
+
     def loss_kwargs(self) -> dict:
         return {"scale": self.encoder.logit_scale.exp()} if self.learn_logit_scale else {}
 

@@ -14,12 +14,12 @@ Each chunk is re-embedded under the random state its first pass used, so dropout
 Lightning and DDP: the step runs inside ``training_step``, i.e. inside DDP's forward, where DDP's gradient hooks are not
 armed yet, so the chunks backpropagated there accumulate gradients locally (the module zeroes gradients after each
 optimizer step instead of between ``training_step`` and ``backward``, where Lightning would). The last chunk of every
-column is re-embedded but not backpropagated: its term (and a learnable scale's) is returned inside the loss, so
-Lightning's backward runs once through DDP's hooks and every parameter's summed gradient is all-reduced once, at the
-end.
+tower (encoder) is re-embedded but not backpropagated: its term (and a learnable scale's) is returned inside the loss,
+so Lightning's backward runs once through DDP's hooks, reaches every parameter, and each parameter's summed gradient is
+all-reduced once, at the end.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -57,6 +57,7 @@ def cached_step(
     chunk_size: int,
     differentiable: dict[str, Tensor] | None = None,
     grad_factor: float = 1.0,
+    towers: list[Hashable] | None = None,
 ) -> Tensor:
     """Run one GradCache step; returns the loss whose backward completes the parameters' gradients.
 
@@ -68,10 +69,13 @@ def cached_step(
         differentiable: extra loss inputs that depend on parameters (CLIP's learnable ``scale``).
         grad_factor: the factor Lightning applies to the returned loss before backward (1 / accumulate_grad_batches),
             applied here to the gradients backpropagated inside the step.
+        towers: per column, which parameters embed it (columns with equal values share them; default: all share).
+            Only the last chunk of each tower's last column is left to the returned loss: one chunk's activations
+            held for a text encoder, one per tower for CLIP's image and text towers.
 
     Returns:
         A scalar equal to the loss whose gradient w.r.t. the parameters, once backpropagated with ``grad_factor``, adds
-        what the step has not yet backpropagated: the last chunk of each column and the extra inputs.
+        what the step has not yet backpropagated: the last chunk of each tower and the extra inputs.
     """
     device = next(iter(columns[0].values())).device
     chunks = [split_features(features, chunk_size) for features in columns]
@@ -91,14 +95,16 @@ def cached_step(
     grads = torch.autograd.grad(loss, [*leaves, *extra.values()])
     cache, extra_grads = grads[: len(leaves)], grads[len(leaves) :]
     surrogate = sum((t * g).sum() for t, g in zip((differentiable or {}).values(), extra_grads))
-    for column, column_states, grad in zip(chunks, states, cache):
+    towers = towers or [None] * len(columns)
+    last_of_tower = {tower: col for col, tower in enumerate(towers)}  # column index of each tower's last column
+    for col, (column, column_states, grad) in enumerate(zip(chunks, states, cache)):
         start = 0
         for i, (chunk, state) in enumerate(zip(column, column_states)):
             with state.restored():
                 part = embed(chunk)  # (c, D) with activations, for this chunk only
             part_grad = grad[start : start + part.shape[0]]  # (c, D)
             start += part.shape[0]
-            if i < len(column) - 1:
+            if i < len(column) - 1 or last_of_tower[towers[col]] != col:
                 part.backward(part_grad * grad_factor)
             else:  # left to Lightning's backward: it carries DDP's one all-reduce for every parameter this step
                 surrogate = surrogate + (part * part_grad).sum()
