@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset
 import pyarrow.parquet as pq
 from torch.utils.data import DataLoader
 
@@ -47,22 +48,59 @@ def load_splits(
     files as they are, row by row, instead of downloading and converting every split to Arrow first (built-ins are
     generated in memory either way).
     """
+    if streaming and not source.startswith("builtin:"):
+        options = stream_read_options(source, data_files)
+        if options:
+            return _load_splits(source, builtins, data_files, streaming, **options)
+    return _load_splits(source, builtins, data_files, streaming)
+
+
+# How a stream reads parquet. HF's reader decodes a whole row group per Arrow batch by default and datasets 5 writes
+# ~100 MB row groups; the shuffle interleaves up to 10 files, so a COCO-style stream (images inline) held ~1.5 GB more
+# than a 1,000-row one before its first step. Reading through a buffered stream, without pre-buffering the row group,
+# 100 rows (HF's old row group size for image datasets) per batch halves that; what stays is the row group's decoded
+# column chunks, which pyarrow's dataset scanner keeps whole (BENCHMARKS.md, time to first step).
+STREAM_PARQUET_ROWS = 100
+STREAM_PARQUET_BUFFER = 8 << 20
+
+
+def stream_read_options(source: str, data_files: dict[str, str] | None) -> dict:
+    """Builder options that bound a stream's memory: for parquet (local files or a hub repository), batches of
+    ``STREAM_PARQUET_ROWS`` rows read through a buffered stream."""
+    if os.path.isfile(source):
+        parquet = source.lower().endswith(".parquet")
+    else:
+        try:
+            parquet = datasets.load_dataset_builder(source, data_files=data_files).name == "parquet"
+        except Exception:  # loading the stream reports what is wrong with the source
+            parquet = False
+    if not parquet:
+        return {}
+    scan = pyarrow.dataset.ParquetFragmentScanOptions(use_buffered_stream=True, buffer_size=STREAM_PARQUET_BUFFER,
+                                                      pre_buffer=False)
+    return {"batch_size": STREAM_PARQUET_ROWS, "fragment_scan_options": scan}
+
+
+def _load_splits(
+    source: str, builtins: dict[str, Callable[[], datasets.DatasetDict]], data_files: dict[str, str] | None,
+    streaming: bool, **options,
+) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     if source.startswith("builtin:"):
         name = source.removeprefix("builtin:")
         if name not in builtins:
             raise ValueError(f"--data.dataset: unknown built-in dataset {name!r}; built-ins: {sorted(builtins)}")
         return builtins[name]()
     if data_files is not None:
-        return datasets.load_dataset(source, data_files=data_files, streaming=streaming)
+        return datasets.load_dataset(source, data_files=data_files, streaming=streaming, **options)
     if os.path.isfile(source):
         ext = os.path.splitext(source)[1].lower()
         if ext not in FILE_FORMATS:
             raise ValueError(f"--data.dataset {source!r}: unsupported file type {ext!r}; use one of {sorted(FILE_FORMATS)}")
-        return datasets.load_dataset(FILE_FORMATS[ext], data_files={"train": source}, streaming=streaming)
+        return datasets.load_dataset(FILE_FORMATS[ext], data_files={"train": source}, streaming=streaming, **options)
     if os.path.isdir(source):
-        return datasets.load_dataset(source, streaming=streaming)
+        return datasets.load_dataset(source, streaming=streaming, **options)
     try:
-        return datasets.load_dataset(source, streaming=streaming)
+        return datasets.load_dataset(source, streaming=streaming, **options)
     except Exception as err:  # offline, misspelt or private: all surface here
         raise ValueError(
             f"--data.dataset {source!r} is not a file, not a directory and could not be loaded from the hub "

@@ -163,3 +163,23 @@ def test_streamed_eval_splits_are_capped(text_module, tmp_path):
     write_jsonl(tmp_path / "validation.jsonl", qa_rows(30, offset=500))
     dm = make(PairDataModule, text_module, dataset=str(tmp_path), batch_size=8, max_eval_rows=12)
     assert len(dm.streams["val"]["query"]) == 12 and dm.streams["val"]["query"][0].endswith("case 500?")
+
+
+def test_parquet_streams_in_small_batches_through_a_buffered_reader(tmp_path):
+    """A parquet row group of ~100 MB (datasets' default) is not decoded whole per Arrow batch, nor pre-buffered."""
+    import datasets
+
+    from datamodules.common import STREAM_PARQUET_ROWS, load_splits, stream_read_options
+
+    (tmp_path / "pq").mkdir()
+    datasets.Dataset.from_list(qa_rows(300)).to_parquet(str(tmp_path / "pq" / "train.parquet"))  # one row group
+    write_jsonl(tmp_path / "train.jsonl", qa_rows(3))
+    for source in (str(tmp_path / "pq"), str(tmp_path / "pq" / "train.parquet")):
+        options = stream_read_options(source, None)
+        assert options["batch_size"] == STREAM_PARQUET_ROWS
+        scan = options["fragment_scan_options"]
+        assert scan.use_buffered_stream and not scan.pre_buffer
+    assert stream_read_options(str(tmp_path / "train.jsonl"), None) == {}
+    stream = load_splits(str(tmp_path / "pq"), {}, streaming=True)["train"]
+    tables = list(stream.iter(batch_size=1000))  # HF re-batches; the rows are all there, in order
+    assert [row for t in tables for row in t["anchor"]] == [r["anchor"] for r in qa_rows(300)]
