@@ -109,13 +109,18 @@ def coco_like(tmp_path):
     return model_dir, str(tmp_path / "coco")
 
 
-def test_clip_seed_recipe_on_local_directories(tmp_path, coco_like):
+def fit_clip_seed(tmp_path, coco_like, *extra):
+    """The COCO seed recipe on the local stand-ins, evaluated after every step."""
     model_dir, data_dir = coco_like
-    cli = cli_main(["fit", "--config", os.path.join(ROOT, "configs", "clip_vit_l14_coco.yaml"),
-                    f"--model.init_args.encoder.init_args.model_name_or_path={model_dir}",
-                    f"--data.init_args.dataset={data_dir}", "--data.init_args.num_workers=0",
-                    "--data.init_args.batch_size=8", "--trainer.val_check_interval=1",
-                    f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    return cli_main(["fit", "--config", os.path.join(ROOT, "configs", "clip_vit_l14_coco.yaml"),
+                     f"--model.init_args.encoder.init_args.model_name_or_path={model_dir}",
+                     f"--data.init_args.dataset={data_dir}", "--data.init_args.num_workers=0",
+                     "--trainer.val_check_interval=1", f"--trainer.logger.init_args.save_dir={tmp_path}",
+                     "--trainer.enable_progress_bar=false", *extra])
+
+
+def test_clip_seed_recipe_on_local_directories(tmp_path, coco_like):
+    cli = fit_clip_seed(tmp_path, coco_like, "--data.init_args.batch_size=8")
     # streamed: 8 images × 5 captions = 40 rows (from the parquet footers) make 5 batches of 8 distinct images;
     # evaluated before training + every step
     assert [step for step, _ in cli.model.history] == [-1, 1, 2, 3, 4, 5]
@@ -128,12 +133,7 @@ def test_clip_seed_recipe_on_local_directories(tmp_path, coco_like):
 
 
 def test_clip_seed_recipe_map_style(tmp_path, coco_like):
-    model_dir, data_dir = coco_like
-    cli = cli_main(["fit", "--config", os.path.join(ROOT, "configs", "clip_vit_l14_coco.yaml"),
-                    f"--model.init_args.encoder.init_args.model_name_or_path={model_dir}",
-                    f"--data.init_args.dataset={data_dir}", "--data.init_args.num_workers=0",
-                    "--data.init_args.streaming=false", "--trainer.val_check_interval=1",
-                    f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    cli = fit_clip_seed(tmp_path, coco_like, "--data.init_args.streaming=false")
     # 8 images × 5 captions: no batch holds an image twice, so 5 batches of 8 (the batch size is 16)
     assert [step for step, _ in cli.model.history] == [-1, 1, 2, 3, 4, 5]
     assert len(cli.datamodule.splits["train"]) == 40
