@@ -489,8 +489,9 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
 
     @property
     def equal_batch_sizes(self) -> bool:
-        """Whether every training batch on every rank has ``batch_size`` rows (what a cross-device gather needs)."""
-        return self.hparams.streaming or self.hparams.drop_last
+        """Whether every training batch on every rank has ``batch_size`` rows (what a cross-device gather needs); the
+        training source (built by ``setup("fit")``) knows."""
+        return self.train_source.equal_batch_sizes
 
     def retrieval_tasks(self, stage: str) -> list[RetrievalTask]:
         return self.tasks.get(stage, [])

@@ -82,9 +82,16 @@ class EpochReport:
     examples: list[str] = field(default_factory=list)  # the first few skipped rows, with why
     repeated_passes: int = 0  # times a worker's shards ran out and were read again to fill the epoch
 
-    def add(self, other: "EpochReport", keep: int = 10) -> None:
+    KEEP = 10  # examples kept
+
+    def skip(self, count: int, example: str) -> None:
+        self.skipped += count
+        if len(self.examples) < self.KEEP:
+            self.examples.append(example)
+
+    def add(self, other: "EpochReport") -> None:
         self.skipped += other.skipped
-        self.examples += other.examples[: max(0, keep - len(self.examples))]
+        self.examples += other.examples[: max(0, self.KEEP - len(self.examples))]
         self.repeated_passes += other.repeated_passes
 
 
@@ -194,19 +201,15 @@ class StreamBatches(IterableDataset):
             try:
                 values = self.admit(row)
             except BadRow as err:
-                report.skipped += 1
-                if len(report.examples) < 10:
-                    report.examples.append(str(err))
+                report.skip(1, str(err))
                 continue
             pending.append((row, values))
             if len(pending) == self.window:
                 pending = yield from self._full_batches(pending)
                 overflow = len(pending) - (self.window - self.batch_size)
                 if overflow > 0:  # a window of rows that fit no batch yet: the oldest give way
-                    report.skipped += overflow
-                    if len(report.examples) < 10:
-                        report.examples.append(f"{overflow} row(s) shared a value with every batch formed in a "
-                                               f"window of {self.window} rows (raise --data.init_args.stream_window)")
+                    report.skip(overflow, f"{overflow} row(s) shared a value with every batch formed in a window of "
+                                          f"{self.window} rows (raise --data.init_args.stream_window)")
                     pending = pending[overflow:]
         yield from self._full_batches(pending)
 
