@@ -148,9 +148,9 @@ class ImageCaptionDataModule(RetrievalDataModule):
             first.setdefault(key, row)
         rank, world = self.rank()
         mine = sorted(first.values())[rank::world]
-        values = split.select(mine)[h.image_column]
-        good, problems = scan_images(values, h.image_column, where, base_dir=self.base_dir,
-                                     rows=split.select(mine)[ROW])
+        selected = split.select(mine)
+        good, problems = scan_images(selected[h.image_column], h.image_column, where, base_dir=self.base_dir,
+                                     rows=selected[ROW])
         bad = {keys[mine[i]] for i in sorted(set(range(len(mine))) - set(good))}
         if world > 1:
             gathered: list = [None] * world

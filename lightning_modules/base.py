@@ -43,8 +43,8 @@ class EmbeddingModule(L.LightningModule):
         export_dir: where ``fit`` writes the best model (relative paths go under the run's log directory); None: skip.
         gradcache_chunk_size: GradCache (``lightning_modules.gradcache``): embed the batch in chunks of this many rows
             without activations, then re-embed chunk by chunk to backpropagate. The same loss and gradients as the
-            plain step (dropout masks included) with the activation memory of one chunk per column, for about one
-            extra forward pass: the batch, and so the in-batch negatives, is no longer capped by device memory.
+            plain step (dropout masks included) with the activation memory of one chunk per encoder tower, for about
+            one extra forward pass: the batch, and so the in-batch negatives, is no longer capped by device memory.
             None: plain steps.
     """
 
@@ -113,7 +113,7 @@ class EmbeddingModule(L.LightningModule):
         return loss
 
     def gradcache_loss(self, columns: list[dict[str, Tensor]], grad_factor: float) -> Tensor:
-        """A GradCache step over the batch's columns: all chunks but each column's last are backpropagated here, into
+        """A GradCache step over the batch's columns: all chunks but each tower's last are backpropagated here, into
         the parameters' gradients; the returned loss carries the rest to Lightning's backward."""
         kwargs = self.loss_kwargs()
         differentiable = {k: v for k, v in kwargs.items() if isinstance(v, Tensor) and v.requires_grad}

@@ -121,7 +121,7 @@ def test_chunk_size_and_fp16_are_checked(tiny_bert_dir):
         module.setup("fit")
 
 
-def fit_text(tmp_path, model_dir, data_dir, *extra):
+def fit_text(model_dir, data_dir, *extra):
     from train import cli_main
 
     return cli_main(["fit", "--seed_everything=0", "--trainer.accelerator=cpu", "--trainer.max_epochs=1",
@@ -135,10 +135,10 @@ def fit_text(tmp_path, model_dir, data_dir, *extra):
                      f"--data.dataset={data_dir}", "--data.batch_size=8", "--data.num_workers=0", *extra])
 
 
-def test_fit_with_gradcache_equals_the_plain_fit(tmp_path, no_dropout_bert, pairs_dir):
+def test_fit_with_gradcache_equals_the_plain_fit(no_dropout_bert, pairs_dir):
     """Lightning's loop (zero_grad, backward, accumulation of 2, optimizer steps): the same weights as plain steps."""
-    plain = fit_text(tmp_path, no_dropout_bert, pairs_dir)
-    cached = fit_text(tmp_path, no_dropout_bert, pairs_dir, "--model.gradcache_chunk_size=3")
+    plain = fit_text(no_dropout_bert, pairs_dir)
+    cached = fit_text(no_dropout_bert, pairs_dir, "--model.gradcache_chunk_size=3")
     assert cached.trainer.global_step == plain.trainer.global_step == 3  # 48 rows: 6 batches of 8, 3 steps
     plain_weights = dict(plain.model.named_parameters())
     for name, value in cached.model.named_parameters():
@@ -146,8 +146,8 @@ def test_fit_with_gradcache_equals_the_plain_fit(tmp_path, no_dropout_bert, pair
     assert cached.model.history[-1][1] == pytest.approx(plain.model.history[-1][1], abs=1e-5)
 
 
-def test_fit_with_gradcache_in_bf16(tmp_path, tiny_bert_dir, pairs_dir):
-    cli = fit_text(tmp_path, tiny_bert_dir, pairs_dir, "--model.gradcache_chunk_size=3", "--trainer.precision=bf16-mixed")
+def test_fit_with_gradcache_in_bf16(tiny_bert_dir, pairs_dir):
+    cli = fit_text(tiny_bert_dir, pairs_dir, "--model.gradcache_chunk_size=3", "--trainer.precision=bf16-mixed")
     assert cli.trainer.global_step == 3 and "val/dim_32_cosine_ndcg@10" in cli.model.history[-1][1]
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
 
