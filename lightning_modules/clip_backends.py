@@ -20,6 +20,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
+from lightning_modules.hub import ENCODER_FLAGS as FLAG, loading
+
 # 2 layers, width 32: a forward + backward of 8 image–caption pairs takes milliseconds on CPU.
 TINY_HF_CLIP_CONFIG: dict = {
     "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -135,7 +137,7 @@ class ClipBackend(nn.Module, ABC):
 
 def _check_unlocked(unlocked_layers: int, tower: str) -> int:
     if unlocked_layers < 0:
-        raise ValueError(f"--model.lock_{tower}_unlocked_layers must be ≥ 0, got {unlocked_layers}")
+        raise ValueError(f"--model.init_args.lock_{tower}_unlocked_layers must be ≥ 0, got {unlocked_layers}")
     return unlocked_layers
 
 
@@ -154,17 +156,18 @@ class TransformersClip(ClipBackend):
     def __init__(self, model_name_or_path: str | None = None, config: dict | None = None, max_length: int = 77) -> None:
         super().__init__()
         if model_name_or_path is not None:
-            # fp32 master weights whatever the checkpoint's dtype; mixed precision is the Trainer's job.
-            self.model = CLIPModel.from_pretrained(model_name_or_path).float()
-            processor = CLIPProcessor.from_pretrained(model_name_or_path)
+            with loading(f"{FLAG}.model_name_or_path", model_name_or_path):
+                # fp32 master weights whatever the checkpoint's dtype; mixed precision is the Trainer's job.
+                self.model = CLIPModel.from_pretrained(model_name_or_path).float()
+                processor = CLIPProcessor.from_pretrained(model_name_or_path)
         elif config is not None:
             self.model = CLIPModel(CLIPConfig(**deepcopy(config)))
             size = self.model.config.vision_config.image_size
             processor = CLIPProcessor(tokenizer=offline_clip_tokenizer(), image_processor=CLIPImageProcessor(
                 size={"shortest_edge": size}, crop_size={"height": size, "width": size}))
         else:
-            raise ValueError("set --model.encoder.model_name_or_path (hub name or local directory) "
-                             "or --model.encoder.config (random init)")
+            raise ValueError(f"set {FLAG}.model_name_or_path (hub name or local directory) or {FLAG}.config "
+                             f"(random init)")
         max_length = min(max_length, self.model.config.text_config.max_position_embeddings)
         processor.tokenizer.model_max_length = max_length  # saved with it: sentence-transformers truncates alike
         self.processor = HFClipProcessor(processor, max_length)
@@ -259,16 +262,19 @@ class OpenClip(ClipBackend):
                  max_length: int | None = None) -> None:
         super().__init__()
         if model_cfg is not None and pretrained is not None:
-            raise ValueError("--model.encoder.pretrained cannot be combined with --model.encoder.model_cfg: to load "
-                             "a saved custom model pass --model.encoder.arch local-dir:<directory written by save()>")
+            raise ValueError(f"{FLAG}.pretrained cannot be combined with {FLAG}.model_cfg: to load a saved custom "
+                             f"model pass {FLAG}.arch local-dir:<directory written by save()>")
         with tempfile.TemporaryDirectory() as tmp:
             if model_cfg is not None:  # open_clip builds custom architectures from a directory's open_clip_config.json
                 with open(os.path.join(tmp, OPEN_CLIP_CONFIG), "w") as f:
                     json.dump({"model_cfg": model_cfg}, f)
                 arch = f"local-dir:{tmp}"
-            self.model_cfg = deepcopy(model_cfg) if model_cfg is not None else open_clip.get_model_config(arch)
-            self.model, train_transform, val_transform = open_clip.create_model_and_transforms(
-                arch, pretrained=pretrained, force_context_length=max_length)
+            # an hf-hub: arch or a pretrained tag downloads; open_clip reports a failure as RuntimeError or OSError
+            download = ("arch", arch) if arch.startswith("hf-hub:") else ("pretrained", pretrained)
+            with loading(f"{FLAG}.{download[0]}", download[1], (RuntimeError, OSError)):
+                self.model_cfg = deepcopy(model_cfg) if model_cfg is not None else open_clip.get_model_config(arch)
+                self.model, train_transform, val_transform = open_clip.create_model_and_transforms(
+                    arch, pretrained=pretrained, force_context_length=max_length)
             context_length = open_clip.get_model_tokenize_cfg(self.model)["context_length"]
             tokenizer = open_clip.get_tokenizer(arch, context_length=context_length)
         self.model_cfg["text_cfg"]["context_length"] = context_length

@@ -25,7 +25,7 @@ def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weigh
 def warmup_lambda(schedule: str, warmup_steps: int, total_steps: int):
     """Multiplier of the base learning rate at optimizer step `step` (0-based), as in transformers' schedules."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"--model.lr_schedule must be one of {SCHEDULES}, got {schedule!r}")
+        raise ValueError(f"--model.init_args.lr_schedule must be one of {SCHEDULES}, got {schedule!r}")
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -52,7 +52,8 @@ def build_optimizer(
     total_steps: int,
     fused: bool = False,
 ) -> dict:
-    """AdamW (``fused``: one CUDA kernel for all parameters) plus a per-step LambdaLR, as `configure_optimizers` returns."""
+    """AdamW (``fused``: one kernel for all parameters, which can skip a step on the device) plus a per-step
+    LambdaLR, as `configure_optimizers` returns."""
     params = parameter_groups(module.named_parameters(), weight_decay)
     optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, fused=fused or None)
     warmup_steps = math.ceil(total_steps * warmup_ratio)

@@ -23,8 +23,8 @@ class TextEmbeddingModule(EmbeddingModule):
         super().__init__(loss or MultipleNegativesRankingLoss(), **kwargs)
         self.encoder = encoder
         if isinstance(self.loss, MatryoshkaLoss) and max(self.loss.dims) > encoder.embedding_dim:
-            raise ValueError(f"--model.loss.init_args.dims: {max(self.loss.dims)} is larger than the model's embedding "
-                             f"size {encoder.embedding_dim}; use dims ≤ {encoder.embedding_dim}")
+            raise ValueError(f"--model.init_args.loss.init_args.dims: {max(self.loss.dims)} is larger than the model's "
+                             f"embedding size {encoder.embedding_dim}; use dims ≤ {encoder.embedding_dim}")
 
     @property
     def processor(self):

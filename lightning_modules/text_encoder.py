@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from lightning_modules.hub import ENCODER_FLAGS as FLAG, loading
+
 POOLING_MODES = ("cls", "mean")
 
 
@@ -61,22 +63,26 @@ class TextEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if pooling not in POOLING_MODES:
-            raise ValueError(f"--model.pooling must be one of {POOLING_MODES}, got {pooling!r}")
+            raise ValueError(f"{FLAG}.pooling must be one of {POOLING_MODES}, got {pooling!r}")
         if model_name_or_path is None and config is None:
-            raise ValueError("set --model.model_name_or_path (hub name or local directory) or --model.config (random init)")
-        model_name_or_path = resolve_model_path(model_name_or_path)
-        tokenizer_source = resolve_model_path(tokenizer_name_or_path) or model_name_or_path
+            raise ValueError(f"set {FLAG}.model_name_or_path (hub name or local directory) or {FLAG}.config "
+                             f"(random init)")
+        model_name_or_path = resolve_model_path(model_name_or_path, f"{FLAG}.model_name_or_path")
+        tokenizer_flag = f"{FLAG}.tokenizer_name_or_path" if tokenizer_name_or_path else f"{FLAG}.model_name_or_path"
+        tokenizer_source = resolve_model_path(tokenizer_name_or_path, tokenizer_flag) or model_name_or_path
         if tokenizer_source is None:
-            raise ValueError("--model.tokenizer_name_or_path is required when the model is built from --model.config")
+            raise ValueError(f"{FLAG}.tokenizer_name_or_path is required when the model is built from {FLAG}.config")
         if model_name_or_path is not None:
-            self.model = AutoModel.from_pretrained(model_name_or_path)
+            with loading(f"{FLAG}.model_name_or_path", model_name_or_path):
+                self.model = AutoModel.from_pretrained(model_name_or_path)
         else:
             config = dict(config)
             self.model = AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
         if getattr(self.model, "pooler", None) is not None:
             # BERT's pooler never feeds the embedding; frozen, it is exported unchanged and DDP sees no unused params.
             self.model.pooler.requires_grad_(False)
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+        with loading(tokenizer_flag, tokenizer_source):
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
         self.max_length = min(max_length, getattr(self.model.config, "max_position_embeddings", max_length))
         self.processor = TextProcessor(tokenizer, self.max_length, dict(prompts or {}))
         self.pooling = pooling
@@ -145,7 +151,7 @@ class TextEncoder(nn.Module):
 
 
 
-def resolve_model_path(name: str | None) -> str | None:
+def resolve_model_path(name: str | None, flag: str = f"{FLAG}.model_name_or_path") -> str | None:
     """``pkg:<module>`` → the directory ``<module>.get_model_path()`` returns; anything else unchanged."""
     if name is None or not name.startswith("pkg:"):
         return name
@@ -153,5 +159,5 @@ def resolve_model_path(name: str | None) -> str | None:
     try:
         return str(importlib.import_module(module).get_model_path())
     except ImportError as err:
-        raise ValueError(f"--model.model_name_or_path {name!r}: package {module!r} is not installed "
+        raise ValueError(f"{flag} {name!r}: package {module!r} is not installed "
                          f"(pip install {module.replace('_', '-')})") from err

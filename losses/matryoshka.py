@@ -58,7 +58,7 @@ class MatryoshkaLoss(nn.Module):
         size = min(e.shape[-1] for e in embeddings)
         if self.dims[0] > size:
             raise ValueError(f"Matryoshka dim {self.dims[0]} is larger than the embedding size {size}; "
-                             f"use --model.loss.init_args.dims ≤ {size}")
+                             f"use --model.init_args.loss.init_args.dims ≤ {size}")
         chosen = range(len(self.dims))
         if 0 < self.n_dims_per_step < len(self.dims):
             chosen = sorted(random.sample(chosen, self.n_dims_per_step))

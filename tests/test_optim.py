@@ -41,7 +41,7 @@ def test_frozen_parameters_are_not_optimised():
 
 
 def test_unknown_schedule():
-    with pytest.raises(ValueError, match="--model.lr_schedule"):
+    with pytest.raises(ValueError, match="--model.init_args.lr_schedule"):
         warmup_lambda("exponential", 0, 10)
 
 

@@ -135,7 +135,7 @@ def test_imagefolder_stream_skips_unreadable_images_or_refuses_them(tmp_path, ca
         dm.report_epoch(0)
     assert "img5.png" in caplog.text and "not an image format PIL can read" in caplog.text
     dm = make(ImageCaptionDataModule, module, dataset=str(tmp_path), val_split=None, batch_size=4, on_bad_image="error")
-    with pytest.raises(ValueError, match=r"img5.png(.|\n)*--data.on_bad_image skip"):
+    with pytest.raises(ValueError, match=r"img5.png(.|\n)*--data.init_args.on_bad_image skip"):
         list(dm.train_source.dataloader(epoch=0, rank=0, world=1, options=options))
 
 

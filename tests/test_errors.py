@@ -1,0 +1,161 @@
+"""Bad input to train.py: one short message on stderr, exit code 2, naming the flag as --print_config spells it.
+
+Every flag a message names is typed back in with a good value, to prove the CLI accepts it.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from cli_errors import constructor_error
+from train import cli_main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXT = os.path.join(ROOT, "configs", "demo", "text.yaml")
+CLIP = os.path.join(ROOT, "configs", "demo", "clip.yaml")
+OPTIMIZER_FLAGS = {"--model.init_args.lr": "1.0e-04", "--model.init_args.weight_decay": "0.01",
+                   "--model.init_args.betas": "[0.9, 0.98]", "--model.init_args.eps": "1.0e-06",
+                   "--model.init_args.lr_schedule": "cosine", "--model.init_args.warmup_ratio": "0.05"}
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a run that should have failed writes nothing into the checkout
+
+
+def fails(capsys, *args: str) -> str:
+    """``train.py fit *args`` must exit with code 2 and a short message and no traceback; returns the message."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *args, "--trainer.fast_dev_run=1", "--data.init_args.num_workers=0"])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2, out + err
+    assert len((out + err).strip().splitlines()) < 15 and "Traceback" not in err, out + err
+    message = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(message) == 1, err
+    return message[0].removeprefix("error: ")
+
+
+def builds(config: str, *args: str):
+    """The CLI parses ``args`` and builds the model, data module and trainer from them (nothing runs)."""
+    return cli_main(["--config", config, *args], run=False)
+
+
+def printed_config(capsys, *args: str) -> dict:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("bad, message, good", [
+    ("--data.init_args.batch_size=0", "--data.init_args.batch_size must be ≥ 2 for in-batch negatives, got 0",
+     "--data.init_args.batch_size=8"),
+    ("--model.init_args.loss.init_args.dims=[384, 1000]", "--model.init_args.loss.init_args.dims: 1000 is larger "
+     "than the model's embedding size 384", "--model.init_args.loss.init_args.dims=[384, 100]"),
+    ("--model.init_args.loss.init_args.weights=[1, 2]", "--model.init_args.loss.init_args.weights must have one "
+     "entry per dim: 2 weights for 4 dims", "--model.init_args.loss.init_args.weights=[1, 1, 0.5, 0.5]"),
+    ("--model.init_args.loss.init_args.loss.init_args.scale=-1",  # the inner loss of MatryoshkaLoss
+     "--model.init_args.loss.init_args.loss.init_args.scale must be > 0",
+     "--model.init_args.loss.init_args.loss.init_args.scale=50"),
+    ("--model.init_args.encoder.init_args.pooling=bogus", "--model.init_args.encoder.init_args.pooling must be one "
+     "of ('cls', 'mean'), got 'bogus'", "--model.init_args.encoder.init_args.pooling=cls"),
+    ("--model.init_args.lr=-1", "--model.init_args.lr must be > 0, got -1.0", "--model.init_args.lr=1.0e-4"),
+], ids=["batch_size", "matryoshka_dims", "matryoshka_weights", "inner_loss_scale", "pooling", "lr"])
+def test_constructor_error_is_one_line_naming_the_flag(capsys, bad, message, good):
+    assert fails(capsys, "--config", TEXT, bad).startswith(message)
+    flag, value = good.split("=")
+    assert builds(TEXT, good).config[flag.removeprefix("--")] == yaml.safe_load(value)
+
+
+def test_uncached_hub_model_offline_names_it_and_a_local_directory(tiny_bert_dir):
+    flag = "--model.init_args.encoder.init_args.model_name_or_path"
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "fit", "--config", TEXT, flag,
+                          "some/uncached-model"], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 2
+    assert len((run.stdout + run.stderr).strip().splitlines()) < 15 and "Traceback" not in run.stderr, run.stderr
+    assert (f"error: {flag} 'some/uncached-model' is neither a local path nor in the Hugging Face cache, and "
+            f"HF_HUB_OFFLINE=1 forbids downloading it: point at a local copy ({flag} /path/to/dir) or run once with "
+            f"HF_HUB_OFFLINE=0 to cache it") in run.stderr
+    cli = builds(TEXT, flag, tiny_bert_dir, "--model.init_args.loss.init_args.dims=[32, 16]")
+    assert cli.model.encoder.source == tiny_bert_dir
+
+
+def test_uncached_clip_model_offline_names_it(capsys, tmp_path):
+    from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TransformersClip
+
+    flag = "--model.init_args.encoder.init_args.model_name_or_path"
+    message = fails(capsys, "--config", CLIP, f"{flag}=openai/some-uncached-clip")
+    assert message.startswith(f"{flag} 'openai/some-uncached-clip' is neither a local path nor in the Hugging Face "
+                              f"cache") and f"({flag} /path/to/dir)" in message
+    backend = TransformersClip(config=TINY_HF_CLIP_CONFIG)
+    backend.model.save_pretrained(tmp_path / "clip")
+    backend.processor.hf_processor.save_pretrained(tmp_path / "clip")
+    assert builds(CLIP, flag, str(tmp_path / "clip")).model.encoder.embedding_dim == 32
+
+
+@pytest.mark.parametrize("key, typo, parent", [
+    ("max_length", "max_lenght", "model.init_args.encoder.init_args of lightning_modules.text_encoder.TextEncoder"),
+    ("batch_size", "batch_sise", "data.init_args of datamodules.pairs.PairDataModule"),
+])
+def test_config_key_typo_names_the_file_and_the_closest_key(capsys, tmp_path, key, typo, parent):
+    with open(TEXT) as f:
+        text = f.read()
+    assert f"    {key}: " in text
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text.replace(f"    {key}: ", f"    {typo}: "))
+    assert fails(capsys, "--config", str(path)) == f"{path}: unknown key '{typo}' under {parent}; did you mean '{key}'?"
+
+
+def test_flag_typo_suggests_the_flag(capsys):
+    assert fails(capsys, "--config", TEXT, "--data.init_args.batch_sise=3") == (
+        "--data.init_args.batch_sise is not an option of datamodules.pairs.PairDataModule; did you mean "
+        "--data.init_args.batch_size?")
+    assert printed_config(capsys, "--config", TEXT, "--data.init_args.batch_size=3")["data"]["init_args"]["batch_size"] == 3
+
+
+def test_wrong_type_names_the_flag(capsys):
+    assert fails(capsys, "--config", TEXT, "--data.init_args.batch_size=abc") == (
+        "--data.init_args.batch_size: Expected a <class 'int'>. Got value: abc")
+
+
+@pytest.mark.parametrize("args", [
+    ["--optimizer", "torch.optim.SGD"],
+    ["--optimizer.lr=0.1"],
+    ["--lr_scheduler=torch.optim.lr_scheduler.StepLR"],
+    "config",
+], ids=["optimizer", "optimizer_arg", "lr_scheduler", "config_file"])
+def test_optimizer_flags_are_refused_naming_the_model_flags(capsys, tmp_path, args):
+    if args == "config":
+        (tmp_path / "sgd.yaml").write_text("optimizer:\n  class_path: torch.optim.SGD\n")
+        args = ["--config", str(tmp_path / "sgd.yaml")]
+    message = fails(capsys, "--config", TEXT, *args)
+    which = "lr_scheduler" if "lr_scheduler" in args[0] else "optimizer"
+    assert message.startswith(f"--{which}: litembed builds its own optimiser (AdamW")
+    assert re.findall(r"--model\.init_args\.\w+", message) == list(OPTIMIZER_FLAGS)
+
+
+def test_the_optimizer_flags_named_are_accepted(capsys):
+    model = printed_config(capsys, "--config", TEXT, *(f"{k}={v}" for k, v in OPTIMIZER_FLAGS.items()))["model"]
+    assert {k: model["init_args"][k.rsplit(".", 1)[1]] for k in OPTIMIZER_FLAGS} == {
+        k: yaml.safe_load(v) for k, v in OPTIMIZER_FLAGS.items()}
+
+
+def test_print_config_still_works_and_has_no_optimizer(capsys):
+    config = printed_config(capsys, "--config", TEXT)
+    assert config["model"]["init_args"]["encoder"]["init_args"]["pooling"] == "mean"
+    assert "optimizer" not in config and "lr_scheduler" not in config
+
+
+def test_a_bug_keeps_its_traceback():
+    """A constructor failing for a reason other than a litembed ValueError is not bad input: no short message."""
+    try:
+        try:
+            {}["missing"]
+        except KeyError as bug:
+            raise ValueError("Does not validate against any of the Union subtypes") from bug
+    except ValueError as err:
+        assert constructor_error(err, {}) is None
