@@ -1,10 +1,11 @@
 """Loading splits from a hub name, a local directory or file, or a built-in generator; eval task description."""
 
+import itertools
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import datasets
 import lightning as L
@@ -13,14 +14,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset
 import pyarrow.parquet as pq
+import torch
 from torch.utils.data import DataLoader
 
+from datamodules.sampler import NoDuplicatesBatchSampler
 from datamodules.sources import BadRow, EpochReport, MapStyleSource, StreamingSource, TrainSource
 
 log = logging.getLogger(__name__)
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 ROW = "__row__"  # each row's position as loaded, kept for messages
+SHOWN_ROWS = 10  # rows a message names by file and line; it counts the others
 
 
 @dataclass(frozen=True)
@@ -88,14 +92,16 @@ def _load_splits(
     if source.startswith("builtin:"):
         name = source.removeprefix("builtin:")
         if name not in builtins:
-            raise ValueError(f"--data.dataset: unknown built-in dataset {name!r}; built-ins: {sorted(builtins)}")
+            raise ValueError(f"--data.init_args.dataset: unknown built-in dataset {name!r}; built-ins: "
+                             f"{sorted(builtins)}")
         return builtins[name]()
     if data_files is not None:
         return datasets.load_dataset(source, data_files=data_files, streaming=streaming, **options)
     if os.path.isfile(source):
         ext = os.path.splitext(source)[1].lower()
         if ext not in FILE_FORMATS:
-            raise ValueError(f"--data.dataset {source!r}: unsupported file type {ext!r}; use one of {sorted(FILE_FORMATS)}")
+            raise ValueError(f"--data.init_args.dataset {source!r}: unsupported file type {ext!r}; use one of "
+                             f"{sorted(FILE_FORMATS)}")
         return datasets.load_dataset(FILE_FORMATS[ext], data_files={"train": source}, streaming=streaming, **options)
     if os.path.isdir(source):
         return datasets.load_dataset(source, streaming=streaming, **options)
@@ -103,7 +109,7 @@ def _load_splits(
         return datasets.load_dataset(source, streaming=streaming, **options)
     except Exception as err:  # offline, misspelt or private: all surface here
         raise ValueError(
-            f"--data.dataset {source!r} is not a file, not a directory and could not be loaded from the hub "
+            f"--data.init_args.dataset {source!r} is not a file, not a directory and could not be loaded from the hub "
             f"({type(err).__name__}: {err}). Check the path, or pass a local .jsonl/.csv/.parquet file or directory."
         ) from err
 
@@ -111,20 +117,13 @@ def _load_splits(
 def count_rows(source: str, split: str, data_files: dict[str, str] | None = None) -> int | None:
     """Rows of a split without reading it: the hub metadata's count, parquet footers, or newlines of jsonl/csv files
     (an imagefolder's metadata.jsonl). None when neither tells (e.g. a .json array)."""
-    if source.startswith("builtin:"):
-        return None
-    if os.path.isfile(source):
-        source, data_files = FILE_FORMATS.get(os.path.splitext(source)[1].lower(), source), {"train": source}
-    try:
-        builder = datasets.load_dataset_builder(source, data_files=data_files)
-    except Exception:  # the stream itself will report what is wrong with the source
+    builder = _builder(source, data_files)
+    if builder is None:
         return None
     if builder.info.splits and split in builder.info.splits and builder.info.splits[split].num_examples:
         return builder.info.splits[split].num_examples
-    files = [str(f) for f in (builder.config.data_files or {}).get(split, [])]
-    metadata = [f for f in files if os.path.basename(f) == "metadata.jsonl"]
-    files = metadata or files
-    if not files or not all(os.path.isfile(f) for f in files):
+    files = _local_files(builder, split)
+    if files is None:
         return None
     total = 0
     for path in files:
@@ -136,6 +135,31 @@ def count_rows(source: str, split: str, data_files: dict[str, str] | None = None
         else:
             return None
     return total
+
+
+def split_files(source: str, split: str, data_files: dict[str, str] | None = None) -> list[str] | None:
+    """The local files a split is read from, in the order HF concatenates their rows (an imagefolder's
+    metadata.jsonl); None for a built-in or hub dataset, or a source that cannot be read."""
+    builder = _builder(source, data_files)
+    return None if builder is None else _local_files(builder, split)
+
+
+def _builder(source: str, data_files: dict[str, str] | None) -> datasets.DatasetBuilder | None:
+    if source.startswith("builtin:"):
+        return None
+    if os.path.isfile(source):
+        source, data_files = FILE_FORMATS.get(os.path.splitext(source)[1].lower(), source), {"train": source}
+    try:
+        return datasets.load_dataset_builder(source, data_files=data_files)
+    except Exception:  # loading the data itself reports what is wrong with the source
+        return None
+
+
+def _local_files(builder: datasets.DatasetBuilder, split: str) -> list[str] | None:
+    files = [str(f) for f in (builder.config.data_files or {}).get(split, [])]
+    metadata = [f for f in files if os.path.basename(f) == "metadata.jsonl"]
+    files = metadata or files
+    return files if files and all(os.path.isfile(f) for f in files) else None
 
 
 def _count_lines(path: str) -> int:
@@ -168,6 +192,87 @@ def with_row_numbers(split: datasets.Dataset) -> datasets.Dataset:
     return split.add_column(ROW, np.arange(len(split)))
 
 
+@dataclass(frozen=True)
+class Where:
+    """How messages name a split: ``str()`` gives the data and split (``"data/qa (train split)"``), :meth:`rows` its
+    rows by file and line, :meth:`flags` the options that chose its columns.
+
+    Args:
+        text: the data and split, as messages start.
+        source: ``--data.init_args.dataset``.
+        file_split: the split whose files the ``__row__`` numbers index (train, for rows held out by ``val_size``).
+        data_files: ``--data.init_args.data_files``.
+        column_flags: the option naming each column, e.g. ``{"positive": "--data.init_args.columns"}``.
+    """
+
+    text: str
+    source: str
+    file_split: str
+    data_files: dict[str, str] | None = None
+    column_flags: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def flags(self, columns: Iterable[str]) -> str:
+        """The options that name ``columns``."""
+        return " or ".join(dict.fromkeys(self.column_flags.get(c, "--data.init_args.columns") for c in columns))
+
+    def files(self) -> list[str] | None:
+        return split_files(self.source, self.file_split, self.data_files)
+
+    def rows(self, positions: Sequence[int], total: int | None = None) -> str:
+        """``positions`` (``__row__`` values) as a user finds them: ``"lines 70, 91 of data/train.jsonl"``. A jsonl's
+        rows are its lines (blank lines, which HF skips, counted); other rows count from 1: a parquet's or csv's
+        (the header not counted), or the split's where no local file holds it. ``total``: rows the positions were
+        taken from; those not named are counted."""
+        positions = sorted(positions)
+        files = self.files()
+        places = (_file_rows(files, positions) if files else None) or [
+            (f"the {self.file_split} split", "row", p + 1) for p in positions]
+        parts = []
+        for (name, kind), group in itertools.groupby(places, key=lambda place: place[:2]):
+            numbers = [str(number) for *_, number in group]
+            parts.append(f"{kind}{'s' * (len(numbers) > 1)} {', '.join(numbers)} of {name}")
+        more = (total or 0) - len(positions)
+        counting = " (counting from 1)" if any(kind == "row" for _, kind, _ in places) else ""
+        return "; ".join(parts) + counting + (f", and {more} more" if more > 0 else "")
+
+
+def _file_rows(files: list[str], positions: list[int]) -> list[tuple[str, str, int]] | None:
+    """(file, "line" or "row", number) of each of the sorted 0-based ``positions`` in the split that ``files`` make,
+    in order; None when a file's rows cannot be counted (a .json array) or a position lies beyond them."""
+    places, start, wanted = [], 0, iter(positions)
+    position = next(wanted, None)
+    for path in files:
+        if position is None:
+            break
+        ext = os.path.splitext(path)[1].lower()
+        if ext == ".jsonl":  # read on error paths only: the line numbers of the rows HF kept
+            with open(path, "rb") as f:
+                for line_number, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    while position == start:
+                        places.append((path, "line", line_number))
+                        position = next(wanted, None)
+                    start += 1
+                    if position is None:
+                        break
+            continue
+        if ext == ".parquet":
+            count = pq.ParquetFile(path).metadata.num_rows
+        elif ext == ".csv":
+            count = _count_lines(path) - 1
+        else:
+            return None
+        while position is not None and position < start + count:
+            places.append((path, "row", position - start + 1))
+            position = next(wanted, None)
+        start += count
+    return places if position is None else None
+
+
 def pick_splits(
     raw: datasets.DatasetDict,
     source: str,
@@ -182,22 +287,23 @@ def pick_splits(
     """(train, validation, test), each with ``__row__``. Without a validation split, ``val_size`` rows (count, or
     fraction if < 1) of train are held out, shuffled by ``seed``; the row caps apply afterwards (first rows, as HF's
     ``split="train[:n]"``)."""
-    train = select_split(raw, train_split, source, "--data.train_split")
+    train = select_split(raw, train_split, source, "--data.init_args.train_split")
     train = with_row_numbers(train)
     if val_split is not None and val_split in raw:
-        val = select_split(raw, val_split, source, "--data.val_split", max_eval_rows)
+        val = select_split(raw, val_split, source, "--data.init_args.val_split", max_eval_rows)
     elif val_size:
         parts = train.train_test_split(test_size=val_size, seed=seed, shuffle=True)
         train, val = parts["train"], parts["test"]
         val = val.select(range(min(max_eval_rows or len(val), len(val))))
     elif val_split is not None:
-        raise ValueError(f"--data.val_split {val_split!r}: split not found in {source!r}; splits found: {sorted(raw)}. "
-                         f"Set --data.val_size to hold out part of train, or --data.val_split null.")
+        raise ValueError(f"--data.init_args.val_split {val_split!r}: split not found in {source!r}; splits found: "
+                         f"{sorted(raw)}. Set --data.init_args.val_size to hold out part of train, or "
+                         f"--data.init_args.val_split null.")
     else:
         val = None
     if max_train_rows is not None:
         train = train.select(range(min(max_train_rows, len(train))))
-    test = select_split(raw, test_split, source, "--data.test_split", max_eval_rows)
+    test = select_split(raw, test_split, source, "--data.init_args.test_split", max_eval_rows)
     return train, val and with_row_numbers(val), test and with_row_numbers(test)
 
 
@@ -209,15 +315,17 @@ def materialize(stream: datasets.IterableDataset, max_rows: int | None) -> datas
     return with_row_numbers(datasets.Dataset.from_list(rows, features=stream.features))
 
 
-def check_columns(split: datasets.Dataset | datasets.IterableDataset, columns: Sequence[str], where: str) -> None:
-    """Raise if a column is missing, naming it and the columns that exist (a stream of unknown columns passes)."""
+def check_columns(split: datasets.Dataset | datasets.IterableDataset, columns: Sequence[str], where: Where) -> None:
+    """Raise if a column is missing, naming it, the file, the columns that exist and the option to set (a stream of
+    unknown columns passes)."""
     found = split.column_names
     if found is None:
         return
     missing = [c for c in columns if c not in found]
     if missing:
-        raise ValueError(f"{where}: column(s) {missing} not found; columns found: {[c for c in found if c != ROW]}. "
-                         f"Set the --data.*column* options to the dataset's column names.")
+        files = ", ".join(where.files() or [])
+        raise ValueError(f"{where}: column(s) {missing} not found; columns found: {[c for c in found if c != ROW]}"
+                         f"{f' (in {files})' if files else ''}. Set {where.flags(missing)} to the data's column names.")
 
 
 def arrow_columns(split: datasets.Dataset, columns: Sequence[str]) -> pa.Table:
@@ -231,26 +339,34 @@ def arrow_columns(split: datasets.Dataset, columns: Sequence[str]) -> pa.Table:
     return table if indices is None else table.take(indices.column(0))
 
 
-def check_texts(split: datasets.Dataset, columns: Sequence[str], where: str) -> None:
-    """Raise on None or blank texts, naming the first rows and columns: such a row would train on nothing.
+def check_texts(split: datasets.Dataset, columns: Sequence[str], where: Where) -> None:
+    """Raise on None or blank texts, such a row would train on nothing: for every such column, how many rows and the
+    first ``SHOWN_ROWS`` of them by file and line.
 
     Column-wise in Arrow (about 1 s per million rows and column), not row by row in Python.
     """
     table = arrow_columns(split, [*columns, ROW])
+    problems, bad_columns = [], []
     for column in columns:
         values = table.column(column)
         if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
             blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0)
             bad = pc.indices_nonzero(pc.fill_null(blank, True))
-        else:  # numbers, lists, all-null columns: nothing in them is text
+        elif pa.types.is_null(values.type):  # None in every row
             bad = pa.array(range(len(values)))
+        else:
+            problems.append(f"{column!r} holds {values.type} values, not text")
+            bad_columns.append(column)
+            continue
         if len(bad):
-            rows = table.column(ROW).take(bad[:5]).to_pylist()
+            rows = np.sort(table.column(ROW).take(bad).to_numpy())
             first = values.take(bad[:1]).to_pylist()[0]
-            more = f" ({len(bad) - 1} more such rows: {', '.join(map(str, rows[1:]))}{', …' if len(bad) > 5 else ''})" \
-                if len(bad) > 1 else ""
-            raise ValueError(f"{where}: row {rows[0]}, column {column!r} has an empty or non-text value ({first!r})"
-                             f"{more}. Remove or fill those rows.")
+            problems.append(f"{len(bad)} row{'s have' if len(bad) > 1 else ' has'} an empty or missing {column!r} "
+                            f"(e.g. {first!r}): {where.rows(rows[:SHOWN_ROWS].tolist(), len(bad))}")
+            bad_columns.append(column)
+    if problems:
+        raise ValueError(f"{where}: " + ";\n  ".join(problems) + f".\nFill or remove those rows, or name other "
+                         f"columns with {where.flags(bad_columns)}.")
 
 
 def text_value(row: dict, column: str, where: str) -> str:
@@ -302,7 +418,9 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
             duplicate would be a false negative.
         drop_last: drop the last, smaller batches of an epoch. Without it, map-style epochs end with smaller batches,
             and under DDP the ranks are evened out by repeating the epoch's first batches: fewer than ``world_size``
-            batches, so at most ``(world_size - 1) × batch_size`` rows are seen twice per epoch.
+            batches, so at most ``(world_size - 1) × batch_size`` rows are seen twice per epoch. No batch has one row
+            (it has no negative): such rows are left out of the epoch and counted, and setup warns when repeated
+            values make many (numbers of epoch 0, the value, the options).
         streaming: read the training split as a stream (HF ``IterableDataset``) instead of downloading and converting
             it whole: nothing is prepared before the first step, whatever the data's size. Validation and test
             splits are read in full (``max_eval_rows`` caps them) and kept in memory. Every rank reads its own shards
@@ -339,26 +457,29 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
     ) -> None:
         super().__init__()
         if batch_size < 2:
-            raise ValueError(f"--data.batch_size must be ≥ 2 for in-batch negatives, got {batch_size}")
+            raise ValueError(f"--data.init_args.batch_size must be ≥ 2 for in-batch negatives, got {batch_size}")
         if streaming and val_size is not None and not (isinstance(val_size, int) and val_size > 0):
             raise ValueError(f"--data.init_args.val_size must be a row count with streaming (a fraction needs the "
                              f"stream's length), got {val_size}")
         self.save_hyperparameters()  # with the subclass's own arguments
         self.splits: dict[str, datasets.Dataset] = {}
+        self.where: dict[str, Where] = {}  # how messages name each split's data, rows and columns
         self.train_source: TrainSource | None = None
         self.processor = None  # the model's tokenizer / image transform, taken from the LightningModule in setup
         self.streams: dict[str, dict[str, list]] = {}
         self.tasks: dict[str, list[RetrievalTask]] = {}
         self._eval_loader_cache: dict[tuple, list[DataLoader]] = {}
         self._epoch_report = EpochReport()
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches of it already trained), from a checkpoint
 
     def builtins(self) -> dict[str, Callable[[], datasets.DatasetDict]]:
         """``builtin:<name>`` datasets this datamodule can generate."""
         return {}
 
     @abstractmethod
-    def check_split(self, name: str, split: datasets.Dataset, where: str) -> datasets.Dataset:
-        """Check (and possibly filter) one map-style split; errors name ``where`` and the rows."""
+    def check_split(self, name: str, split: datasets.Dataset, where: Where) -> datasets.Dataset:
+        """Check (and possibly filter) one map-style split; errors name ``where``, the rows (``where.rows`` of their
+        ``__row__``) and the options (``where.flags``)."""
 
     @abstractmethod
     def retrieval(self, stage: str, split_name: str) -> tuple[dict[str, list], list[RetrievalTask]]:
@@ -401,19 +522,25 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         if self.splits:  # idempotent: fit, validate and test share the prepared data
             return
         h = self.hparams
-        where = f"{h.dataset} ({{}} split)".format
         raw = load_splits(h.dataset, self.builtins(), h.data_files, streaming=h.streaming)
+        self.where = self._where(raw)
         if isinstance(raw, datasets.IterableDatasetDict):
             train, val, test = self._stream_splits(raw)
         else:
             train, val, test = pick_splits(raw, h.dataset, h.train_split, h.val_split, h.test_split, h.val_size,
                                            h.max_train_rows, h.max_eval_rows, h.seed)
-        for name, split in (("validation", val), ("test", test)):
-            if split is not None:
-                self.splits[name] = self.check_split(name, self.encoded(split), where(name))
+        problems = []  # every split's, in one message: rows held out by val_size are rows of the train files too
+        for name, split in (("validation", val), ("test", test), ("train", train)):
+            if isinstance(split, datasets.Dataset):
+                try:
+                    self.splits[name] = self.check_split(name, self.encoded(split), self.where[name])
+                except ValueError as err:
+                    problems.append(str(err))
+        if problems:
+            self.splits.clear()  # not set up: a later setup() must check again
+            raise ValueError("\n".join(problems))
         if isinstance(train, datasets.Dataset):
-            train = self.check_split("train", self.encoded(train), where("train"))
-            self.splits["train"] = train
+            train = self.splits["train"]
             if h.streaming:  # a built-in dataset, generated in memory: streamed all the same
                 self.train_source = self._streaming_source(train.to_iterable_dataset(num_shards=min(len(train), 8)),
                                                            len(train))
@@ -421,20 +548,87 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
                 codes = self.row_codes(train) if h.no_duplicates else np.arange(len(train))[:, None]
                 self.train_source = MapStyleSource(train, codes, h.batch_size, h.drop_last, h.seed,
                                                    self.train_collator())
+                self._check_batches(train, codes)
         else:
             self.train_source = self._streaming_source(*train)
         for stage_name, split_name in (("val", "validation"), ("test", "test")):
             if split_name in self.splits:
                 self.streams[stage_name], self.tasks[stage_name] = self.retrieval(stage_name, split_name)
 
+    def _where(self, raw: datasets.DatasetDict | datasets.IterableDatasetDict) -> dict[str, Where]:
+        """How messages name each split, its rows (by file and line) and the options naming its columns."""
+        h = self.hparams
+        flags: dict[str, str] = {}
+        for key, value in h.items():  # the options that name columns: ``columns`` (a list) and ``*_column``
+            names = value if key == "columns" else [value] if key.endswith("_column") and value else None
+            for column in names or []:
+                flags.setdefault(column, f"--data.init_args.{key}")
+        where = {name: Where(f"{h.dataset} ({name} split)", h.dataset, split, h.data_files, flags)
+                 for name, split in (("train", h.train_split), ("validation", h.val_split), ("test", h.test_split))
+                 if split is not None}
+        if h.val_size and (h.val_split is None or h.val_split not in raw):  # rows of the train files
+            where["validation"] = Where(f"{h.dataset} (validation rows held out of the {h.train_split} split by "
+                                        f"--data.init_args.val_size)", h.dataset, h.train_split, h.data_files, flags)
+        return where
+
+    def _check_batches(self, train: datasets.Dataset, codes: np.ndarray) -> None:
+        """Refuse training rows that form no batch; say once (rank 0), with epoch 0's numbers, when repeated values
+        shrink the batches or leave rows out (the sampler leaves out rows that would be a batch of one row).
+
+        Epoch 0's batches are formed here only when a value is in more rows than there are batches (a few seconds per
+        million rows with repeats); below that, repeats cost at most a few rows at an epoch's end, which the sampler
+        logs each epoch.
+        """
+        h, where, rows, size = self.hparams, self.where["train"], len(codes), self.hparams.batch_size
+        if h.drop_last and rows < size:
+            raise ValueError(f"{where}: {rows} rows make no batch of {size} (--data.init_args.drop_last true): lower "
+                             f"--data.init_args.batch_size or set --data.init_args.drop_last false")
+        count, row, column = _most_repeated(codes)
+        if count <= -(-rows // size):
+            return
+        formed = NoDuplicatesBatchSampler(codes, size, seed=h.seed, num_replicas=1, rank=0).st_batches()
+        full, ones = sum(len(b) == size for b in formed), sum(len(b) == 1 for b in formed)
+        kept = full * size if h.drop_last else rows - ones
+        holders = np.flatnonzero((codes == codes[row, column]).any(axis=1))
+        named = np.sort(arrow_columns(train, [ROW]).column(0).take(holders).to_numpy())[:SHOWN_ROWS].tolist()
+        value = f"{self.value_name(train, int(row), int(column))} is in {count} of the {rows} rows " \
+                f"({where.rows(named, count)})"
+        if not kept:
+            raise ValueError(
+                f"{where}: no batch of {size if h.drop_last else 'two or more'} rows can be formed without repeating a "
+                f"value (--data.init_args.no_duplicates true): {value}. Remove the repeated rows, or set "
+                f"--data.init_args.no_duplicates false to let repeats share a batch (they then count as each "
+                f"other's negatives){' or --data.init_args.drop_last false' if h.drop_last else ''}.")
+        if self.rank()[0] != 0:
+            return
+        smaller = [len(b) for b in formed if 1 < len(b) < size] if not h.drop_last else []
+        suggest = rows // count
+        log.warning(
+            f"{where}: repeated values shrink the training batches. Epoch 0 (the others alike): {rows} rows make "
+            f"{full} batches of {size}"
+            + (f", {len(smaller)} smaller batch{'es' * (len(smaller) > 1)} ({sum(smaller)} rows)" if smaller else "")
+            + (f" and leave {rows - kept} rows out" + (" (--data.init_args.drop_last true)" if h.drop_last else
+               " (each would be a batch of one row, which has no in-batch negative)") if rows > kept else "")
+            + f". --data.init_args.no_duplicates true puts a value in at most one row of a batch, and {value}. To "
+            f"keep more rows: deduplicate the data, "
+            + (f"lower --data.init_args.batch_size to about {suggest}, " if 2 <= suggest < size else "")
+            + "or set --data.init_args.no_duplicates false (repeats then count as each other's negatives)"
+            + ("" if h.drop_last else "; --data.init_args.drop_last true trains on full batches only") + ".")
+
+    def value_name(self, split: datasets.Dataset, row: int, column: int) -> str:
+        """The value of ``row_codes(split)[row, column]`` for messages: by default ``train_columns[column]``'s."""
+        name = self.train_columns[column]
+        value = split[row][name]
+        return f"{value[:60] + '…' if isinstance(value, str) and len(value) > 60 else value!r} (column {name!r})"
+
     def _stream_splits(self, raw: datasets.IterableDatasetDict):
         """((train stream, its row count or None), validation, test): evaluation splits materialised, train not."""
         h = self.hparams
         if h.train_split not in raw:
-            raise ValueError(f"--data.train_split {h.train_split!r}: split not found in {h.dataset!r}; splits found: "
-                             f"{sorted(raw)}")
+            raise ValueError(f"--data.init_args.train_split {h.train_split!r}: split not found in {h.dataset!r}; "
+                             f"splits found: {sorted(raw)}")
         train = self.encoded(raw[h.train_split])
-        check_columns(train, self.train_columns, f"{h.dataset} (train split)")
+        check_columns(train, self.train_columns, self.where["train"])
         rows = count_rows(h.dataset, h.train_split, h.data_files)
         val = test = None
         if h.val_split is not None and h.val_split in raw:
@@ -444,12 +638,13 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
             train = train.skip(h.val_size)
             rows = rows - h.val_size if rows is not None else None
         elif h.val_split is not None:
-            raise ValueError(f"--data.val_split {h.val_split!r}: split not found in {h.dataset!r}; splits found: "
-                             f"{sorted(raw)}. Set --data.val_size to hold out part of train, or --data.val_split null.")
+            raise ValueError(f"--data.init_args.val_split {h.val_split!r}: split not found in {h.dataset!r}; "
+                             f"splits found: {sorted(raw)}. Set --data.init_args.val_size to hold out part of train, or "
+                             f"--data.init_args.val_split null.")
         if h.test_split is not None:
             if h.test_split not in raw:
-                raise ValueError(f"--data.test_split {h.test_split!r}: split not found in {h.dataset!r}; splits "
-                                 f"found: {sorted(raw)}")
+                raise ValueError(f"--data.init_args.test_split {h.test_split!r}: split not found in "
+                                 f"{h.dataset!r}; splits found: {sorted(raw)}")
             test = materialize(self.encoded(raw[h.test_split]), h.max_eval_rows)
         if h.max_train_rows is not None:
             train = train.take(h.max_train_rows)
@@ -468,7 +663,23 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
     def train_dataloader(self) -> DataLoader:
         rank, world = self.rank()
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        return self.train_source.dataloader(epoch=epoch, rank=rank, world=world, options=self.loader_options())
+        resume = self._resume_at if self._resume_at is not None and self._resume_at[0] >= epoch else None
+        if resume is not None:
+            # Lightning asks for this loader (and starts iterating it) before it restores its epoch counter
+            epoch = resume[0]
+        return self.train_source.dataloader(epoch=epoch, rank=rank, world=world, options=self.loader_options(),
+                                            resume=resume)
+
+    def state_dict(self) -> dict:
+        """Where the training batches stand, saved in every checkpoint: the epoch and how many of its batches were
+        trained (resuming serves the batches an uninterrupted run would have trained next, not the epoch's first)."""
+        if self.trainer is None or not self.trainer.training:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches": progress.processed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume_at = (state_dict["epoch"], state_dict["batches"]) if state_dict else None
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         if isinstance(batch, dict) and "report" in batch:  # what a stream's worker skipped since its last batch
@@ -502,8 +713,11 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         workers = self.hparams.num_workers
         if workers is None:
             workers = max(1, min(4, (os.cpu_count() or 1) // self.trainer.num_devices - 1)) if on_gpu else 0
-        # pinned host batches copy to a GPU without a host-device sync per tensor
-        return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": on_gpu}
+        # pinned host batches copy to a GPU without a host-device sync per tensor. Each loader draws its workers' base
+        # seed from a generator of its own, not torch's global one: the global generator then serves dropout alone,
+        # so a resumed run that restores it draws the masks the uninterrupted run drew (no data iterator in between)
+        return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": on_gpu,
+                "generator": torch.Generator().manual_seed(self.hparams.seed)}
 
     def rank(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -515,7 +729,7 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         # machine (profiled), more than encoding 1,600 texts with BERT-base there.
         rank, world = self.rank()
         options = self.loader_options()
-        key = (stage, rank, world, *options.values())
+        key = (stage, rank, world, *(v for k, v in options.items() if k != "generator"))
         if key in self._eval_loader_cache:
             return self._eval_loader_cache[key]
         loaders = []
@@ -534,16 +748,35 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("val") if "val" in self.streams else []
 
-    def predict_dataloader(self) -> list[DataLoader]:
-        """The evaluation streams (test split, else validation) to embed with ``train.py predict``."""
+    @property
+    def predict_stage(self) -> str:
+        """Whose evaluation streams ``train.py predict`` embeds: the test split's, else the validation split's."""
         if not self.streams:
             raise ValueError("nothing to predict: the dataset has no validation or test split")
-        return self._eval_loaders("test" if "test" in self.streams else "val")
+        return "test" if "test" in self.streams else "val"
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders(self.predict_stage)
+
+    def item_columns(self, stage: str, stream: str) -> dict[str, list]:
+        """What each item of an evaluation stream is, by id, as named columns (``train.py predict`` writes them next
+        to the embeddings): its text."""
+        return {"text": list(self.streams[stage][stream])}
 
     def test_dataloader(self) -> list[DataLoader]:
         if "test" not in self.streams:
-            raise ValueError("no test split: set --data.test_split to the name of the dataset's test split")
+            raise ValueError("no test split: set --data.init_args.test_split to the name of the dataset's test split")
         return self._eval_loaders("test")
+
+
+def _most_repeated(codes: np.ndarray) -> tuple[int, int, int]:
+    """(rows holding it, a row, its column) of the value in the most rows (a row holding it twice counts once)."""
+    first = np.ones(codes.shape, dtype=bool)
+    for c in range(1, codes.shape[1]):
+        first[:, c] = (codes[:, :c] != codes[:, c:c + 1]).all(axis=1)
+    counts = np.bincount(codes[first])
+    row, column = np.argwhere(codes == counts.argmax())[0]
+    return int(counts.max()), int(row), int(column)
 
 
 def _distinct(row: dict) -> tuple:

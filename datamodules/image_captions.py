@@ -39,7 +39,7 @@ class ImageCaptionCollator:
                 features.append({"pixel_values": torch.stack(pixels)})
             else:
                 features.append(self.processor.tokenize([r[column] for r in rows]))
-        return {"features": features}
+        return {"features": features, "rows": [r.get(ROW) for r in rows]}  # rows: for messages about the batch
 
 
 class StreamCollator:
@@ -102,12 +102,14 @@ class ImageCaptionDataModule(RetrievalDataModule):
         **kwargs,
     ) -> None:
         if on_bad_image not in BAD_IMAGE_POLICIES:
-            raise ValueError(f"--data.on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+            raise ValueError(f"--data.init_args.on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
         super().__init__(dataset, batch_size=batch_size, **kwargs)
         self.columns = list(columns or [image_column, caption_column])
         if sorted(self.columns) != sorted([image_column, caption_column]):
-            raise ValueError(f"--data.columns must order {image_column!r} and {caption_column!r}, got {self.columns}")
+            raise ValueError(f"--data.init_args.columns must order {image_column!r} and {caption_column!r}, got "
+                             f"{self.columns}")
         self.keys: dict[str, list[str]] = {}
+        self.image_items: dict[str, dict[str, list]] = {}  # per stage: each eval image's key and first row, by id
 
     def builtins(self) -> dict:
         def shapes():
@@ -162,8 +164,8 @@ class ImageCaptionDataModule(RetrievalDataModule):
             message = (f"{len(keys) - len(good_rows)} of {len(keys)} rows have unreadable images ({len(bad)} distinct "
                        f"images):\n  " + "\n  ".join(problems[:10]))
             if h.on_bad_image == "error":
-                raise ValueError(message + "\nFix or remove them, or set --data.on_bad_image skip.")
-            log.warning(message + "\nThese rows are skipped (--data.on_bad_image skip).")
+                raise ValueError(message + "\nFix or remove them, or set --data.init_args.on_bad_image skip.")
+            log.warning(message + "\nThese rows are skipped (--data.init_args.on_bad_image skip).")
             split, keys = split.select(good_rows), [keys[row] for row in good_rows]
         self.keys[name] = keys
         return split
@@ -199,12 +201,15 @@ class ImageCaptionDataModule(RetrievalDataModule):
         split, keys = self.splits[split_name], self.keys[split_name]
         images: dict[str, int] = {}
         image_values: list = []
+        image_rows: list[int] = []
         captions: dict[str, int] = {}
         caption_to_images: list[set[int]] = []
-        for key, value, caption in zip(keys, split[self.hparams.image_column], split[self.hparams.caption_column]):
+        for key, value, caption, row in zip(keys, split[self.hparams.image_column], split[self.hparams.caption_column],
+                                            split[ROW]):
             if key not in images:
                 images[key] = len(images)
                 image_values.append(value)
+                image_rows.append(row)
             c = captions.setdefault(caption, len(captions))
             if c == len(caption_to_images):
                 caption_to_images.append(set())
@@ -214,9 +219,19 @@ class ImageCaptionDataModule(RetrievalDataModule):
             for i in image_ids:
                 image_to_captions[i].add(c)
         streams = {"caption": list(captions), "image": image_values}
+        self.image_items[stage] = {"image_key": list(images), "row": image_rows}
         tasks = [RetrievalTask(prefix, "caption", "image", caption_to_images),
                  RetrievalTask(f"{prefix}-image2text", "image", "caption", image_to_captions)]
         return streams, tasks
+
+    def item_columns(self, stage: str, stream: str) -> dict[str, list]:
+        """Captions by text; images by file (a path, or the name HF keeps beside inline bytes; None without one), key
+        (``image_id_column``'s value, else the sha1 of the bytes) and row (the first ``__row__`` holding the image)."""
+        if stream != "image":
+            return super().item_columns(stage, stream)
+        files = [v if isinstance(v, str) else v.get("path") if isinstance(v, dict) else None
+                 for v in self.streams[stage][stream]]
+        return {"file": files, **self.image_items[stage]}
 
     def stream_collator(self, stream: str, stage: str) -> StreamCollator:
         return StreamCollator(self.processor, stream, f"{self.hparams.dataset} ({stage})", self.base_dir)
@@ -224,6 +239,14 @@ class ImageCaptionDataModule(RetrievalDataModule):
     def row_codes(self, split: datasets.Dataset) -> np.ndarray:
         captions = arrow_columns(split, [self.hparams.caption_column]).column(0)
         return value_codes([[pa.chunked_array([pa.array(self.keys["train"], pa.string())])], [captions]])
+
+    def value_name(self, split: datasets.Dataset, row: int, column: int) -> str:
+        # the codes' columns are (image key, caption); a key is the image id, else a content hash, which tells nothing
+        h = self.hparams
+        if column == 0:
+            return (f"the image id {self.keys['train'][row]!r} (column {h.image_id_column!r})" if h.image_id_column
+                    else f"one image (column {h.image_column!r})")
+        return super().value_name(split, row, column)  # train_columns[1] is the caption column
 
     def admit(self, row: dict) -> tuple:
         h = self.hparams
@@ -235,7 +258,7 @@ class ImageCaptionDataModule(RetrievalDataModule):
                         base_dir=self.base_dir)
         except ImageLoadError as err:
             if h.on_bad_image == "error":
-                raise ValueError(f"{err}\nFix or remove the row, or set --data.on_bad_image skip.") from None
+                raise ValueError(f"{err}\nFix or remove the row, or set --data.init_args.on_bad_image skip.") from None
             raise BadRow(str(err)) from None
         key = str(row[h.image_id_column]) if h.image_id_column else image_key(value, base_dir=self.base_dir)
         return ("image", key), ("caption", caption)

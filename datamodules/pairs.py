@@ -7,8 +7,8 @@ import datasets
 import numpy as np
 import torch
 
-from datamodules.common import (RetrievalDataModule, RetrievalTask, arrow_columns, check_columns, check_texts, text_value,
-                                value_codes)
+from datamodules.common import (ROW, RetrievalDataModule, RetrievalTask, arrow_columns, check_columns, check_texts,
+                                text_value, value_codes)
 from datamodules.stdlib_pairs import stdlib_docstring_pairs
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,8 @@ class PairCollator:
         self.processor, self.columns, self.roles = processor, columns, roles
 
     def __call__(self, rows: list[dict]) -> dict:
-        return {"features": [self.processor([r[c] for r in rows], role) for c, role in zip(self.columns, self.roles)]}
+        return {"features": [self.processor([r[c] for r in rows], role) for c, role in zip(self.columns, self.roles)],
+                "rows": [r.get(ROW) for r in rows]}  # for messages about the batch (a non-finite loss)
 
 
 class StreamCollator:
@@ -62,7 +63,7 @@ class PairDataModule(RetrievalDataModule):
         **kwargs,
     ) -> None:
         if len(columns) < 2:
-            raise ValueError(f"--data.columns needs at least an anchor and a positive column, got {columns}")
+            raise ValueError(f"--data.init_args.columns needs at least an anchor and a positive column, got {columns}")
         if corpus_from_train and kwargs.get("streaming"):
             raise ValueError("--data.init_args.corpus_from_train needs the whole training split in memory; it cannot be "
                              "combined with --data.init_args.streaming true")

@@ -9,15 +9,21 @@ not full and holds none of its values gives the same batches in one pass, which 
 
 Unlike ST it also shards across DDP ranks and knows its exact length (ST's ``__len__`` is an estimate, and a wrong
 ``__len__`` hangs DDP, ST #3348). Unlike ST with ``drop_last=True`` it never reshuffles to top up an epoch that
-formed fewer than ``len(rows) // batch_size`` full batches: each row is used at most once per epoch.
+formed fewer than ``len(rows) // batch_size`` full batches: each row is used at most once per epoch. And unlike ST
+it yields no batch of one row: ST yields those (its loss gives them 0, an anchor with no negative); here such rows,
+which share a value with every larger batch of the epoch (or are the one row left over), are left out of that epoch
+and counted in the log, so that the loss never receives a batch it must refuse. Every batch of 2 or more rows is ST's.
 """
 
+import logging
 from collections.abc import Hashable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
+log = logging.getLogger(__name__)
 
 
 def no_duplicate_batches(order: Sequence[int], row_values: Sequence[Sequence[Hashable]],
@@ -80,7 +86,8 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
             compares ``str(value)``, so pass strings (or codes of strings) to match it.
         batch_size: rows per batch on each rank.
         drop_last: yield only full batches (and, under DDP, a multiple of ``num_replicas`` of them). Otherwise batches
-            that ran out of rows without a shared value are yielded too, smaller.
+            that ran out of rows without a shared value are yielded too, smaller, down to 2 rows: the rows of
+            one-row batches are left out of the epoch (see the module docstring).
         seed: the permutation of epoch ``e`` is seeded with ``seed + e``.
         num_replicas: number of ranks; default: the initialised process group's world size, else 1.
         rank: this rank; default: the process group's rank, else 0. Every rank forms the same batches and takes every
@@ -130,6 +137,7 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.epoch = 0
         self._cache: tuple[int, list[list[int]]] | None = None
+        self._resume: tuple[int, int] | None = None
 
     @property
     def sampler(self) -> "NoDuplicatesBatchSampler":
@@ -139,8 +147,13 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def global_batches(self) -> list[list[int]]:
-        """The batches of the current epoch on all ranks together, before sharding (ST's batches when unsharded)."""
+    def resume(self, epoch: int, batches: int) -> None:
+        """Resuming a run that trained ``batches`` of epoch ``epoch``: that epoch serves the rest (``len`` stays the
+        whole epoch's, as Lightning counts on from ``batches``)."""
+        self._resume = (epoch, batches)
+
+    def st_batches(self) -> list[list[int]]:
+        """sentence-transformers' batches of the current epoch without ``drop_last``; some may hold one row."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.row_values), generator=generator)
         if self._all_distinct:
@@ -148,11 +161,22 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
             batches = order[:full].view(-1, self.batch_size).tolist() + ([order[full:].tolist()] if full < len(order) else [])
         else:
             batches = no_duplicate_batches(order.tolist(), self.row_values, self.batch_size)
-        return [batch for batch in batches if len(batch) == self.batch_size] if self.drop_last else batches
+        return batches
+
+    def global_batches(self) -> list[list[int]]:
+        """The batches of the current epoch on all ranks together, before sharding: ST's batches (when unsharded)
+        less those of one row, or with ``drop_last`` only the full ones."""
+        smallest = self.batch_size if self.drop_last else min(2, self.batch_size)
+        return [batch for batch in self.st_batches() if len(batch) >= smallest]
 
     def _rank_batches(self) -> list[list[int]]:
         if self._cache is None or self._cache[0] != self.epoch:
             batches, world = self.global_batches(), self.num_replicas
+            left_out = len(self.row_values) - sum(map(len, batches))
+            if left_out and not self.drop_last and self.rank == 0:
+                log.info("epoch %d: %d of %d training rows left out, each of which would have been a batch of one "
+                         "row (no in-batch negative)", self.epoch, left_out, len(self.row_values))
+            # rows are left out before padding, so every rank pads to the same count
             if self.drop_last:
                 batches = batches[: len(batches) - len(batches) % world]
             else:
@@ -161,7 +185,10 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
         return self._cache[1]
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self._rank_batches()
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            skip, self._resume = self._resume[1], None
+        yield from self._rank_batches()[skip:]
 
     def __len__(self) -> int:
         return len(self._rank_batches())

@@ -36,8 +36,11 @@ class TrainSource(ABC):
     """One epoch's training batches for one rank."""
 
     @abstractmethod
-    def dataloader(self, *, epoch: int, rank: int, world: int, options: dict) -> DataLoader:
-        """The DataLoader of ``epoch`` for ``rank`` of ``world``; ``options`` are worker and pinning options."""
+    def dataloader(self, *, epoch: int, rank: int, world: int, options: dict,
+                   resume: tuple[int, int] | None = None) -> DataLoader:
+        """The DataLoader of ``epoch`` for ``rank`` of ``world``; ``options`` are worker and pinning options.
+        ``resume=(e, k)``: a resumed run that trained ``k`` batches of epoch ``e``; epoch ``e``'s first iteration
+        serves its batches from ``k + 1`` on, with the length of the whole epoch (Lightning counts on from ``k``)."""
 
     @property
     @abstractmethod
@@ -67,9 +70,12 @@ class MapStyleSource(TrainSource):
     def equal_batch_sizes(self) -> bool:
         return self.drop_last
 
-    def dataloader(self, *, epoch: int, rank: int, world: int, options: dict) -> DataLoader:
+    def dataloader(self, *, epoch: int, rank: int, world: int, options: dict,
+                   resume: tuple[int, int] | None = None) -> DataLoader:
         sampler = NoDuplicatesBatchSampler(self.row_values, self.batch_size, drop_last=self.drop_last, seed=self.seed,
                                            num_replicas=world, rank=rank)
+        if resume is not None:
+            sampler.resume(*resume)
         sampler.set_epoch(epoch)  # len() of this epoch
         return DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate, **options)
 
@@ -139,7 +145,8 @@ class StreamingSource(TrainSource):
                              f"ranks; lower --data.init_args.batch_size")
         return steps
 
-    def dataloader(self, *, epoch: int, rank: int, world: int, options: dict) -> DataLoader:
+    def dataloader(self, *, epoch: int, rank: int, world: int, options: dict,
+                   resume: tuple[int, int] | None = None) -> DataLoader:
         stream = split_dataset_by_node(self.stream, rank=rank, world_size=world)
         stream = stream.shuffle(seed=self.seed, buffer_size=self.buffer_size)
         workers = options["num_workers"]
@@ -148,9 +155,16 @@ class StreamingSource(TrainSource):
             log.warning("%s: %d DataLoader workers for %d shard(s) on this rank: using %d (split the data into more "
                         "files for more)", self.where, workers, stream.num_shards, stream.num_shards)
             options = {**options, "num_workers": stream.num_shards, "persistent_workers": True}
-        batches = StreamBatches(stream, self.steps_per_epoch(world), epoch, self.batch_size, self.window, self.admit,
-                                self.collate, f"{self.where} rank {rank}")
-        return DataLoader(batches, batch_size=None, **options)
+        steps = self.steps_per_epoch(world)
+        if resume is not None and steps is not None and resume[1] >= steps:
+            epoch, resume = resume[0] + 1, None  # saved after the epoch's last batch: the next epoch starts afresh
+        # DataLoader takes batch i from worker i % W: to serve batch k first, every worker skips k // W of its
+        # batches without collating them and the loader drops the k % W batches that still come before batch k
+        streams = max(1, options["num_workers"])
+        skip = 0 if resume is None else resume[1]
+        batches = StreamBatches(stream, steps, epoch, self.batch_size, self.window, self.admit, self.collate,
+                                f"{self.where} rank {rank}", skip=skip // streams)
+        return SkipFirst(batches, skip=skip % streams, batch_size=None, **options)
 
 
 class StreamBatches(IterableDataset):
@@ -161,8 +175,8 @@ class StreamBatches(IterableDataset):
     """
 
     def __init__(self, stream: datasets.IterableDataset, steps: int | None, epoch: int, batch_size: int, window: int,
-                 admit: Callable[[dict], tuple], collate: Callable, where: str) -> None:
-        self.stream, self.steps, self.epoch = stream, steps, epoch
+                 admit: Callable[[dict], tuple], collate: Callable, where: str, skip: int = 0) -> None:
+        self.stream, self.steps, self.epoch, self.skip = stream, steps, epoch, skip
         self.batch_size, self.window, self.admit, self.collate, self.where = batch_size, window, admit, collate, where
 
     def __len__(self) -> int:
@@ -177,10 +191,16 @@ class StreamBatches(IterableDataset):
         # DataLoader takes batches from the workers in turn, so worker w serves every workers-th batch
         quota = None if self.steps is None else self.steps // workers + (worker < self.steps % workers)
         report, produced, passes = EpochReport(), 0, 0
+        skip, self.skip = self.skip, 0  # resuming: this worker's batches already trained (the first epoch only)
         while quota is None or produced < quota:
             self.stream.set_epoch(epoch * 1000 + passes)  # a fresh shard order and buffer for each pass
             produced_this_pass = 0
-            for batch in self._batches(report):
+            for rows in self._batches(report):
+                if produced < skip:
+                    produced += 1
+                    produced_this_pass += 1
+                    continue
+                batch = self.collate(rows)
                 batch["report"], report = report, EpochReport()
                 yield batch
                 produced += 1
@@ -194,8 +214,8 @@ class StreamBatches(IterableDataset):
             passes += 1
             report.repeated_passes += 1
 
-    def _batches(self, report: EpochReport) -> Iterator[dict]:
-        """Full duplicate-free batches from one pass; fewer than a batch of rows may be left at its end."""
+    def _batches(self, report: EpochReport) -> Iterator[list[dict]]:
+        """Full duplicate-free batches (their rows) from one pass; fewer than a batch of rows may be left at its end."""
         pending: list[tuple[dict, tuple]] = []
         for row in self.stream:
             try:
@@ -220,5 +240,28 @@ class StreamBatches(IterableDataset):
         for batch in batches:
             if len(batch) == self.batch_size:
                 used.update(batch)
-                yield self.collate([pending[i][0] for i in batch])
+                yield [pending[i][0] for i in batch]
         return [p for i, p in enumerate(pending) if i not in used]
+
+
+class SkipFirst(DataLoader):
+    """A DataLoader whose first iteration drops its first ``skip`` batches (a resumed epoch's already-trained ones)."""
+
+    def __init__(self, *args, skip: int = 0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.skip = skip
+
+    def __iter__(self):
+        iterator, skip, self.skip = super().__iter__(), self.skip, 0
+        return self._after(iterator, skip) if skip else iterator
+
+    @staticmethod
+    def _after(iterator, skip: int) -> Iterator[dict]:
+        carried = EpochReport()  # what the dropped batches' rows skipped still counts
+        for _ in range(skip):
+            carried.add(next(iterator)["report"])
+        for batch in iterator:
+            if carried is not None:
+                carried.add(batch["report"])
+                batch["report"], carried = carried, None
+            yield batch

@@ -103,8 +103,12 @@ class MultipleNegativesRankingLoss(nn.Module):
                                  "column needs one (B, D) embedding per row")
         batch_size = anchor.shape[0]
         if batch_size * ranks < 2:
+            # the datamodule refuses --data.init_args.batch_size < 2 and its samplers yield no one-row batch, so a
+            # batch this small comes from a data loader built elsewhere, or from a batch size set below 2 there
             raise ValueError(f"in-batch negatives need at least 2 (anchor, positive) pairs, got batch size "
-                             f"{batch_size}; use --data.batch_size ≥ 2")
+                             f"{batch_size}: this batch had {batch_size} row(s) and so no negative. Set "
+                             f"--data.init_args.batch_size ≥ 2; if it is, the data loader yielded a batch smaller than "
+                             f"that (drop such batches, e.g. with --data.init_args.drop_last true)")
         return batch_size
 
 
@@ -114,4 +118,4 @@ def _check_equal_batch_sizes(batch_size: int, device: torch.device, world_size: 
     sizes = [int(s) for s in sizes]
     if len(set(sizes)) > 1:
         raise ValueError(f"gather_across_devices needs the same batch size on every rank, got {sizes} per rank; "
-                         "use --data.drop_last=true so no rank gets a smaller last batch")
+                         "use --data.init_args.drop_last true so no rank gets a smaller last batch")

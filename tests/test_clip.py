@@ -133,7 +133,7 @@ def test_bad_images_are_counted_and_named(module, tmp_path, caplog):
     dm = make_dm(module, dataset=str(tmp_path), val_split=None)
     assert len(dm.splits["train"]) == 6
     assert "2 of 8 rows have unreadable images" in caplog.text and "img3.png" in caplog.text and "row 5" in caplog.text
-    with pytest.raises(ValueError, match=r"2 of 8 rows have unreadable images(.|\n)*--data.on_bad_image skip"):
+    with pytest.raises(ValueError, match=r"2 of 8 rows have unreadable images(.|\n)*--data.init_args.on_bad_image skip"):
         make_dm(module, dataset=str(tmp_path), val_split=None, on_bad_image="error")
 
 
@@ -156,12 +156,13 @@ def test_missing_caption_column_and_empty_caption(module, tmp_path):
         make_dm(module, dataset=str(tmp_path), val_split=None, caption_column="text")
     with open(tmp_path / "train" / "metadata.jsonl", "a") as meta:
         meta.write(json.dumps({"file_name": "img0.png", "caption": ""}) + "\n")
-    with pytest.raises(ValueError, match=r"row 12, column 'caption' has an empty or non-text value"):
+    with pytest.raises(ValueError, match=r"1 row has an empty or missing 'caption' \(e.g. ''\): line 13 of \S+"
+                                         r"/train/metadata.jsonl.\nFill or remove .* --data.init_args.caption_column"):
         make_dm(module, dataset=str(tmp_path), val_split=None)
 
 
 def test_batch_too_small():
-    with pytest.raises(ValueError, match="--data.batch_size must be ≥ 2 for in-batch negatives"):
+    with pytest.raises(ValueError, match="--data.init_args.batch_size must be ≥ 2 for in-batch negatives"):
         ImageCaptionDataModule(batch_size=1)
 
 

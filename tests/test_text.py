@@ -118,7 +118,8 @@ def test_empty_text_names_the_row(tiny_module, tmp_path):
     rows = qa_rows(5)
     rows[3]["positive"] = "   "
     path = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    with pytest.raises(ValueError, match=r"pairs.jsonl \(train split\): row 3, column 'positive'"):
+    with pytest.raises(ValueError, match=r"pairs.jsonl \(train split\): 1 row has an empty or missing 'positive' "
+                                         r"\(e.g. '   '\): line 4 of \S+/pairs.jsonl"):
         setup_dm(tiny_module, dataset=path, val_split=None)
 
 
@@ -126,24 +127,26 @@ def test_none_text_names_the_row(tiny_module, tmp_path):
     rows = qa_rows(5)
     rows[1]["anchor"] = None
     path = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    with pytest.raises(ValueError, match=r"row 1, column 'anchor' has an empty or non-text value \(None\)"):
+    with pytest.raises(ValueError, match=r"1 row has an empty or missing 'anchor' \(e.g. None\): line 2 of "):
         setup_dm(tiny_module, dataset=path, val_split=None)
 
 
 def test_batch_too_small_for_in_batch_negatives():
-    with pytest.raises(ValueError, match="--data.batch_size must be ≥ 2 for in-batch negatives, got 1"):
+    with pytest.raises(ValueError, match="--data.init_args.batch_size must be ≥ 2 for in-batch negatives, got 1"):
         PairDataModule(batch_size=1)
 
 
 def test_unknown_dataset_path(tiny_module):
-    with pytest.raises(ValueError, match="--data.dataset 'no/such-dataset-here' is not a file, not a directory"):
+    with pytest.raises(ValueError, match="--data.init_args.dataset 'no/such-dataset-here' is not a file, not a "
+                                         "directory"):
         setup_dm(tiny_module, dataset="no/such-dataset-here")
 
 
 def test_missing_validation_split_explains_eval_naming(tiny_module, tmp_path):
     write_jsonl(tmp_path / "train.jsonl", qa_rows(10))
     write_jsonl(tmp_path / "eval.jsonl", qa_rows(4))  # HF datasets files "eval" under the test split
-    with pytest.raises(ValueError, match=r"--data.val_split 'validation': split not found .* splits found: \['test', 'train'\]"):
+    with pytest.raises(ValueError, match=r"--data.init_args.val_split 'validation': split not found .* splits found: "
+                                         r"\['test', 'train'\]"):
         setup_dm(tiny_module, dataset=str(tmp_path))
 
 
@@ -205,8 +208,9 @@ def test_workers_default_to_none_on_cpu_and_a_few_per_gpu(pairs_dir, monkeypatch
     monkeypatch.setattr("os.cpu_count", lambda: cores)
     dm = PairDataModule(pairs_dir)
     dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), num_devices=devices)
-    assert dm.loader_options() == {"num_workers": expected, "persistent_workers": expected > 0,
-                                   "pin_memory": device == "cuda"}
+    options = dm.loader_options()
+    assert isinstance(options.pop("generator"), torch.Generator)  # workers' seeds leave the global generator alone
+    assert options == {"num_workers": expected, "persistent_workers": expected > 0, "pin_memory": device == "cuda"}
     dm.hparams.num_workers = 3  # an explicit --data.num_workers wins
     assert dm.loader_options()["num_workers"] == 3
 
