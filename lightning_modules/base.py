@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
 from lightning_modules.gradcache import cached_step
+from lightning_modules.nonfinite import NonFiniteGuard
 from lightning_modules.optim import build_optimizer
 from lightning_modules.retrieval import EmbeddingCollector, information_retrieval_metrics
 
@@ -46,6 +47,8 @@ class EmbeddingModule(L.LightningModule):
             plain step (dropout masks included) with the activation memory of one chunk per encoder tower, for about
             one extra forward pass: the batch, and so the in-batch negatives, is no longer capped by device memory.
             None: plain steps.
+        max_nonfinite_steps: optimizer steps skipped for a non-finite loss or gradient (never applied to the weights)
+            after which the run stops; each is reported with its step and rows. 0: stop at the first.
     """
 
     def __init__(
@@ -60,23 +63,28 @@ class EmbeddingModule(L.LightningModule):
         evaluate_before_training: bool = True,
         export_dir: str | None = "model",
         gradcache_chunk_size: int | None = None,
+        max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "encoder"])  # with the subclass's own arguments
         if not 0.0 <= warmup_ratio < 1.0:
-            raise ValueError(f"--model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
+            raise ValueError(f"--model.init_args.warmup_ratio must be in [0, 1), got {warmup_ratio}")
         if lr <= 0:
-            raise ValueError(f"--model.lr must be > 0, got {lr}")
+            raise ValueError(f"--model.init_args.lr must be > 0, got {lr}")
         if gradcache_chunk_size is not None and gradcache_chunk_size < 1:
             raise ValueError(f"--model.init_args.gradcache_chunk_size must be ≥ 1 (rows embedded at once), got "
                              f"{gradcache_chunk_size}")
+        if max_nonfinite_steps < 0:
+            raise ValueError(f"--model.init_args.max_nonfinite_steps must be ≥ 0, got {max_nonfinite_steps}")
         self.gradcache_chunk_size = gradcache_chunk_size
+        self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         self.loss = loss
         self.optim_args = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps, schedule=lr_schedule,
                                warmup_ratio=warmup_ratio)
         self.evaluate_before_training = evaluate_before_training
         self.export_dir = export_dir
         self.history: list[tuple[int, dict[str, float]]] = []  # (global step, val metrics); step -1 = base model
+        self._resumed = False
         self._collectors: dict[str, EmbeddingCollector] = {}
 
     @abstractmethod
@@ -108,6 +116,7 @@ class EmbeddingModule(L.LightningModule):
             loss = self.loss(*(self.embed(features) for features in columns), **self.loss_kwargs())
         else:
             loss = self.gradcache_loss(columns, 1 / self.trainer.accumulate_grad_batches)
+        self.nonfinite.loss(loss, batch.get("rows"))
         # not on the progress bar: showing it would copy the loss to the host (a device sync) every step
         self.log("train/loss", loss, batch_size=next(iter(columns[0].values())).shape[0])
         return loss
@@ -132,12 +141,23 @@ class EmbeddingModule(L.LightningModule):
         if self.gradcache_chunk_size is not None:
             optimizer.zero_grad(set_to_none=True)
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # fp16's loss scaler finds and skips non-finite steps itself (and litembed's AdamW is not fused with it)
+        if not self._loss_scaler():
+            self.nonfinite.before_step(optimizer)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if not self.trainer.fit_loop.epoch_loop._should_accumulate():
+            self.nonfinite.after_step(self.global_step, self.trainer, self.log)
+
     def on_train_epoch_end(self) -> None:
+        self.nonfinite.report(self.trainer)
         self.trainer.datamodule.report_epoch(self.current_epoch)  # rows a stream skipped or read twice
 
     def configure_optimizers(self) -> dict:
-        # fused AdamW unscales fp16 gradients inside step(), after clipping would have run: not with a loss scaler
-        fused = self.device.type == "cuda" and not self._loss_scaler()
+        # fused AdamW (CUDA and CPU) skips a step flagged non-finite on the device (NonFiniteGuard); it unscales fp16
+        # gradients inside step(), after clipping would have run: not with a loss scaler, which skips such steps itself
+        fused = self.device.type in ("cuda", "cpu") and not self._loss_scaler()
         return build_optimizer(self, total_steps=self.trainer.estimated_stepping_batches, fused=fused, **self.optim_args)
 
     def _loss_scaler(self) -> bool:
@@ -256,7 +276,18 @@ class EmbeddingModule(L.LightningModule):
                     "batches of an epoch can be smaller: set --data.init_args.drop_last true (or stream the data: "
                     "--data.init_args.streaming true yields full batches only)")
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["litembed"] = {"history": self.history, "nonfinite": self.nonfinite.state_dict(self.trainer)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("litembed", {})
+        self.history = list(state.get("history", []))
+        self.nonfinite.load_state_dict(state.get("nonfinite", {}))
+        self._resumed = True
+
     def on_train_start(self) -> None:
+        if self._resumed:  # the base model was evaluated (and logged) by the run that wrote the checkpoint
+            return
         if self.trainer.fast_dev_run:
             rank_zero_info("fast_dev_run: one batch per stage, so no retrieval metrics and no export")
             return
@@ -276,12 +307,17 @@ class EmbeddingModule(L.LightningModule):
         if best:  # like ST's load_best_model_at_end: export (and keep) the best weights, not the last
             state = torch.load(best, map_location=self.device, weights_only=True)["state_dict"]
             self.load_state_dict(state)
-            which = f"best by {checkpoint.monitor} = {checkpoint.best_model_score:.4f}" if checkpoint.monitor else "latest"
+            score = checkpoint.best_model_score
+            which = f"best by {checkpoint.monitor} = {score:.4f}" if checkpoint.monitor and score is not None else "latest"
             rank_zero_info(f"Loaded the {which} checkpoint: {best}")
         if len(self.history) >= 2:
             columns = {"base model" if step < 0 else f"step {step}": m for step, m in (self.history[0], self.history[-1])}
             rank_zero_info(format_table(columns, "val"))
         if directory is not None and self.trainer.is_global_zero:
+            bad = [name for name, p in self.state_dict().items() if p.is_floating_point() and not p.isfinite().all()]
+            if bad:
+                raise RuntimeError(f"not exporting: {len(bad)} weight tensor(s) are not finite ({', '.join(bad[:3])}"
+                                   f"{', …' if len(bad) > 3 else ''}); the checkpoint {best or 'in memory'} holds them")
             self.export(directory)
             rank_zero_info(f"Exported the model to {directory}")
         self.trainer.strategy.barrier()

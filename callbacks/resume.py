@@ -1,0 +1,257 @@
+"""Runs that survive being killed: a resumable ``last.ckpt`` in the run folder, exact mid-epoch resume, and a clean
+stop on SIGTERM (what SLURM and cloud preemption send before they kill).
+
+``ResumableCheckpoint`` writes ``<run>/checkpoints/last.ckpt`` every ``every_n_train_steps`` optimizer steps and after
+every evaluation (so the evaluation history and the best score travel with it). With it a checkpoint holds everything
+an uninterrupted run would still know: weights, optimiser and schedule (Lightning), the position in the epoch's batch
+order (the datamodule's ``state_dict``), the random number generators (here: dropout masks go on as they would have)
+and the evaluation history (the module's ``on_save_checkpoint``). ``resolve_resume`` turns ``--ckpt_path last`` or a
+run folder into that file and the run folder to log into, so the metrics log goes on where it stopped.
+"""
+
+import csv
+import glob
+import os
+import random
+import re
+import shlex
+import shutil
+import signal
+import sys
+import warnings
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
+# Lightning cannot see that litembed's datamodules resume mid-epoch (their state_dict holds the position; Lightning
+# looks for a stateful DataLoader) and warns that the resumed epoch may repeat batches: it does not.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended",
+                        category=PossibleUserWarning)
+
+LAST = "last.ckpt"
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a process killed by SIGTERM reports: schedulers read it as preempted
+
+
+def rng_states() -> dict:
+    """Every generator's state, as tensors and plain values (what ``torch.load(weights_only=True)`` reads)."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position,
+                                                        has_gauss, gauss), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    name, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` optimizer steps and after every evaluation; on SIGTERM, one at the
+    next optimizer-step boundary, then the command that resumes, then exit code 143.
+
+    ``train.py`` adds one to every fit (``--checkpoint_every_n_steps``); list it under ``trainer.callbacks`` only to
+    change where it writes.
+
+    Args:
+        every_n_train_steps: optimizer steps between checkpoints (0: only after evaluations and on SIGTERM). Writing
+            one costs about the time to copy the weights and the optimiser state (3× the model size) to disk.
+        dirpath: default ``<run folder>/checkpoints``, where ``--ckpt_path last`` looks.
+    """
+
+    def __init__(self, every_n_train_steps: int = 500, dirpath: str | None = None) -> None:
+        if every_n_train_steps < 0:
+            raise ValueError(f"--checkpoint_every_n_steps must be ≥ 0 (0: only after evaluations), got "
+                             f"{every_n_train_steps}")
+        # one last.ckpt, overwritten (a resumed run writes the file it resumed from, not last-v1.ckpt)
+        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_train_steps=every_n_train_steps or None,
+                         save_on_train_epoch_end=False, enable_version_counter=False)
+        self._rng_to_restore: dict | None = None
+        self._sigterm = False
+        self._stop_after_logging = False
+        self._flush_logs = False
+        self._previous_handler = None
+        self._kept_metrics: list[dict] | None = None
+
+    # what a checkpoint carries beyond Lightning's loops, weights, optimiser and schedule
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        self._rng_to_restore = state.pop("rng", None)
+        super().load_state_dict(state)
+
+    def keep_metrics(self, trainer, checkpoint: str) -> None:
+        """Before ``trainer.fit(ckpt_path=checkpoint)`` into the checkpoint's run folder: the CSV logger deletes
+        ``metrics.csv`` when fit starts; keep its rows up to the checkpoint's step (later ones are logged again) and
+        write them back when training starts. A copy stays beside it until then, in case the resume fails first."""
+        path = os.path.join(trainer.log_dir or "", "metrics.csv")
+        if not trainer.is_global_zero or not isinstance(trainer.logger, CSVLogger):
+            return
+        if os.path.isfile(path + ".resuming"):  # an earlier resume stopped before training: its copy is the log
+            shutil.copyfile(path + ".resuming", path)
+        elif os.path.isfile(path):
+            shutil.copyfile(path, path + ".resuming")
+        else:
+            return
+        loops = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["loops"]
+        last_step = loops["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"]
+        with open(path, newline="") as file:
+            self._kept_metrics = [row for row in csv.DictReader(file) if row.get("step") and int(row["step"]) <= last_step]
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._kept_metrics is not None:
+            trainer.logger.experiment.metrics[:0] = self._kept_metrics
+            trainer.logger.save()
+            os.remove(os.path.join(trainer.log_dir, "metrics.csv.resuming"))
+        self._kept_metrics = None
+        # after Lightning's own handler (registered when fit starts), which would only stop at the epoch's end
+        self._sigterm = False
+        self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_handler()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore_handler()
+
+    def _restore_handler(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+
+    def _on_sigterm(self, signum, frame) -> None:
+        if not self._sigterm:
+            print("SIGTERM received: saving a checkpoint after the current optimizer step", file=sys.stderr, flush=True)
+        self._sigterm = True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._rng_to_restore is not None:
+            # here, not when loading: Lightning draws from the generator when it starts the epoch's data iterator
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+        self._after_logging(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        saved = self._last_global_step_saved
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._flush_logs |= self._last_global_step_saved != saved
+        if trainer.fit_loop.epoch_loop._should_accumulate():
+            return  # mid-accumulation: a checkpoint cannot hold the gradients summed so far
+        if self._preempted(trainer):
+            if self._last_global_step_saved != trainer.global_step:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+                self._last_global_step_saved = trainer.global_step
+            # exit once Lightning has logged this step (next batch, evaluation, or the epoch's end)
+            self._stop_after_logging = self._flush_logs = True
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._after_logging(trainer, evaluation_follows=True)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._after_logging(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # always, even at a step a periodic checkpoint was written: this one holds the evaluation's results
+        if trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit":
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._last_global_step_saved = trainer.global_step
+        self._flush_logs = True
+        self._after_logging(trainer)
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        # written aside, then renamed: a process killed while writing leaves the previous last.ckpt whole
+        partial = filepath + ".partial"
+        super()._save_checkpoint(trainer, partial)
+        if trainer.is_global_zero:
+            os.replace(partial, filepath)
+        self._last_checkpoint_saved = filepath
+        trainer.strategy.barrier("ResumableCheckpoint")
+
+    def _preempted(self, trainer) -> bool:
+        """Whether any rank received SIGTERM: every rank stops at the same step (one small all-reduce per step
+        under DDP, as Lightning's own SIGTERM broadcast)."""
+        if trainer.world_size == 1:
+            return self._sigterm
+        flag = torch.tensor(float(self._sigterm), device=trainer.strategy.root_device)
+        return bool(trainer.strategy.reduce(flag, reduce_op="max").item())
+
+    def _after_logging(self, trainer, evaluation_follows: bool = False) -> None:
+        if self._flush_logs:
+            for logger in trainer.loggers:
+                logger.save()
+            self._flush_logs = False
+        if self._stop_after_logging and not evaluation_follows:
+            self._stop_after_logging = False
+            rank_zero_info(f"Preempted at step {trainer.global_step}: saved {self.last_model_path}\nResume with:\n  "
+                           f"{resume_command(run_folder(self.last_model_path) or self.last_model_path)}")
+            raise SystemExit(PREEMPTED_EXIT_CODE)
+
+
+def run_folder(checkpoint: str) -> str | None:
+    """The run folder of ``<run>/checkpoints/<file>.ckpt`` (as spelt), None for a checkpoint elsewhere."""
+    parent = os.path.dirname(os.path.normpath(checkpoint))
+    return os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else None
+
+
+def resume_command(target: str) -> str:
+    """This process's command line with ``--ckpt_path target`` (replacing any ``--ckpt_path``)."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        elif not arg.startswith("--ckpt_path="):
+            args.append(arg)
+    return shlex.join(["python", sys.argv[0], *args, "--ckpt_path", os.path.relpath(target)])
+
+
+def resolve_resume(ckpt_path: str, logger_args: dict | None) -> tuple[str, dict | None]:
+    """``--ckpt_path`` as given → (the checkpoint file, logger arguments that log into its run folder or None).
+
+    ``last``: the newest run under the logger's ``save_dir/name`` that has ``checkpoints/last.ckpt``. A folder: that
+    run's ``checkpoints/last.ckpt``. A file inside ``<run>/checkpoints``: that file, logging into ``<run>``.
+    """
+    where = None if logger_args is None else os.path.join(logger_args.get("save_dir") or ".", logger_args.get("name") or "")
+    if ckpt_path == "last":
+        if where is None:
+            return ckpt_path, None  # no run folders to search: Lightning's own lookup
+        found = glob.glob(os.path.join(where, "*", "checkpoints", LAST))
+        if not found:
+            raise ValueError(f"--ckpt_path last: no run under {where}/ has checkpoints/{LAST} to resume from. Drop "
+                             f"--ckpt_path to start a new run, or pass the run folder or checkpoint file to resume.")
+        checkpoint = max(found, key=lambda f: (_version_number(run_folder(f)), os.path.getmtime(f)))
+    elif os.path.isdir(ckpt_path):
+        checkpoint = os.path.join(ckpt_path, "checkpoints", LAST)
+        if not os.path.isfile(checkpoint):
+            found = sorted(glob.glob(os.path.join(ckpt_path, "**", "*.ckpt"), recursive=True))
+            raise ValueError(f"--ckpt_path {ckpt_path}: the folder has no checkpoints/{LAST} to resume from"
+                             + (f"; checkpoints in it: {found}" if found else " (and no other checkpoint)"))
+    elif not os.path.isfile(ckpt_path):
+        raise ValueError(f"--ckpt_path {ckpt_path}: no such file or run folder")
+    else:
+        checkpoint = ckpt_path
+    run = run_folder(checkpoint)
+    if run is None or logger_args is None:
+        return checkpoint, None
+    # spelt as the user spelt them: ModelCheckpoint reloads its best-model state only into the same dirpath string
+    parent = os.path.dirname(run)
+    return checkpoint, {"save_dir": os.path.dirname(parent) or ".", "name": os.path.basename(parent),
+                        "version": os.path.basename(run)}
+
+
+def _version_number(run: str | None) -> int:
+    match = re.fullmatch(r"version_(\d+)", os.path.basename(run or ""))
+    return int(match.group(1)) if match else -1

@@ -1,0 +1,228 @@
+"""Runs that survive: whole `train.py fit` processes killed with SIGKILL or stopped with SIGTERM, then resumed, train
+and log exactly what an uninterrupted run does; non-finite steps are skipped, reported and stop the run.
+
+Tolerance: none. On the CPU the same operations in the same order give the same bits, so every logged value (per-step
+losses with dropout on, evaluation metrics) and every exported weight of the resumed run equals the uninterrupted
+run's exactly; a batch served twice or skipped, a dropout mask drawn from another RNG state, or an optimizer state
+off by one step changes them.
+"""
+
+import csv
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import qa_rows, write_jsonl
+from datamodules.sampler import NoDuplicatesBatchSampler
+from lightning_modules.nonfinite import NonFiniteGuard
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": ROOT}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    directory = tmp_path_factory.mktemp("resume-pairs")
+    write_jsonl(directory / "train-00000-of-00002.jsonl", qa_rows(80))  # two files: two stream workers
+    write_jsonl(directory / "train-00001-of-00002.jsonl", qa_rows(80, offset=80))
+    write_jsonl(directory / "validation.jsonl", qa_rows(16, offset=1000))
+    write_jsonl(directory / "test.jsonl", qa_rows(16, offset=2000))
+    return str(directory)
+
+
+def command(model_dir, data_dir, save_dir, *extra) -> list[str]:
+    """`python train.py fit` on 160 pairs, batch 16: 10 batches per epoch, 2 epochs, dropout on."""
+    return [sys.executable, os.path.join(ROOT, "train.py"), "fit", "--seed_everything=0", "--trainer.max_epochs=2",
+            "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
+            "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={save_dir}",
+            "--trainer.logger.name=run", "--model=lightning_modules.text.TextEmbeddingModule",
+            "--model.encoder=lightning_modules.text_encoder.TextEncoder",
+            f"--model.encoder.model_name_or_path={model_dir}", "--model.encoder.max_length=32", "--model.lr=1e-3",
+            "--model.loss=losses.MatryoshkaLoss", "--model.loss.loss=losses.MultipleNegativesRankingLoss",
+            "--model.loss.dims=[32, 8]", "--data=datamodules.pairs.PairDataModule", f"--data.dataset={data_dir}",
+            "--data.test_split=test", "--data.batch_size=16", "--data.num_workers=0", *extra]
+
+
+def run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def interrupt(args: list[str], run_dir: str, after_step: int, sig: int, timeout: int = 300):
+    """Start `args`, wait for a checkpoint at or after `after_step` (and the metrics flushed with it), signal it."""
+    process = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint, log = os.path.join(run_dir, "checkpoints", "last.ckpt"), os.path.join(run_dir, "metrics.csv")
+    deadline = time.time() + timeout
+    while True:
+        assert process.poll() is None, "the run ended before the checkpoint: " + process.stderr.read()[-3000:]
+        assert time.time() < deadline
+        try:
+            flushed = os.path.getmtime(log) >= os.path.getmtime(checkpoint)
+            if flushed and torch.load(checkpoint, weights_only=True, mmap=True)["global_step"] >= after_step:
+                break
+        except (OSError, RuntimeError, EOFError):  # not written yet
+            pass
+        time.sleep(0.01)
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def logged(run_dir: str) -> list[dict]:
+    with open(os.path.join(run_dir, "metrics.csv"), newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def assert_same_run(resumed_dir: str, reference_dir: str) -> None:
+    resumed, reference = logged(resumed_dir), logged(reference_dir)
+    assert [row["step"] for row in resumed] == [row["step"] for row in reference]
+    assert resumed == reference  # every loss, every metric, the base-model row, the same header
+    assert any(row.get("train/loss") for row in resumed) and any(row.get("val/dim_32_cosine_ndcg@10") for row in resumed)
+    exported = [load_file(os.path.join(d, "model", "model.safetensors")) for d in (resumed_dir, reference_dir)]
+    assert exported[0].keys() == exported[1].keys()
+    for name, value in exported[0].items():
+        assert torch.equal(value, exported[1][name]), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_bert_dir, data) -> dict[str, str]:
+    """The reference runs, uninterrupted: map-style and streamed with 2 workers."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    runs = {}
+    for name, extra in (("map", ["--checkpoint_every_n_steps=3"]), ("stream", STREAM)):
+        run(command(tiny_bert_dir, data, root / name, *extra))
+        runs[name] = str(root / name / "run" / "version_0")
+    return runs
+
+
+STREAM = ["--checkpoint_every_n_steps=3", "--data.streaming=true", "--data.num_workers=2", "--data.shuffle_buffer=40"]
+
+
+@pytest.mark.parametrize("name, extra, kill_after", [
+    pytest.param("map", ["--checkpoint_every_n_steps=3"], 3, marks=pytest.mark.slow),  # epoch 0, batch 3
+    ("map", ["--checkpoint_every_n_steps=3"], 13),  # epoch 1, batch 5 (after the epoch-end evaluation)
+    ("stream", STREAM, 13),  # 2 workers: each skips 2 batches of its own, the loader drops 1 more
+])
+def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path, tiny_bert_dir, data, uninterrupted,
+                                                                    name, extra, kill_after):
+    args = command(tiny_bert_dir, data, tmp_path, *extra)
+    run_dir = str(tmp_path / "run" / "version_0")
+    code, _, _ = interrupt(args, run_dir, kill_after, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    saved = torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), weights_only=True)
+    assert saved["epoch"] * 10 < saved["global_step"] < 20 and saved["global_step"] % 10  # mid-epoch
+    assert not os.path.exists(os.path.join(run_dir, "model"))
+    resumed = run(args + ["--ckpt_path", "last"])
+    assert "Resuming" in resumed.stdout and not os.path.exists(str(tmp_path / "run" / "version_1"))
+    assert "not resumable" not in resumed.stderr
+    assert_same_run(run_dir, uninterrupted[name])
+
+
+def test_sigterm_saves_at_the_step_boundary_prints_the_command_and_resumes(tmp_path, tiny_bert_dir, data):
+    # accumulation 2: the checkpoint must wait for the optimizer step (it cannot hold half-summed gradients)
+    extra = ["--trainer.accumulate_grad_batches=2", "--checkpoint_every_n_steps=1"]
+    reference = tmp_path / "reference"
+    run(command(tiny_bert_dir, data, reference, *extra))
+    args = command(tiny_bert_dir, data, tmp_path / "preempted", extra[0], "--checkpoint_every_n_steps=2")
+    run_dir = str(tmp_path / "preempted" / "run" / "version_0")
+    code, out, err = interrupt(args, run_dir, 2, signal.SIGTERM)  # mid-training
+    assert code == 143, err[-3000:]
+    assert "SIGTERM received: saving a checkpoint after the current optimizer step" in err
+    saved = torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), weights_only=True)
+    assert 0 < saved["global_step"] < 10
+    assert saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] % 2 == 1  # batch 2k-1 ended
+    resume = (out + err).split("Resume with:\n", 1)[1].splitlines()[0].strip()
+    assert resume.startswith("python ") and resume.endswith(f"--ckpt_path {os.path.relpath(run_dir)}")
+    # typed into a shell in the directory the run was started from, with this interpreter as `python`
+    resumed = subprocess.run(sys.executable + resume.removeprefix("python"), shell=True, cwd=ROOT, env=ENV,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(run_dir, str(reference / "run" / "version_0"))
+
+
+def test_ckpt_path_last_without_a_run_to_resume_says_so(tmp_path, tiny_bert_dir, data):
+    result = subprocess.run(command(tiny_bert_dir, data, tmp_path, "--ckpt_path", "last"), cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert f"--ckpt_path last: no run under {tmp_path}/run/ has checkpoints/last.ckpt" in result.stderr
+    assert not glob.glob(str(tmp_path / "**" / "*.ckpt"), recursive=True)
+
+
+def test_resuming_a_checkpoint_from_elsewhere_starts_a_new_folder_and_exports(tmp_path, tiny_bert_dir, data):
+    first = command(tiny_bert_dir, data, tmp_path / "first", "--trainer.max_steps=4", "--checkpoint_every_n_steps=4")
+    run(first)
+    moved = str(tmp_path / "step4.ckpt")
+    os.rename(str(tmp_path / "first" / "run" / "version_0" / "checkpoints" / "last.ckpt"), moved)
+    resumed = run(command(tiny_bert_dir, data, tmp_path / "second", "--trainer.max_steps=6", "--ckpt_path", moved))
+    assert os.path.exists(str(tmp_path / "second" / "run" / "version_0" / "model" / "model.safetensors"))
+    assert "Exported the model" in resumed.stdout + resumed.stderr
+
+
+def test_the_sampler_resumes_at_the_batch_after_the_last_one_trained():
+    codes = np.array([[i % 7, 100 + i] for i in range(50)])  # repeats: batches are deferred, not plain slices
+    whole = NoDuplicatesBatchSampler(codes, 4, seed=3)
+    whole.set_epoch(2)
+    resumed = NoDuplicatesBatchSampler(codes, 4, seed=3)
+    resumed.resume(2, 5)
+    resumed.set_epoch(2)
+    assert len(resumed) == len(whole)  # Lightning counts on from batch 5 of the whole epoch
+    assert list(resumed) == list(whole)[5:]
+    resumed.set_epoch(3)
+    whole.set_epoch(3)
+    assert list(resumed) == list(whole)  # the next epoch is whole
+
+
+def test_a_non_finite_step_leaves_weights_and_adamw_state_untouched():
+    torch.manual_seed(0)
+    weights = torch.nn.Linear(4, 3)
+    reference = torch.nn.Linear(4, 3)
+    reference.load_state_dict(weights.state_dict())
+    guarded = torch.optim.AdamW(weights.parameters(), lr=0.1, fused=True)
+    plain = torch.optim.AdamW(reference.parameters(), lr=0.1, fused=True)
+    guard = NonFiniteGuard(max_steps=5)
+    x = torch.randn(8, 4)
+    for step, poisoned in enumerate([False, True, False, True, False]):
+        loss = weights(x).pow(2).sum() * (float("nan") if poisoned else 1.0)
+        guarded.zero_grad()
+        loss.backward()
+        guard.loss(loss, [step])
+        guard.before_step(guarded)
+        guarded.step()
+        guard._pending.append((step, guard._found, []))
+        guard._found, guard._loss_bad = None, None
+        if not poisoned:  # the reference never sees the poisoned steps
+            plain.zero_grad()
+            reference(x).pow(2).sum().backward()
+            plain.step()
+    guard._drain()
+    assert guard.skipped == 2
+    for mine, theirs in zip(weights.parameters(), reference.parameters()):
+        assert torch.equal(mine, theirs)
+        assert torch.equal(guarded.state[mine]["exp_avg"], plain.state[theirs]["exp_avg"])
+        assert guarded.state[mine]["step"].item() == plain.state[theirs]["step"].item() == 3
+
+
+def test_a_diverging_run_skips_and_reports_non_finite_steps_then_stops_without_exporting(tmp_path, tiny_bert_dir,
+                                                                                         data):
+    args = command(tiny_bert_dir, data, tmp_path, "--model.lr=1e6", "--trainer.max_epochs=1",
+                   "--model.max_nonfinite_steps=3", "--checkpoint_every_n_steps=1")
+    result = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "optimizer step 2 skipped: non-finite loss or gradient" in result.stderr
+    assert "the batch's rows: " in result.stderr and "lower --model.init_args.lr" in result.stderr
+    assert "4 optimizer steps had a non-finite loss or gradient, more than --model.init_args.max_nonfinite_steps 3" \
+        in result.stderr
+    run_dir = tmp_path / "run" / "version_0"
+    assert not os.path.exists(run_dir / "model")
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(value.isfinite().all() for value in saved["state_dict"].values())
+    assert logged(str(run_dir))[-1]["train/nonfinite_steps"] == "3.0"
