@@ -1,0 +1,137 @@
+"""`train.py predict` writes each evaluation stream's embeddings (row i for item i) and what each item is, and says where:
+the embeddings of a checkpoint, equal to the module's own ``embed`` of the items, each item once (under DDP too)."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import qa_rows, write_jsonl
+from datamodules.images import load_image
+from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG
+from train import cli_main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMON = ["--seed_everything=0", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+          "--trainer.logger=lightning.pytorch.loggers.CSVLogger"]
+
+
+def text_args(model_dir, data_dir):
+    return ["--model=lightning_modules.text.TextEmbeddingModule",
+            "--model.encoder=lightning_modules.text_encoder.TextEncoder",
+            f"--model.encoder.model_name_or_path={model_dir}", "--model.encoder.max_length=64",
+            "--data=datamodules.pairs.PairDataModule", f"--data.dataset={data_dir}", "--data.test_split=test",
+            "--data.batch_size=8", "--data.eval_batch_size=7", "--data.num_workers=0"]
+
+
+def clip_args():
+    return ["--model=lightning_modules.clip.CLIPEmbeddingModule",
+            "--model.encoder=lightning_modules.clip_backends.TransformersClip",
+            f"--model.encoder.config={json.dumps(TINY_HF_CLIP_CONFIG)}",
+            "--data=datamodules.image_captions.ImageCaptionDataModule", "--data.builtin_rows=48",
+            "--data.image_size=32", "--data.val_size=17", "--data.batch_size=8", "--data.eval_batch_size=5",
+            "--data.num_workers=0"]
+
+
+def fit_checkpoint(tmp_path, model_data_args):
+    """A few optimizer steps, then the module's weights saved as a checkpoint."""
+    cli = cli_main(["fit", *COMMON, f"--trainer.logger.save_dir={tmp_path / 'fit'}", "--trainer.max_steps=3",
+                    "--test_after_fit=false", "--model.evaluate_before_training=false", "--model.export_dir=null",
+                    "--model.lr=1e-3", *model_data_args])
+    path = str(tmp_path / "fit.ckpt")
+    cli.trainer.save_checkpoint(path)
+    return cli.model.eval(), path
+
+
+def written(directory, stream):
+    return np.load(os.path.join(directory, f"{stream}.npy")), pq.read_table(os.path.join(directory, f"{stream}.parquet"))
+
+
+@pytest.fixture()
+def odd_pairs(tmp_path) -> str:
+    """Streams of 21 items: two ranks embed 11 each, one item twice."""
+    write_jsonl(tmp_path / "train.jsonl", qa_rows(32))
+    write_jsonl(tmp_path / "validation.jsonl", qa_rows(8, offset=100))
+    write_jsonl(tmp_path / "test.jsonl", qa_rows(21, offset=200))
+    return str(tmp_path)
+
+
+def test_predict_writes_the_checkpoints_embeddings_of_every_item(tmp_path, tiny_bert_dir, odd_pairs, capsys):
+    module, ckpt = fit_checkpoint(tmp_path, text_args(tiny_bert_dir, odd_pairs))
+    capsys.readouterr()
+    cli = cli_main(["predict", *COMMON, f"--trainer.logger.save_dir={tmp_path / 'predict'}", *text_args(
+        tiny_bert_dir, odd_pairs), f"--ckpt_path={ckpt}"])
+    directory = os.path.join(cli.trainer.log_dir, "predictions")
+    out = capsys.readouterr().out
+    streams = cli.datamodule.streams["test"]
+    for stream, role in (("query", "query"), ("corpus", "document")):
+        embeddings, items = written(directory, stream)
+        texts = streams[stream]
+        assert embeddings.dtype == np.float32 and embeddings.shape == (len(texts), 32)
+        assert items.column("id").to_pylist() == list(range(len(texts)))
+        assert items.column("text").to_pylist() == texts  # row i is item i, each item once
+        with torch.no_grad():
+            expected = module.embed(module.processor(texts, role)).numpy()
+        np.testing.assert_allclose(embeddings, expected, atol=1e-5, rtol=0)
+        assert (f"Wrote {len(texts)} embeddings of dim 32 for stream {stream!r} to "
+                f"{os.path.join(directory, f'{stream}.npy')}") in out.splitlines()
+
+
+def test_predict_output_dir_from_the_command_line(tmp_path, tiny_bert_dir, pairs_dir):
+    cli = cli_main(["predict", *COMMON, f"--trainer.logger.save_dir={tmp_path}", *text_args(tiny_bert_dir, pairs_dir),
+                    "--trainer.callbacks=callbacks.prediction_writer.PredictionWriter",
+                    f"--trainer.callbacks.output_dir={tmp_path / 'out'}"])
+    assert sum(type(c).__name__ == "PredictionWriter" for c in cli.trainer.callbacks) == 1  # it replaces the default
+    assert sorted(os.listdir(tmp_path / "out")) == ["corpus.npy", "corpus.parquet", "query.npy", "query.parquet"]
+
+
+def test_clip_predict_writes_captions_and_images(tmp_path, capsys):
+    module, ckpt = fit_checkpoint(tmp_path, clip_args())
+    cli = cli_main(["predict", *COMMON, f"--trainer.logger.save_dir={tmp_path / 'predict'}", *clip_args(),
+                    f"--ckpt_path={ckpt}"])
+    directory = os.path.join(cli.trainer.log_dir, "predictions")
+    dm = cli.datamodule
+    captions, images = dm.streams["val"]["caption"], dm.streams["val"]["image"]
+    embeddings, items = written(directory, "caption")
+    assert items.column("text").to_pylist() == captions
+    with torch.no_grad():
+        expected = module.embed(module.processor.tokenize(captions))
+    np.testing.assert_allclose(embeddings, expected.numpy(), atol=1e-5, rtol=0)
+
+    embeddings, items = written(directory, "image")
+    assert items.column_names == ["id", "file", "image_key", "row"]
+    assert items.column("image_key").to_pylist() == list(dict.fromkeys(dm.keys["validation"]))
+    rows = dm.splits["validation"]["__row__"]
+    assert [rows.index(r) for r in items.column("row").to_pylist()] == [
+        dm.keys["validation"].index(k) for k in items.column("image_key").to_pylist()]  # each image's first row
+    pixels = torch.stack([module.processor.image_transform(load_image(v, where="test"), False) for v in images])
+    with torch.no_grad():
+        expected = module.embed({"pixel_values": pixels})
+    np.testing.assert_allclose(embeddings, expected.numpy(), atol=1e-5, rtol=0)
+    assert f"Wrote {len(images)} embeddings of dim" in capsys.readouterr().out
+
+
+def test_predict_with_two_processes_writes_each_item_once(tmp_path, tiny_bert_dir, odd_pairs):
+    """Two gloo ranks embed 11 of the 21 items each (rank 1 repeats item 0): the files equal one process's."""
+    _, ckpt = fit_checkpoint(tmp_path, text_args(tiny_bert_dir, odd_pairs))
+    one = cli_main(["predict", *COMMON, f"--trainer.logger.save_dir={tmp_path / 'one'}",
+                    *text_args(tiny_bert_dir, odd_pairs), f"--ckpt_path={ckpt}"])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": ROOT}
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "predict", *COMMON,
+                          f"--trainer.logger.save_dir={tmp_path / 'ddp'}", *text_args(tiny_bert_dir, odd_pairs),
+                          "--trainer.devices=2", "--trainer.strategy=ddp", f"--ckpt_path={ckpt}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (directory,) = glob.glob(str(tmp_path / "ddp" / "**" / "predictions"), recursive=True)
+    assert run.stdout.count("Wrote 21 embeddings of dim 32") == 2  # rank 0 alone: one line per stream
+    for stream in ("query", "corpus"):
+        embeddings, items = written(directory, stream)
+        reference, reference_items = written(os.path.join(one.trainer.log_dir, "predictions"), stream)
+        assert items.equals(reference_items)
+        np.testing.assert_allclose(embeddings, reference, atol=1e-5, rtol=0)
