@@ -48,7 +48,9 @@ def main() -> None:
         "--config", config.name,
         "--model.init_args.evaluate_before_training=false", "--model.init_args.export_dir=null",
         "--data.init_args.dataset=builtin:shapes", "--data.init_args.image_size=224",
-        f"--data.init_args.builtin_rows={args.batch_size * args.steps + 256}", "--data.init_args.val_size=256",
+        # the train stream is 8 shards read by up to 4 workers: each worker needs at least a batch of rows
+        f"--data.init_args.builtin_rows={args.batch_size * max(args.steps, 8) + 256}",
+        "--data.init_args.val_size=256",
         "--data.init_args.test_split=null", f"--data.init_args.batch_size={args.batch_size}",
         "--data.init_args.max_train_rows=null", "--data.init_args.max_eval_rows=null",
         f"--trainer.max_steps={args.steps}", "--trainer.limit_val_batches=0", "--trainer.logger=false",

