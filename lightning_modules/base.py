@@ -313,11 +313,12 @@ class EmbeddingModule(L.LightningModule):
         if len(self.history) >= 2:
             columns = {"base model" if step < 0 else f"step {step}": m for step, m in (self.history[0], self.history[-1])}
             rank_zero_info(format_table(columns, "val"))
-        if directory is not None and self.trainer.is_global_zero:
+        if directory is not None:  # on every rank (the weights are the same): no rank waits at the barrier below
             bad = [name for name, p in self.state_dict().items() if p.is_floating_point() and not p.isfinite().all()]
             if bad:
                 raise RuntimeError(f"not exporting: {len(bad)} weight tensor(s) are not finite ({', '.join(bad[:3])}"
                                    f"{', …' if len(bad) > 3 else ''}); the checkpoint {best or 'in memory'} holds them")
+        if directory is not None and self.trainer.is_global_zero:
             self.export(directory)
             rank_zero_info(f"Exported the model to {directory}")
         self.trainer.strategy.barrier()

@@ -226,3 +226,21 @@ def test_a_diverging_run_skips_and_reports_non_finite_steps_then_stops_without_e
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert all(value.isfinite().all() for value in saved["state_dict"].values())
     assert logged(str(run_dir))[-1]["train/nonfinite_steps"] == "3.0"
+
+
+def test_a_model_with_a_non_finite_weight_is_never_exported(tmp_path, tiny_bert_dir, data):
+    """The last line of defence (steps are skipped before a weight can go non-finite): export refuses, every rank."""
+    from lightning.pytorch import Callback
+
+    from train import cli_main
+
+    class Poison(Callback):
+        def on_train_end(self, trainer, module):
+            next(module.parameters()).data[0] = float("nan")
+
+    args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_steps=2", "--checkpoint_every_n_steps=0")[3:]
+    cli = cli_main(args, run=False)
+    cli.trainer.callbacks.append(Poison())
+    with pytest.raises(RuntimeError, match=r"not exporting: 1 weight tensor\(s\) are not finite \(encoder\."):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert not glob.glob(str(tmp_path / "**" / "model"), recursive=True)
