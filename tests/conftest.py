@@ -51,13 +51,17 @@ def qa_rows(n: int, offset: int = 0) -> list[dict]:
             for i in range(n)]
 
 
+def write_pairs_dir(path, train: int = 48, validation: int = 20, test: int = 20) -> str:
+    """train.jsonl + validation.jsonl + test.jsonl, laid out as a hub dataset repository would be."""
+    write_jsonl(path / "train.jsonl", qa_rows(train))
+    write_jsonl(path / "validation.jsonl", qa_rows(validation, offset=100))
+    write_jsonl(path / "test.jsonl", qa_rows(test, offset=200))
+    return str(path)
+
+
 @pytest.fixture()
 def pairs_dir(tmp_path) -> str:
-    """train.jsonl + validation.jsonl + test.jsonl, laid out as a hub dataset repository would be."""
-    write_jsonl(tmp_path / "train.jsonl", qa_rows(48))
-    write_jsonl(tmp_path / "validation.jsonl", qa_rows(20, offset=100))
-    write_jsonl(tmp_path / "test.jsonl", qa_rows(20, offset=200))
-    return str(tmp_path)
+    return write_pairs_dir(tmp_path)
 
 
 @pytest.fixture(scope="session")

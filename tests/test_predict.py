@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import qa_rows, write_jsonl
+from conftest import write_pairs_dir
 from datamodules.images import load_image
 from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG
 from train import cli_main
@@ -56,10 +56,7 @@ def written(directory, stream):
 @pytest.fixture()
 def odd_pairs(tmp_path) -> str:
     """Streams of 21 items: two ranks embed 11 each, one item twice."""
-    write_jsonl(tmp_path / "train.jsonl", qa_rows(32))
-    write_jsonl(tmp_path / "validation.jsonl", qa_rows(8, offset=100))
-    write_jsonl(tmp_path / "test.jsonl", qa_rows(21, offset=200))
-    return str(tmp_path)
+    return write_pairs_dir(tmp_path, train=32, validation=8, test=21)
 
 
 def test_predict_writes_the_checkpoints_embeddings_of_every_item(tmp_path, tiny_bert_dir, odd_pairs, capsys):
