@@ -3,11 +3,16 @@
 import os
 
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from callbacks.export import ExportModel
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.resume import ResumableCheckpoint, resolve_resume
+from callbacks.throughput import SamplesPerSecond
 from cli_errors import ShortErrorsCLI, fail
 from lightning_modules.base import EmbeddingModule
+from reporting.console import quiet
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisation runs in DataLoader workers instead
 
@@ -19,6 +24,11 @@ class LitEmbedCLI(ShortErrorsCLI):
         parser.add_argument("--checkpoint_every_n_steps", type=int, default=500,
                             help="fit writes <run>/checkpoints/last.ckpt every this many optimizer steps (0: never), "
                                  "after every evaluation and on SIGTERM; --ckpt_path last (or the run folder) resumes")
+        # fit's export step (the best weights, the model card, the plots); --card.title etc. fill the card
+        parser.add_lightning_class_args(ExportModel, "card")
+        parser.add_argument("--tensorboard", type=bool, default=False,
+                            help="also log to TensorBoard, in the run folder beside metrics.csv "
+                                 "(pip install tensorboard; then: tensorboard --logdir <run folder>)")
 
     def before_instantiate_classes(self) -> None:
         # --ckpt_path last / a run folder / a file in <run>/checkpoints: resume that file and log into its run folder
@@ -47,23 +57,53 @@ class LitEmbedCLI(ShortErrorsCLI):
 
     def instantiate_trainer(self, **kwargs):
         config = self.config.get(self.subcommand) if self.subcommand else self.config
-        callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
-        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         trainer = self._get(self.config_init, "trainer", default={})
-        if (self.subcommand in (None, "fit") and trainer.get("enable_checkpointing") is not False
-                and not any(isinstance(c, ResumableCheckpoint) for c in callbacks)):
-            callbacks.append(ResumableCheckpoint(config.checkpoint_every_n_steps))
-        if self.subcommand == "predict" and not any(isinstance(c, PredictionWriter) for c in callbacks):
+        callbacks = trainer.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        loggers = self._loggers(trainer.get("logger"), config.tensorboard)
+        if self.subcommand in (None, "fit"):
+            if trainer.get("enable_checkpointing") is not False and not _has(callbacks, ResumableCheckpoint):
+                callbacks.append(ResumableCheckpoint(config.checkpoint_every_n_steps))
+            if not _has(callbacks, SamplesPerSecond):
+                callbacks.append(SamplesPerSecond())
+            if loggers and not _has(callbacks, LearningRateMonitor):
+                callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if self.subcommand == "predict" and not _has(callbacks, PredictionWriter):
             callbacks.append(PredictionWriter())  # <log_dir>/predictions/<stream>.npy and .parquet
-        return super().instantiate_trainer(callbacks=callbacks, **kwargs)
+        return super().instantiate_trainer(callbacks=callbacks, logger=loggers, **kwargs)
+
+    @staticmethod
+    def _loggers(logger, tensorboard: bool):
+        """The configured loggers, with a CSVLogger first (the card and plots read its metrics.csv; Lightning's
+        default would be TensorBoard's binary log) and, with ``--tensorboard true``, TensorBoard in the same folder."""
+        if logger is False:
+            return False
+        loggers = [] if logger in (None, True) else list(logger) if isinstance(logger, list) else [logger]
+        if not any(isinstance(x, CSVLogger) for x in loggers):
+            loggers.insert(0, CSVLogger(save_dir=loggers[0].save_dir if loggers and loggers[0].save_dir else ".",
+                                        name="lightning_logs" if not loggers else loggers[0].name or ""))
+        if tensorboard and not any(isinstance(x, TensorBoardLogger) for x in loggers):
+            csv = next(x for x in loggers if isinstance(x, CSVLogger))
+            # the CSV logger's resolved version: both write into <save_dir>/<name>/version_N
+            loggers.append(TensorBoardLogger(save_dir=csv.save_dir, name=csv.name, version=csv.version,
+                                             default_hp_metric=False))
+        return loggers
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].test_after_fit and self.datamodule.retrieval_tasks("test"):
-            # the module holds the best weights already (on_fit_end loads them to export)
+            # the module holds the exported (best) weights: ExportModel loaded them at the end of fit
             self.trainer.test(self.model, datamodule=self.datamodule)
+        exporters = [c for c in self.trainer.callbacks if isinstance(c, ExportModel)]
+        if exporters and self.trainer.is_global_zero and exporters[0].summary():
+            print("\n" + exporters[0].summary(), flush=True)
+
+
+def _has(callbacks: list, kind: type) -> bool:
+    return any(isinstance(c, kind) for c in callbacks)
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> LitEmbedCLI:
+    quiet()
     # batch samplers shard across ranks themselves (no-duplicates batches must be formed before sharding)
     return LitEmbedCLI(EmbeddingModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                        auto_configure_optimizers=False,  # --optimizer would replace the module's AdamW + schedule

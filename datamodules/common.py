@@ -506,9 +506,25 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
     def train_columns(self) -> list[str]:
         """Columns a training row needs."""
 
+    def split_columns(self, name: str) -> list[str]:
+        """The columns the model reads from split ``name`` ("train", "validation", "test")."""
+        return self.train_columns
+
     def encoded(self, split):
         """The split with columns that HF would decode (images) kept encoded: decoding happens in the workers."""
         return split
+
+    def head(self, name: str, rows: int = 1000) -> tuple[list[dict], int | None] | None:
+        """The first ``rows`` rows of split ``name`` (its ``split_columns``, images still encoded) and the split's
+        size (None: a stream of unknown length), for a model card's dataset section; None if the split is unused."""
+        columns = self.split_columns(name)
+        if name in self.splits:
+            split = self.splits[name]
+            return split.select_columns(columns).select(range(min(rows, len(split)))).to_list(), len(split)
+        if name == "train" and isinstance(self.train_source, StreamingSource):
+            stream = self.train_source.stream.select_columns(columns)
+            return list(itertools.islice(stream, rows)), self.train_source.rows
+        return None
 
     def prepare_data(self) -> None:
         """Download and convert the data once per node (local rank 0): every rank's ``setup`` then reads the cache."""

@@ -129,6 +129,9 @@ class ImageCaptionDataModule(RetrievalDataModule):
         h = self.hparams
         return [h.image_column, h.caption_column] + ([h.image_id_column] if h.image_id_column else [])
 
+    def split_columns(self, name: str) -> list[str]:
+        return self.columns
+
     def encoded(self, split):
         column = self.hparams.image_column
         if isinstance((split.features or {}).get(column), datasets.Image):  # keep bytes or paths; decode in workers

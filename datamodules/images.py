@@ -158,6 +158,15 @@ def image_key(value: Any, *, base_dir: str | None = None) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
+def image_header(value: Any, *, base_dir: str | None = None) -> tuple[str, str, tuple[int, int]]:
+    """``(format, mode, (width, height))`` from the image's header, nothing decoded (a model card's statistics)."""
+    data, _ = _raw(value, "image_header", base_dir)
+    if isinstance(data, Image.Image):
+        return data.format or type(data).__name__, data.mode, data.size
+    with Image.open(io.BytesIO(data)) as image:
+        return image.format or "unknown", image.mode, image.size
+
+
 def check_image(value: Any, *, where: str, base_dir: str | None = None, max_pixels: int = MAX_PIXELS) -> None:
     """Raise :class:`ImageLoadError` if :func:`load_image` would refuse ``value``; JPEGs are decoded at 1/8 scale
     (every byte is still read, so truncation shows), other formats in full."""

@@ -79,8 +79,11 @@ class PairDataModule(RetrievalDataModule):
     def train_columns(self) -> list[str]:
         return self.columns
 
+    def split_columns(self, name: str) -> list[str]:
+        return self.columns if name == "train" else list(dict.fromkeys([self.query_column, self.corpus_column]))
+
     def check_split(self, name: str, split: datasets.Dataset, where: str) -> datasets.Dataset:
-        columns = self.columns if name == "train" else list(dict.fromkeys([self.query_column, self.corpus_column]))
+        columns = self.split_columns(name)
         check_columns(split, columns, where)
         check_texts(split, columns, where)
         return split

@@ -5,7 +5,6 @@ and ``export``. A training batch holds one features dict per data column (anchor
 batch holds the features of one stream.
 """
 
-import os
 import warnings
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from lightning_modules.gradcache import cached_step
 from lightning_modules.nonfinite import NonFiniteGuard
 from lightning_modules.optim import build_optimizer
 from lightning_modules.retrieval import EmbeddingCollector, information_retrieval_metrics
+from reporting.tables import format_table
 
 # Retrieval metrics are computed once, on rank 0, and broadcast: every rank logs the same value, so there is nothing
 # for sync_dist to reduce, and Lightning's advice to set it (one warning per metric key) does not apply to them.
@@ -41,7 +41,8 @@ class EmbeddingModule(L.LightningModule):
         lr_schedule: ``constant``, ``linear`` or ``cosine`` decay after warmup, stepped per optimizer step.
         warmup_ratio: fraction of all optimizer steps spent warming up linearly from 0.
         evaluate_before_training: evaluate the base model on the validation split before the first step.
-        export_dir: where ``fit`` writes the best model (relative paths go under the run's log directory); None: skip.
+        export_dir: where ``train.py fit`` exports the best model with its card (relative paths go under the run's
+            log directory; ``callbacks.export.ExportModel``); None: skip.
         gradcache_chunk_size: GradCache (``lightning_modules.gradcache``): embed the batch in chunks of this many rows
             without activations, then re-embed chunk by chunk to backpropagate. The same loss and gradients as the
             plain step (dropout masks included) with the activation memory of one chunk per encoder tower, for about
@@ -298,46 +299,3 @@ class EmbeddingModule(L.LightningModule):
         if self.logger is not None:
             self.logger.log_metrics({f"{k}_base": v for k, v in metrics.items()}, step=0)
         rank_zero_info(format_table({"base model": metrics}, "val"))
-
-    def on_fit_end(self) -> None:
-        # trainer.log_dir broadcasts rank 0's directory: every rank must ask for it, not only the one that exports
-        directory = self.export_path() if self.export_dir is not None and not self.trainer.fast_dev_run else None
-        checkpoint = self.trainer.checkpoint_callback
-        best = getattr(checkpoint, "best_model_path", "")
-        if best:  # like ST's load_best_model_at_end: export (and keep) the best weights, not the last
-            state = torch.load(best, map_location=self.device, weights_only=True)["state_dict"]
-            self.load_state_dict(state)
-            score = checkpoint.best_model_score
-            which = f"best by {checkpoint.monitor} = {score:.4f}" if checkpoint.monitor and score is not None else "latest"
-            rank_zero_info(f"Loaded the {which} checkpoint: {best}")
-        if len(self.history) >= 2:
-            columns = {"base model" if step < 0 else f"step {step}": m for step, m in (self.history[0], self.history[-1])}
-            rank_zero_info(format_table(columns, "val"))
-        if directory is not None:  # on every rank (the weights are the same): no rank waits at the barrier below
-            bad = [name for name, p in self.state_dict().items() if p.is_floating_point() and not p.isfinite().all()]
-            if bad:
-                raise RuntimeError(f"not exporting: {len(bad)} weight tensor(s) are not finite ({', '.join(bad[:3])}"
-                                   f"{', …' if len(bad) > 3 else ''}); the checkpoint {best or 'in memory'} holds them")
-        if directory is not None and self.trainer.is_global_zero:
-            self.export(directory)
-            rank_zero_info(f"Exported the model to {directory}")
-        self.trainer.strategy.barrier()
-
-    def export_path(self) -> str:
-        if os.path.isabs(self.export_dir) or self.trainer.log_dir is None:
-            return self.export_dir
-        return os.path.join(self.trainer.log_dir, self.export_dir)
-
-
-SUMMARY_METRICS = ("accuracy@1", "ndcg@10", "mrr@10", "map@100")
-
-
-def format_table(columns: dict[str, dict[str, float]], stage: str) -> str:
-    """Plain-text table of the headline metrics (all are logged): one row each, one column per evaluation."""
-    keys = [k for k in next(iter(columns.values())) if k.endswith(SUMMARY_METRICS)]
-    names = [k.removeprefix(f"{stage}/") for k in keys]
-    width = max(len(n) for n in names)
-    lines = [f"{'metric':<{width}}  " + "  ".join(f"{c:>12}" for c in columns)]
-    for key, name in zip(keys, names):
-        lines.append(f"{name:<{width}}  " + "  ".join(f"{m.get(key, float('nan')):>12.4f}" for m in columns.values()))
-    return "\n".join(lines)

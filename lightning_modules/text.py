@@ -39,18 +39,4 @@ class TextEmbeddingModule(EmbeddingModule):
         return self.encoder(features)
 
     def export(self, directory: str) -> None:
-        self.encoder.save(directory, model_card=self.model_card())
-
-    def model_card(self) -> str:
-        """A short README for the exported model: base model, loss, and the first and last validation metrics."""
-        lines = ["---", "library_name: sentence-transformers", "tags:", "- sentence-transformers", "- litembed", "---",
-                 "# litembed text embedding model", "",
-                 f"Fine-tuned from `{self.encoder.source or 'a randomly initialised encoder'}` with "
-                 f"litembed (PyTorch Lightning) using `{self.loss}`.", "",
-                 "```python", "from sentence_transformers import SentenceTransformer",
-                 "model = SentenceTransformer(\"path/to/this/directory\")", "```"]
-        if self.history:
-            lines += ["", "## Validation metrics", "", "| metric | base | final |", "|:--|--:|--:|"]
-            base, final = self.history[0][1], self.history[-1][1]
-            lines += [f"| {k.removeprefix('val/')} | {base.get(k, float('nan')):.4f} | {v:.4f} |" for k, v in final.items()]
-        return "\n".join(lines) + "\n"
+        self.encoder.save(directory)

@@ -67,6 +67,7 @@ class TextEncoder(nn.Module):
         if model_name_or_path is None and config is None:
             raise ValueError(f"set {FLAG}.model_name_or_path (hub name or local directory) or {FLAG}.config "
                              f"(random init)")
+        self.name = model_name_or_path  # as the user gave it (pkg:…, a hub id): what a model card names
         model_name_or_path = resolve_model_path(model_name_or_path, f"{FLAG}.model_name_or_path")
         tokenizer_flag = f"{FLAG}.tokenizer_name_or_path" if tokenizer_name_or_path else f"{FLAG}.model_name_or_path"
         tokenizer_source = resolve_model_path(tokenizer_name_or_path, tokenizer_flag) or model_name_or_path
@@ -87,7 +88,6 @@ class TextEncoder(nn.Module):
         self.processor = TextProcessor(tokenizer, self.max_length, dict(prompts or {}))
         self.pooling = pooling
         self.normalize = normalize
-        self.source = model_name_or_path
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable({"use_reentrant": False})
 
@@ -104,7 +104,7 @@ class TextEncoder(nn.Module):
             emb = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, H)
         return F.normalize(emb, dim=-1) if self.normalize else emb
 
-    def save(self, directory: str, model_card: str = "") -> None:
+    def save(self, directory: str) -> None:
         """Write a directory that ``SentenceTransformer(directory)`` loads: Transformer + Pooling (+ Normalize).
 
         Uses the module layout every sentence-transformers release since 2.x reads, so older installs load it too.
@@ -145,9 +145,6 @@ class TextEncoder(nn.Module):
             os.makedirs(os.path.dirname(os.path.join(directory, name)), exist_ok=True)
             with open(os.path.join(directory, name), "w") as f:
                 json.dump(content, f, indent=2)
-        if model_card:
-            with open(os.path.join(directory, "README.md"), "w") as f:
-                f.write(model_card)
 
 
 

@@ -45,6 +45,11 @@ class MatryoshkaLoss(nn.Module):
         self.dims, self.weights = zip(*sorted(zip(dims, weights), reverse=True))
         self.n_dims_per_step = n_dims_per_step
 
+    def get_config_dict(self) -> dict:
+        """The parameters as sentence-transformers' model cards list them."""
+        return {"loss": type(self.loss).__name__, "matryoshka_dims": list(self.dims),
+                "matryoshka_weights": list(self.weights), "n_dims_per_step": self.n_dims_per_step}
+
     def forward(self, *embeddings: Tensor, scale: Tensor | float | None = None) -> Tensor:
         """Weighted sum of the inner loss over the Matryoshka dims.
 

@@ -57,6 +57,12 @@ class MultipleNegativesRankingLoss(nn.Module):
         self.symmetric = symmetric
         self.gather_across_devices = gather_across_devices
 
+    def get_config_dict(self) -> dict:
+        """The parameters as sentence-transformers' model cards list them (``similarity_fct`` by ST's name)."""
+        return {"scale": self.scale, "similarity_fct": {"cosine": "cos_sim", "dot": "dot_score"}.get(
+                    self.similarity, self.similarity),
+                "symmetric": self.symmetric, "gather_across_devices": self.gather_across_devices}
+
     def forward(self, anchor: Tensor, positive: Tensor, *negatives: Tensor,
                 scale: Tensor | float | None = None) -> Tensor:
         """Mean loss over the local anchors.

@@ -53,6 +53,7 @@ def qa_rows(n: int, offset: int = 0) -> list[dict]:
 
 def write_pairs_dir(path, train: int = 48, validation: int = 20, test: int = 20) -> str:
     """train.jsonl + validation.jsonl + test.jsonl, laid out as a hub dataset repository would be."""
+    path.mkdir(parents=True, exist_ok=True)
     write_jsonl(path / "train.jsonl", qa_rows(train))
     write_jsonl(path / "validation.jsonl", qa_rows(validation, offset=100))
     write_jsonl(path / "test.jsonl", qa_rows(test, offset=200))

@@ -1,0 +1,127 @@
+"""The export step of ``train.py fit``: the best weights, exported in the model's format with a card and plots.
+
+At the end of fit every rank loads the best checkpoint's weights (like sentence-transformers'
+``load_best_model_at_end``; the last weights when no checkpoint monitors a metric), refuses to export non-finite
+weights, and rank 0 exports them with ``report.json`` (what the card says about the run), the plots and the card.
+When a test of those weights follows in the same process (``train.py fit`` runs it), the card and plots are written
+again with the test metrics. ``summary()`` says where everything is.
+"""
+
+import logging
+import os
+import time
+
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+from reporting.collect import gather_facts
+from reporting.report import save_facts, write_report
+from reporting.tables import format_table
+
+log = logging.getLogger(__name__)
+
+
+class ExportModel(Callback):
+    """Export the best weights at the end of fit to ``--model.init_args.export_dir`` (under the run folder), with a
+    model card and training plots; rewrite both after a test of the same weights. ``train.py`` adds it as ``--card``.
+
+    Args:
+        title: the card's title and model-index name; default: "<base model> fine-tuned with litembed".
+        model_id: the hub id you will publish the model under (``user/name``): the card's usage snippet loads it;
+            default: the export folder.
+        language: the card's ``language`` (hub metadata).
+        license: the card's ``license`` (hub metadata).
+    """
+
+    def __init__(self, title: str | None = None, model_id: str | None = None, language: list[str] = ["en"],
+                 license: str = "apache-2.0") -> None:
+        self.card_options = {"title": title, "model_id": model_id, "language": list(language), "license": license}
+        self.run_dir: str | None = None
+        self.written: dict[str, object] = {}
+        self.best: tuple[str, float | None, str | None] | None = None  # (checkpoint, score, monitor)
+        self._started: float | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._started = time.monotonic()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        # trainer.log_dir broadcasts rank 0's directory: every rank asks for it, not only the one that exports
+        log_dir = trainer.log_dir
+        exporting = pl_module.export_dir is not None and not trainer.fast_dev_run and log_dir is not None
+        step = self._load_best(trainer, pl_module)
+        history = pl_module.history
+        if len(history) >= 2:
+            exported = [m for s, m in history if s == step] or [history[-1][1]]
+            rank_zero_info(format_table({"base model" if history[0][0] < 0 else f"step {history[0][0]}": history[0][1],
+                                         f"step {step}": exported[-1]}, "val"))
+        if not exporting:
+            return
+        directory = pl_module.export_dir if os.path.isabs(pl_module.export_dir) else os.path.join(
+            log_dir, pl_module.export_dir)
+        bad = [name for name, p in pl_module.state_dict().items() if p.is_floating_point() and not p.isfinite().all()]
+        if bad:  # on every rank (the weights are the same): no rank waits at the barrier below
+            raise RuntimeError(f"not exporting: {len(bad)} weight tensor(s) are not finite ({', '.join(bad[:3])}"
+                               f"{', …' if len(bad) > 3 else ''}); the checkpoint "
+                               f"{self.best[0] if self.best else 'in memory'} holds them")
+        if trainer.is_global_zero:
+            pl_module.export(directory)
+            rank_zero_info(f"Exported the model to {directory}")
+            try:  # the other ranks wait at the barrier below: a failing card must not keep them there
+                self._write_card(trainer, pl_module, log_dir, directory, step)
+            except Exception:
+                log.exception("The model was exported to %s, but its card could not be written; rebuild it with "
+                              "python -m reporting %s", directory, log_dir)
+        trainer.strategy.barrier()
+
+    def _write_card(self, trainer, pl_module, log_dir: str, directory: str, step: int) -> None:
+        seconds = time.monotonic() - self._started if self._started is not None else None
+        # which validation of metrics.csv evaluated these weights (its logged step can differ from the global step by
+        # one at an epoch's end): the history holds the run's evaluations in order, a resume's included
+        evaluated = [s for s, _ in pl_module.history if s >= 0]
+        index = len(evaluated) - 1 - evaluated[::-1].index(step) if step in evaluated else None
+        save_facts(log_dir, gather_facts(trainer, pl_module, trainer.datamodule, log_dir, directory, step, index,
+                                         self.best[0] if self.best else None, seconds, self.card_options))
+        self.run_dir = log_dir
+        self._report(trainer)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        if self.run_dir is not None and trainer.is_global_zero:
+            self._report(trainer)  # with the test metrics
+
+    def _load_best(self, trainer, pl_module) -> int:
+        """Load the best checkpoint's weights (if a checkpoint monitors a metric) and return their global step."""
+        for callback in trainer.checkpoint_callbacks:
+            path = getattr(callback, "best_model_path", "")
+            if callback.monitor and path:
+                checkpoint = torch.load(path, map_location=pl_module.device, weights_only=True)
+                pl_module.load_state_dict(checkpoint["state_dict"])
+                score = callback.best_model_score
+                self.best = (path, None if score is None else float(score), callback.monitor)
+                rank_zero_info(f"Loaded the best checkpoint by {callback.monitor}"
+                               f"{'' if score is None else f' = {float(score):.4f}'}: {path}")
+                return int(checkpoint["global_step"])
+        return trainer.global_step
+
+    def _report(self, trainer) -> None:
+        for logger in trainer.loggers:  # what was logged reaches metrics.csv, which the card and plots read
+            logger.save()
+        self.written = write_report(self.run_dir)
+
+    def summary(self) -> str:
+        """Where the run's results are, for the end of ``train.py fit``."""
+        if not self.written:
+            return ""
+        model = self.written["model"]
+        loads = (f"SentenceTransformer({str(model)!r})" if os.path.isfile(os.path.join(model, "modules.json"))
+                 else f"open_clip local-dir:{model}")
+        lines = [f"Run folder:       {self.run_dir}",
+                 f"Model:            {model}   ({loads})",
+                 f"Model card:       {self.written['card']}"]
+        if self.best:
+            path, score, monitor = self.best
+            lines.append(f"Best checkpoint:  {path}" + ("" if score is None else f"   ({monitor} = {score:.4f})"))
+        if self.written["plots"]:
+            lines.append(f"Plots:            {', '.join(self.written['plots'])}")
+        lines.append(f"Metrics:          {os.path.join(self.run_dir, 'metrics.csv')}")
+        return "\n".join(lines)

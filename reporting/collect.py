@@ -1,0 +1,383 @@
+"""What a model card says about a run.
+
+At export, ``gather_facts`` records what only the live run knows (the model, its data, the configuration, the versions,
+which checkpoint was exported) in ``<run>/report.json``; ``build_card`` combines that file with the run's
+``metrics.csv``, so the card and the plots can be rebuilt from a run folder alone (``python -m reporting <run>``), and
+every number in the card is a logged value of the exported checkpoint.
+"""
+
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections import Counter
+
+import torch
+import yaml
+
+from datamodules.images import image_header
+from lightning_modules.hub import hub_model_name
+from reporting.card import CardData, DatasetInfo, EvalSet, TrainingLog
+from reporting.metrics_log import Evaluation, MetricsLog, read_metrics, split_metric_key
+
+REPORT = "report.json"
+PRINT_ARCHITECTURE = ("import sys; from sentence_transformers import SentenceTransformer; "
+                      "print(SentenceTransformer(sys.argv[1], device='cpu'))")
+DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "MASTER_ADDR",
+                   "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+PRIMARY = "cosine_ndcg@10"
+STATS_ROWS = 1000
+VERSIONS = {"litembed": "litembed", "Sentence Transformers": "sentence-transformers", "Transformers": "transformers",
+            "PyTorch": "torch", "Lightning": "lightning", "Datasets": "datasets", "Tokenizers": "tokenizers",
+            "open_clip": "open_clip_torch"}
+SECTIONS = {"card": "callbacks.export.ExportModel"}  # train.py's own class arguments (--card.title …)
+CLI_DEFAULTS = {"test_after_fit": True, "checkpoint_every_n_steps": 500, "ckpt_path": None, "tensorboard": False}
+
+
+def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exported_step: int,
+                 evaluation: int | None, checkpoint: str | None, fit_seconds: float | None, options: dict) -> dict:
+    """Everything the card needs that ``metrics.csv`` does not hold, as JSON-ready values (no absolute paths).
+    Called on rank 0 alone: nothing here may be a collective (``trainer.log_dir`` is one; the caller passes it in).
+    ``evaluation``: which of the run's validations (0-based, base model not counted) evaluated the exported weights
+    (None: none did); ``options``: ``title``, ``model_id``, ``language``, ``license`` (``--card.*``)."""
+    encoder = module.encoder
+    given = getattr(encoder, "name", None)
+    hub_id = hub_model_name(given)
+    clip = type(module).__name__.startswith("CLIP")
+    library = "open_clip" if type(encoder).__name__ == "OpenClip" else "sentence-transformers"
+    losses = _losses(module.loss)
+    steps_per_epoch = max(1, -(-trainer.num_training_batches // trainer.accumulate_grad_batches)) if (
+        trainer.num_training_batches not in (None, float("inf"))) else None
+    train = _dataset_info(datamodule, "train")
+    evals = []
+    for split in ("validation", "test"):
+        info = _dataset_info(datamodule, split)
+        if info:  # both may come from one dataset: say which split
+            evals.append({**info, "name": f"{info['name']} ({split})"})
+    base_name = hub_id or (os.path.basename(os.path.normpath(given)) if given else None)
+    return {
+        "title": options.get("title") or f"{base_name or 'A ' + ('CLIP' if clip else 'text') + ' model'} fine-tuned "
+                 f"with litembed" + (" (Matryoshka)" if "MatryoshkaLoss" in losses else ""),
+        "model_id": options.get("model_id"),
+        "language": options.get("language") or ["en"],
+        "license": options.get("license") or "apache-2.0",
+        "base_model": hub_id or base_name,
+        "base_model_on_hub": hub_id is not None,
+        "model_type": "open_clip" if library == "open_clip" else "Sentence Transformer",
+        "library_name": library,
+        "clip": clip,
+        "max_seq_length": getattr(encoder, "max_length", None) or getattr(
+            getattr(encoder, "processor", None), "max_length", None),
+        "output_dim": encoder.embedding_dim,
+        "similarity": "Cosine Similarity",
+        "architecture": _architecture(export_dir) if library == "sentence-transformers" else None,
+        "usage_sentences": _usage_sentences(evals[0] if evals else train),
+        "train_datasets": [train] if train else [],
+        "eval_datasets": evals,
+        "losses": losses,
+        "loss_parameters": module.loss.get_config_dict() if hasattr(module.loss, "get_config_dict") else {},
+        "hyperparameters": _hyperparameters(os.path.join(run_dir, "config.yaml")),
+        "versions": _versions(),
+        "hardware": _hardware(trainer, fit_seconds),
+        "steps_per_epoch": steps_per_epoch,
+        "exported_step": exported_step,
+        "exported_evaluation": evaluation,
+        "checkpoint": os.path.relpath(checkpoint, run_dir) if checkpoint else None,
+        "export_dir": os.path.relpath(export_dir, run_dir),
+        # the usage snippet's path when no --card.model_id names a hub repository: relative to where fit ran
+        "usage_path": (os.path.relpath(export_dir) if not os.path.relpath(export_dir).startswith("..")
+                       else "path/to/model"),
+        "monitor": getattr(trainer.checkpoint_callback, "monitor", None),
+    }
+
+
+def build_card(run_dir: str, facts: dict | None = None, log: MetricsLog | None = None,
+               plots: list[str] = ()) -> CardData:
+    """The card of the model exported from ``run_dir``: ``report.json`` + the metrics the run logged."""
+    if facts is None:
+        with open(os.path.join(run_dir, REPORT)) as f:
+            facts = json.load(f)
+    log = log or read_metrics(run_dir)
+    primary = _primary(facts.get("monitor"))
+    validations = [e for e in log.evaluations if not e.base]
+    index = facts["exported_evaluation"]
+    exported = validations[index] if index is not None and index < len(validations) else None
+    evaluations = _eval_sets(log, exported, primary)
+    hyper = facts["hyperparameters"]
+    return CardData(
+        title=facts["title"], base_model=facts["base_model"], base_model_on_hub=facts["base_model_on_hub"],
+        model_type=facts["model_type"], library_name=facts["library_name"], clip=facts["clip"],
+        max_seq_length=facts["max_seq_length"], output_dim=facts["output_dim"], similarity=facts["similarity"],
+        architecture=facts["architecture"], usage_model_id=facts["model_id"] or facts["usage_path"],
+        language=facts["language"], license=facts["license"],
+        usage_sentences=facts["usage_sentences"], usage_images=None,
+        train_datasets=[DatasetInfo(**d) for d in facts["train_datasets"]],
+        eval_datasets=[DatasetInfo(**d) for d in facts["eval_datasets"]],
+        losses=facts["losses"], loss_parameters=facts["loss_parameters"], evaluations=evaluations,
+        training_log=_training_log(log, exported, facts["steps_per_epoch"], primary),
+        hyperparameters=hyper["all"], non_default_hyperparameters=hyper["non_default"],
+        versions=facts["versions"], plots=[(_plot_caption(p), os.path.relpath(p, os.path.join(
+            run_dir, facts["export_dir"]))) for p in plots],
+        hardware=facts["hardware"],
+    )
+
+
+def _losses(loss) -> list[str]:
+    """Class names, outer first: a MatryoshkaLoss names the loss it wraps too (tags ``loss:…``, citations)."""
+    names = [type(loss).__name__]
+    inner = getattr(loss, "loss", None)
+    return names + (_losses(inner) if inner is not None else [])
+
+
+def _primary(monitor: str | None) -> str:
+    """The metric shown in bold and in the training log: the one the best checkpoint was chosen by (the bge seed's
+    map@100), else nDCG@10."""
+    if monitor and monitor.startswith("val/"):
+        return split_metric_key(monitor.removeprefix("val/"))[1]
+    return PRIMARY
+
+
+def _eval_sets(log: MetricsLog, exported: Evaluation | None, primary: str) -> list[EvalSet]:
+    """One set per evaluation task (and Matryoshka dim) of the exported weights' validation, then the test sets."""
+    sets = []
+    for stage, metrics in (("validation", exported.metrics if exported else {}), ("test", log.test)):
+        grouped: dict[str, dict[str, float]] = {}
+        for key, value in metrics.items():
+            name, metric = split_metric_key(key)
+            grouped.setdefault(name, {})[metric] = value
+        for name, values in grouped.items():
+            values = dict(sorted(values.items(), key=lambda item: _metric_order(item[0])))
+            label = name or ("eval" if stage == "validation" else "test")
+            if stage == "test" and any(s.name == label for s in sets):
+                label = f"test {label}"
+            sets.append(EvalSet(name=label, metrics=values, primary=primary, split=stage))
+    return sets
+
+
+def _metric_order(metric: str) -> tuple:
+    """sentence-transformers' order: accuracy, precision, recall at 1, 3, 5, 10, then nDCG, MRR, MAP."""
+    name, _, k = metric.partition("@")
+    family = name.split("_")[-1]
+    order = ("accuracy", "precision", "recall", "ndcg", "mrr", "map")
+    return (order.index(family) if family in order else len(order), int(k) if k.isdigit() else 0, metric)
+
+
+def _training_log(log: MetricsLog, exported: Evaluation | None, steps_per_epoch: int | None,
+                  primary: str) -> TrainingLog:
+    """sentence-transformers' "Training Logs" table: the base model and the test as ``-1`` rows, a row per logged
+    step with the training loss and each validation set's primary metric, the exported checkpoint's row in bold."""
+    val_keys = log.primary_keys(primary)
+    test_keys = [k for k in log.test if split_metric_key(k)[1] == primary]
+    columns = ["Training Loss"] + val_keys + [f"test {k}" if k in val_keys else k for k in test_keys]
+    width = len(columns) - 1
+    steps: dict[int, list] = {}
+    for point in log.train:
+        row = steps.setdefault(point.step, [None] * (width + 1))
+        row[0] = point.loss
+    rows = []
+    base = [e for e in log.evaluations if e.base]
+    if base:
+        rows.append(("-1", "-1", [None] + [base[0].metrics.get(k) for k in val_keys] + [None] * len(test_keys)))
+    for evaluation in log.evaluations:
+        if not evaluation.base:
+            row = steps.setdefault(evaluation.step, [None] * (width + 1))
+            for i, key in enumerate(val_keys):
+                row[1 + i] = evaluation.metrics.get(key)
+    bold = None
+    for step in sorted(steps):
+        epoch = round(step / steps_per_epoch, 4) if steps_per_epoch else "-"
+        if exported is not None and step == exported.step:
+            bold = len(rows)
+        rows.append((epoch, step, steps[step][:1 + len(val_keys)] + [None] * len(test_keys)))
+    if test_keys:
+        rows.append(("-1", "-1", [None] * (1 + len(val_keys)) + [log.test[k] for k in test_keys]))
+    return TrainingLog(columns=columns, rows=rows, bold_row=bold)
+
+
+def _dataset_info(datamodule, split: str) -> dict | None:
+    """Name, size, columns, statistics of the first rows and three samples of one split (``DatasetInfo`` fields)."""
+    head = datamodule.head(split, STATS_ROWS)
+    if head is None:
+        return None
+    rows, size = head
+    source = datamodule.hparams.dataset
+    hub_id = None
+    if source.startswith("builtin:"):
+        name = source.removeprefix("builtin:")
+    elif os.path.exists(source):
+        name = os.path.basename(os.path.normpath(source))
+    else:
+        hub_id, name = source, source.split("/")[-1]
+    image_column = datamodule.hparams.get("image_column")
+    base_dir = getattr(datamodule, "base_dir", None)
+    columns = datamodule.split_columns(split)
+    types, details, shown = {}, {}, {}
+    for column in columns:
+        values = [row[column] for row in rows]
+        if column == image_column:
+            headers = [image_header(v, base_dir=base_dir) for v in values]
+            formats = Counter(h[0] for h in headers)
+            types[column] = f"image ({', '.join(formats)})"
+            modes, sizes = Counter(h[1] for h in headers), Counter(h[2] for h in headers)
+            (w, h), count = sizes.most_common(1)[0]
+            details[column] = [f"mode: {', '.join(f'{m} ({n})' for m, n in modes.most_common())}",
+                               f"most common size: {w}×{h} ({count} of {len(headers)})",
+                               f"width: {min(s[0] for s in sizes)}–{max(s[0] for s in sizes)} px",
+                               f"height: {min(s[1] for s in sizes)}–{max(s[1] for s in sizes)} px"]
+            shown[column] = [f"<{f} image mode={m} size={s[0]}x{s[1]}>" for f, m, s in headers[:3]]
+        elif all(isinstance(v, str) for v in values):
+            lengths = [len(v) for v in values]
+            types[column] = "string"
+            details[column] = [f"min: {min(lengths)} characters", f"mean: {statistics.fmean(lengths):.2f} characters",
+                               f"max: {max(lengths)} characters"] if lengths else []
+            shown[column] = values[:3]
+        else:
+            types[column] = type(values[0]).__name__ if values else "unknown"
+            shown[column] = [str(v) for v in values[:3]]
+    return {"name": name, "hub_id": hub_id, "revision": None, "size": size, "columns": columns, "types": types,
+            "details": details, "samples": [{c: shown[c][i] for c in columns} for i in range(min(3, len(rows)))],
+            "stats_rows": len(rows)}
+
+
+def _usage_sentences(info: dict | None) -> list[str]:
+    """Three texts from the data for the usage snippet: a query and passages, or captions."""
+    if not info:
+        return []
+    texts = [v for row in info["samples"] for c, v in row.items() if info["types"][c] == "string"]
+    return list(dict.fromkeys(texts))[:3]
+
+
+def _architecture(export_dir: str) -> str | None:
+    """What ``print(SentenceTransformer(path))`` shows, from the export itself, loaded in a fresh CPU process: not in
+    the training process, whose distributed context sentence-transformers and transformers would join (rank 0 alone
+    loads here, so a collective of theirs would wait for ranks that never come), nor on its device. None without
+    sentence-transformers, or when the export does not load (the error is printed)."""
+    if importlib.util.find_spec("sentence_transformers") is None:
+        return None
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    done = subprocess.run([sys.executable, "-c", PRINT_ARCHITECTURE, export_dir], capture_output=True, text=True,
+                          env={**env, "CUDA_VISIBLE_DEVICES": ""})
+    if done.returncode != 0:
+        print(f"sentence-transformers could not load the export {export_dir}:\n{done.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return done.stdout.strip()
+
+
+def _hyperparameters(config_path: str) -> dict:
+    """The run's configuration (``config.yaml``) flattened to ``section.argument`` keys, and the values that differ
+    from the defaults of the classes the configuration names."""
+    if not os.path.isfile(config_path):
+        return {"all": {}, "non_default": {}}
+    with open(config_path) as f:
+        config = yaml.safe_load(f) or {}
+    flat: dict[str, object] = {}
+    changed: dict[str, object] = {}
+    from lightning.pytorch import Trainer
+    for key, value in config.items():
+        if key == "trainer":
+            _flatten("trainer", value, _signature_defaults(Trainer), flat, changed)
+        elif isinstance(value, dict):
+            _flatten(key, value, _class_defaults(SECTIONS[key]) if key in SECTIONS else {}, flat, changed)
+        else:
+            flat[key] = _shown(value)
+            if key not in CLI_DEFAULTS or CLI_DEFAULTS[key] != value:
+                changed[key] = flat[key]
+    return {"all": flat, "non_default": changed}
+
+
+def _flatten(prefix: str, value, defaults: dict, flat: dict, changed: dict) -> None:
+    if isinstance(value, dict) and "class_path" in value:
+        flat[prefix] = value["class_path"]
+        changed[prefix] = value["class_path"]
+        _flatten(prefix, value.get("init_args") or {}, _class_defaults(value["class_path"]), flat, changed)
+        return
+    for key, item in value.items():
+        name = f"{prefix}.{key}"
+        if isinstance(item, dict) and "class_path" in item:
+            _flatten(name, item, {}, flat, changed)
+            continue
+        if isinstance(item, list) and any(isinstance(i, dict) and "class_path" in i for i in item):
+            item = [i["class_path"] if isinstance(i, dict) and "class_path" in i else i for i in item]
+        flat[name] = _shown(item)
+        if key not in defaults or _comparable(defaults[key]) != _comparable(item):
+            changed[name] = flat[name]
+
+
+def _comparable(value):
+    """YAML has no tuples: a default ``(0.9, 0.999)`` equals the configured ``[0.9, 0.999]``."""
+    return [_comparable(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _class_defaults(class_path: str) -> dict:
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return {}
+    defaults: dict = {}
+    for klass in reversed(cls.__mro__):  # a subclass's **kwargs reach its bases' arguments
+        if "__init__" in vars(klass):
+            defaults.update(_signature_defaults(klass))
+    return defaults
+
+
+def _signature_defaults(cls) -> dict:
+    try:
+        parameters = inspect.signature(cls.__init__).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+def _shown(value):
+    """A configuration value as the card shows it: absolute paths of the training machine become their last part."""
+    if isinstance(value, str) and os.path.isabs(value):
+        return f"…/{os.path.basename(os.path.normpath(value))}"
+    if isinstance(value, list):
+        return [_shown(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _shown(v) for k, v in value.items()}
+    return value
+
+
+def _versions() -> dict[str, str]:
+    versions = {"Python": platform.python_version()}
+    for label, package in VERSIONS.items():
+        try:
+            versions[label] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _hardware(trainer, fit_seconds: float | None) -> dict[str, str]:
+    hardware = {"Accelerator": f"{trainer.num_devices} x "
+                               f"{torch.cuda.get_device_name() if trainer.strategy.root_device.type == 'cuda' else 'CPU'}"
+                               f" ({trainer.num_nodes} node{'s' if trainer.num_nodes > 1 else ''})",
+                "CPU Model": _cpu_model(), "Precision": str(trainer.precision)}
+    if fit_seconds is not None:
+        hardware["Hours Used"] = f"{fit_seconds / 3600:.3f} (this fit process)"
+    return hardware
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _plot_caption(path: str) -> str:
+    return {"training_loss.png": "Training loss and learning rate",
+            "evaluation.png": "Validation nDCG@10 per step"}.get(os.path.basename(path), os.path.basename(path))
+

@@ -1,0 +1,225 @@
+"""A run's ``metrics.csv`` (Lightning's CSVLogger) read back as training curve, learning rate and evaluations.
+
+CSVLogger writes one row per ``log_metrics`` call, so rows are sparse (one metric group per row, the other cells
+empty), and it sorts the header alphabetically. litembed logs:
+
+- ``train/loss`` every ``log_every_n_steps`` optimizer steps (``step`` is the global optimizer step);
+- ``lr-<Optimizer>[/pg<i>]`` from Lightning's ``LearningRateMonitor``;
+- ``val/<set>_<similarity>_<metric>``, where ``<set>`` is an evaluation set (``dim_384``, ``shapes-eval``,
+  ``shapes-eval_dim_384``, or empty: ``val/cosine_ndcg@10``), and the model before training as the same keys with a
+  ``_base`` suffix at step 0;
+- ``test/<set>_<similarity>_<metric>`` after fit.
+
+Columns other loggers add are ignored. A resumed run truncates the file to the checkpoint's step and appends, so steps
+increase; a step that still appears twice keeps its last value.
+"""
+
+import csv
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+METRICS_FILE = "metrics.csv"
+SIMILARITIES = ("cosine", "dot", "euclidean", "manhattan")
+BASE_SUFFIX = "_base"
+PRIMARY_METRIC = "cosine_ndcg@10"
+
+# a similarity prefix at the start of the key or right after a '_' (set names may hold '_' and '-', metrics do not
+# start anywhere else); the last such prefix starts the metric, so a set named "dot_products" stays a set
+_SIMILARITY_PREFIX = re.compile(rf"(?:^|(?<=_))(?:{'|'.join(SIMILARITIES)})_")
+_MATRYOSHKA_SET = re.compile(r"(?:(.*)_)?dim_(\d+)")
+_LR_EXTRA = ("-momentum", "-weight_decay")  # LearningRateMonitor's log_momentum / log_weight_decay columns
+
+
+@dataclass
+class TrainPoint:
+    """One logged training loss."""
+
+    step: int
+    epoch: int | None
+    loss: float
+
+
+@dataclass
+class Evaluation:
+    """The validation metrics logged at one optimizer step (``base``: the model before training, at step 0)."""
+
+    step: int
+    epoch: int | None
+    metrics: dict[str, float]
+    base: bool = False
+
+
+@dataclass
+class MetricsLog:
+    """What a run logged, in step order.
+
+    Attributes:
+        train: training losses.
+        lr: ``(step, learning rate)`` of the first ``lr-`` column (the first parameter group: the weights that decay).
+        evaluations: validation metrics keyed without the ``val/`` prefix (``dim_384_cosine_ndcg@10``); the base
+            model, when logged, comes first.
+        test: test metrics keyed without the ``test/`` prefix, last value of each.
+    """
+
+    train: list[TrainPoint] = field(default_factory=list)
+    lr: list[tuple[int, float]] = field(default_factory=list)
+    evaluations: list[Evaluation] = field(default_factory=list)
+    test: dict[str, float] = field(default_factory=dict)
+
+    def primary_keys(self, metric: str = PRIMARY_METRIC) -> list[str]:
+        """Keys of ``metric`` for each evaluation set (validation or test), tasks by name, a task's dims largest first.
+
+        CSVLogger sorts its header, so the file keeps no order of its own (it puts ``dim_128`` before ``dim_64`` and
+        both before ``dim_384``, and ``shapes-eval-image2text`` before ``shapes-eval``); sorting the task names puts a
+        task before its variants (``shapes-eval``, then ``shapes-eval-image2text``), as the datamodules list them.
+
+        Args:
+            metric: a metric name with its similarity, e.g. ``cosine_ndcg@10``.
+
+        Returns:
+            e.g. ``["dim_384_cosine_ndcg@10", "dim_256_cosine_ndcg@10"]``, ``["shapes-eval_cosine_ndcg@10",
+            "shapes-eval-image2text_cosine_ndcg@10"]`` or ``["cosine_ndcg@10"]``.
+        """
+        keys = [key for evaluation in self.evaluations for key in evaluation.metrics] + list(self.test)
+        sets = {parsed[0] for parsed in map(_try_split, keys) if parsed is not None and parsed[1] == metric}
+        return [join_metric_key(name, metric) for name in sorted(sets, key=_set_order)]
+
+
+def split_metric_key(key: str) -> tuple[str, str]:
+    """Split a metric key (no ``val/``/``test/`` prefix) into evaluation set and metric.
+
+    Args:
+        key: e.g. ``dim_384_cosine_ndcg@10``, ``shapes-eval-image2text_cosine_mrr@10`` or ``cosine_ndcg@10``.
+
+    Returns:
+        ``("dim_384", "cosine_ndcg@10")``, ``("shapes-eval-image2text", "cosine_mrr@10")``, ``("", "cosine_ndcg@10")``.
+
+    Raises:
+        ValueError: if no part of ``key`` starts with a similarity (``cosine_``, ``dot_``, ``euclidean_``,
+            ``manhattan_``).
+    """
+    parsed = _try_split(key)
+    if parsed is None:
+        raise ValueError(f"{key!r} is not a retrieval metric key: expected '<set>_<similarity>_<metric>' with a "
+                         f"similarity in {SIMILARITIES}, e.g. 'dim_384_cosine_ndcg@10'")
+    return parsed
+
+
+def join_metric_key(set_name: str, metric: str) -> str:
+    """The inverse of :func:`split_metric_key`: ``("dim_384", "cosine_ndcg@10")`` → ``dim_384_cosine_ndcg@10``."""
+    return f"{set_name}_{metric}" if set_name else metric
+
+
+def _try_split(key: str) -> tuple[str, str] | None:
+    starts = [match.start() for match in _SIMILARITY_PREFIX.finditer(key)]
+    if not starts:
+        return None
+    start = starts[-1]
+    return key[:start].removesuffix("_"), key[start:]
+
+
+def _set_order(name: str) -> tuple[str, int]:
+    """Sort key of an evaluation set: its task's name, then its Matryoshka dim, largest first."""
+    match = _MATRYOSHKA_SET.fullmatch(name)
+    return ((match.group(1) or ""), -int(match.group(2))) if match else (name, 0)
+
+
+def metrics_path(path_or_run_dir: str) -> str:
+    """The ``metrics.csv`` of a run folder, or the path itself when it is a file."""
+    return os.path.join(path_or_run_dir, METRICS_FILE) if os.path.isdir(path_or_run_dir) else path_or_run_dir
+
+
+def read_metrics(path_or_run_dir: str) -> MetricsLog:
+    """Read a run's metrics log.
+
+    Args:
+        path_or_run_dir: the ``metrics.csv`` or the run folder holding it (``runs/<name>/version_<n>``).
+
+    Returns:
+        The log, every list in step order.
+
+    Raises:
+        FileNotFoundError: if there is no such file.
+        ValueError: if the file has no ``step`` column or a cell is not a number, naming the line and column.
+    """
+    path = metrics_path(path_or_run_dir)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no metrics log at {path}: pass a run folder written by Lightning's CSVLogger "
+                                f"(runs/<name>/version_<n>, holding {METRICS_FILE}) or the csv file itself")
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        columns = reader.fieldnames or []
+        if "step" not in columns:
+            raise ValueError(f"{path} has no 'step' column (columns: {columns[:8]}): it is not a CSVLogger metrics "
+                             f"log")
+        lr_column = _lr_column(columns)
+        train: dict[int, TrainPoint] = {}
+        lr: dict[int, float] = {}
+        evaluations: dict[int, Evaluation] = {}
+        base: dict[str, float] = {}
+        test: dict[str, float] = {}
+        for row in reader:
+            cell = _Cells(path, reader.line_num, row)
+            step = cell.whole("step")
+            if step is None:
+                raise ValueError(f"{path} line {reader.line_num}: empty 'step' cell (CSVLogger writes one in every "
+                                 f"row): the file is damaged")
+            epoch = cell.whole("epoch")
+            # dicts keyed by step: a repeated step overwrites, so its last value wins
+            if (loss := cell.number("train/loss")) is not None:
+                train[step] = TrainPoint(step, epoch, loss)
+            if lr_column is not None and (rate := cell.number(lr_column)) is not None:
+                lr[step] = rate
+            for column in columns:
+                if not column.startswith(("val/", "test/")) or (value := cell.number(column)) is None:
+                    continue
+                stage, key = column.split("/", 1)
+                if stage == "test":
+                    test[key] = value
+                elif key.endswith(BASE_SUFFIX):
+                    base[key.removesuffix(BASE_SUFFIX)] = value
+                else:
+                    evaluation = evaluations.setdefault(step, Evaluation(step, epoch, {}))
+                    evaluation.metrics[key] = value
+                    evaluation.epoch = epoch if epoch is not None else evaluation.epoch
+    ordered = [evaluations[step] for step in sorted(evaluations)]
+    if base:
+        ordered.insert(0, Evaluation(0, None, base, base=True))
+    return MetricsLog(train=[train[step] for step in sorted(train)], lr=sorted(lr.items()), evaluations=ordered,
+                      test=test)
+
+
+def _lr_column(columns: list[str]) -> str | None:
+    """The first parameter group's learning-rate column (``lr-AdamW/pg1`` before ``lr-AdamW/pg2`` and ``/pg10``)."""
+    candidates = [c for c in columns if c.startswith("lr-") and not c.endswith(_LR_EXTRA)]
+    return min(candidates, key=_natural, default=None)
+
+
+def _natural(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+class _Cells:
+    """Typed access to one CSV row's cells; an empty or missing cell is None, a bad one an error naming its place."""
+
+    def __init__(self, path: str, line: int, row: dict[str, str | None]) -> None:
+        self.path, self.line, self.row = path, line, row
+
+    def number(self, column: str) -> float | None:
+        text = (self.row.get(column) or "").strip()
+        if not text:
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{self.path} line {self.line}, column {column!r}: {text!r} is not a number") from None
+
+    def whole(self, column: str) -> int | None:
+        value = self.number(column)
+        if value is None:
+            return None
+        if not math.isfinite(value) or value != int(value):
+            raise ValueError(f"{self.path} line {self.line}, column {column!r}: {value!r} is not a whole number")
+        return int(value)

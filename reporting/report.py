@@ -1,0 +1,41 @@
+"""Write what a run leaves behind from its folder: the plots and the exported model's card.
+
+``python -m reporting <run folder>`` rebuilds them (after a resume, or after editing the card's facts in
+``report.json``); the end of ``train.py fit`` (and of the test that follows it) calls the same ``write_report``.
+"""
+
+import json
+import os
+import shutil
+
+from reporting.card import render_card
+from reporting.collect import REPORT, build_card
+from reporting.metrics_log import MetricsLog, metrics_path, read_metrics
+from reporting.plots import write_plots
+
+CARD = "README.md"
+
+
+def save_facts(run_dir: str, facts: dict) -> str:
+    path = os.path.join(run_dir, REPORT)
+    with open(path, "w") as f:
+        json.dump(facts, f, indent=2)
+    return path
+
+
+def write_report(run_dir: str) -> dict[str, object]:
+    """Plots from ``<run>/metrics.csv`` into the run folder (and beside the card, so its links work once the model
+    folder is uploaded alone), then the card into the exported model's folder. Returns their paths."""
+    with open(os.path.join(run_dir, REPORT)) as f:
+        facts = json.load(f)
+    # a run that logged nothing (logger off, or fewer steps than the logging interval) still gets its card
+    log = read_metrics(run_dir) if os.path.isfile(metrics_path(run_dir)) else MetricsLog()
+    export_dir = os.path.join(run_dir, facts["export_dir"])
+    plots = write_plots(run_dir, log)
+    for plot in plots:
+        shutil.copy(plot, export_dir)
+    card = build_card(run_dir, facts, log, [os.path.join(export_dir, os.path.basename(p)) for p in plots])
+    path = os.path.join(export_dir, CARD)
+    with open(path, "w") as f:
+        f.write(render_card(card))
+    return {"card": path, "plots": plots, "model": export_dir}

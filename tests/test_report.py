@@ -1,0 +1,179 @@
+"""What a `train.py fit` leaves behind: the exported model's card (numbers = the logged metrics of the exported
+checkpoint), plots, config, logs a Lightning user expects, a quiet console and one summary at the end."""
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG
+from reporting.card import check_no_absolute_paths
+from reporting.metrics_log import read_metrics, split_metric_key
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_fit(args: list[str], cwd: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+    env.pop("PYTHONWARNINGS", None)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "fit", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def text_args(data_dir: str, model_dir: str, extra=()) -> list[str]:
+    return ["--seed_everything=0", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
+            "--trainer.log_every_n_steps=2", "--trainer.enable_progress_bar=false",
+            "--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=runs",
+            "--trainer.logger.name=text",
+            "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
+            "--trainer.callbacks.monitor=val/dim_32_cosine_ndcg@10", "--trainer.callbacks.mode=max",
+            "--model=lightning_modules.text.TextEmbeddingModule",
+            "--model.encoder=lightning_modules.text_encoder.TextEncoder",
+            f"--model.encoder.model_name_or_path={model_dir}", "--model.encoder.max_length=32",
+            "--model.lr=3e-3", "--model.loss=losses.MatryoshkaLoss",
+            "--model.loss.loss=losses.MultipleNegativesRankingLoss", "--model.loss.dims=[32, 8]",
+            "--data=datamodules.pairs.PairDataModule", f"--data.dataset={data_dir}", "--data.test_split=test",
+            "--data.batch_size=8", "--data.num_workers=0", *extra]
+
+
+def front_matter(card: str) -> dict:
+    match = re.match(r"---\n(.*?)\n---\n", card, re.S)
+    assert match, card[:300]
+    return yaml.safe_load(match.group(1))
+
+
+def card_numbers(card: str) -> dict[tuple[str, str], float]:
+    """(set, metric) → value from the model-index of the front matter."""
+    numbers = {}
+    for result in front_matter(card)["model-index"][0]["results"]:
+        for metric in result["metrics"]:
+            numbers[(result["dataset"]["name"], metric["type"])] = metric["value"]
+    return numbers
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, tiny_bert_dir):
+    from conftest import write_pairs_dir
+
+    work = tmp_path_factory.mktemp("report-text")
+    data = write_pairs_dir(work / "data")
+    done = run_fit(text_args(data, tiny_bert_dir), cwd=str(work))
+    return work, os.path.join(str(work), "runs", "text", "version_0"), done
+
+
+def test_the_text_card_loads_parses_and_says_what_was_logged(text_run):
+    from sentence_transformers import SentenceTransformer
+
+    work, run, done = text_run
+    model_dir = os.path.join(run, "model")
+    st = SentenceTransformer(model_dir, device="cpu")
+    with open(os.path.join(model_dir, "README.md")) as f:
+        card = f.read()
+    meta = front_matter(card)
+    assert meta["library_name"] == "sentence-transformers" and meta["pipeline_tag"] == "sentence-similarity"
+    assert {"sentence-transformers", "loss:MatryoshkaLoss", "loss:MultipleNegativesRankingLoss",
+            "dataset_size:48"} <= set(meta["tags"])
+    assert "base_model" not in meta  # a local directory is not a hub model
+    check_no_absolute_paths(card)
+    assert str(work) not in card and "site-packages" not in card
+
+    # every number: the evaluation at the exported checkpoint's step, and the test of those weights
+    report = json.load(open(os.path.join(run, "report.json")))
+    checkpoint = glob.glob(os.path.join(run, "checkpoints", "epoch=*.ckpt"))
+    assert len(checkpoint) == 1 and f"step={report['exported_step']}" in checkpoint[0]
+    log = read_metrics(run)
+    # the validation that evaluated the exported weights: the one whose step ends the checkpoint's epoch
+    validations = [e for e in log.evaluations if not e.base]
+    assert report["exported_evaluation"] is not None
+    at_step = validations[report["exported_evaluation"]].metrics
+    assert at_step["dim_32_cosine_ndcg@10"] == max(v.metrics["dim_32_cosine_ndcg@10"] for v in validations)
+    numbers = card_numbers(card)
+    expected = {}
+    for key, value in at_step.items():
+        expected[split_metric_key(key)] = value
+    for key, value in log.test.items():
+        name, metric = split_metric_key(key)
+        expected[(f"test {name}", metric)] = value
+    assert len(numbers) == len(expected) > 0
+    for (name, metric), value in expected.items():
+        shown = [v for (n, m), v in numbers.items() if m == metric and n.replace(" ", "_") == name.replace(" ", "_")]
+        assert shown == [pytest.approx(value, abs=1e-12)], (name, metric)
+    # the markdown table shows them rounded
+    best = at_step["dim_32_cosine_ndcg@10"]
+    assert re.search(rf"\| \*\*cosine_ndcg@10\*\*\s*\| \*\*{round(best, 4)}\*\*", card)
+    # the architecture block is what sentence-transformers prints for the export; the plots are linked and there
+    assert str(st) in card
+    for plot in ("training_loss.png", "evaluation.png"):
+        assert os.path.isfile(os.path.join(run, plot)) and os.path.isfile(os.path.join(model_dir, plot))
+        assert f"]({plot})" in card
+
+
+def test_the_run_leaves_config_lr_and_throughput_logs_and_a_summary(text_run):
+    work, run, done = text_run
+    assert os.path.isfile(os.path.join(run, "config.yaml"))
+    with open(os.path.join(run, "metrics.csv")) as f:
+        header = f.readline()
+    assert "lr-AdamW" in header and "train/samples_per_s" in header
+    out = done.stdout + done.stderr
+    assert "💡" not in out and "DeprecationWarning" not in out and "FutureWarning" not in out
+    summary = done.stdout[done.stdout.rindex("Run folder:"):]
+    for line in ("Model:", "Model card:", "Best checkpoint:", "Plots:", "Metrics:"):
+        assert line in summary
+    assert "runs/text/version_0/model/README.md" in summary
+
+
+def test_the_card_and_plots_are_rebuilt_from_the_run_folder(text_run):
+    work, run, done = text_run
+    card_path = os.path.join(run, "model", "README.md")
+    before = open(card_path).read()
+    os.remove(card_path)
+    os.remove(os.path.join(run, "evaluation.png"))
+    rebuilt = subprocess.run([sys.executable, "-m", "reporting", run], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert open(card_path).read() == before
+    assert os.path.isfile(os.path.join(run, "evaluation.png"))
+
+
+def test_tensorboard_logs_into_the_run_folder(tmp_path, tiny_bert_dir):
+    pytest.importorskip("tensorboard")
+    from conftest import write_pairs_dir
+
+    data = write_pairs_dir(tmp_path / "data", train=16, validation=8, test=8)
+    run_fit(text_args(data, tiny_bert_dir, ["--tensorboard=true", "--trainer.max_steps=2",
+                                            "--model.export_dir=null"]), cwd=str(tmp_path))
+    run = tmp_path / "runs" / "text" / "version_0"
+    assert glob.glob(str(run / "events.out.tfevents.*")) and (run / "metrics.csv").is_file()
+    assert not (tmp_path / "runs" / "text" / "version_1").exists()
+
+
+def test_a_clip_run_gets_a_card_too(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    args = ["--seed_everything=0", "--trainer.accelerator=cpu", "--trainer.max_epochs=1",
+            "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
+            "--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=runs",
+            "--trainer.logger.name=clip",
+            "--model=lightning_modules.clip.CLIPEmbeddingModule",
+            "--model.encoder=lightning_modules.clip_backends.TransformersClip",
+            f"--model.encoder.config={json.dumps(TINY_HF_CLIP_CONFIG)}",
+            "--data=datamodules.image_captions.ImageCaptionDataModule", "--data.builtin_rows=48",
+            "--data.image_size=32", "--data.val_size=16", "--data.val_name=shapes-eval", "--data.batch_size=8",
+            "--data.num_workers=0"]
+    run_fit(args, cwd=str(tmp_path))
+    run = tmp_path / "runs" / "clip" / "version_0"
+    SentenceTransformer(str(run / "model"), device="cpu")
+    card = (run / "model" / "README.md").read_text()
+    check_no_absolute_paths(card)
+    meta = front_matter(card)
+    names = {r["dataset"]["name"] for r in meta["model-index"][0]["results"]}
+    assert {"shapes-eval", "shapes-eval-image2text"} <= {n.replace(" ", "-") for n in names} | names
+    assert "image (PNG)" in card and "radford2021learning" in card
+
