@@ -83,7 +83,7 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
         "losses": losses,
         "loss_parameters": module.loss.get_config_dict() if hasattr(module.loss, "get_config_dict") else {},
         "hyperparameters": _hyperparameters(os.path.join(run_dir, "config.yaml")),
-        "versions": _versions(),
+        "versions": _versions(clip),
         "hardware": _hardware(trainer, fit_seconds),
         "steps_per_epoch": steps_per_epoch,
         "exported_step": exported_step,
@@ -151,7 +151,9 @@ def _eval_sets(log: MetricsLog, exported: Evaluation | None, primary: str) -> li
         for key, value in metrics.items():
             name, metric = split_metric_key(key)
             grouped.setdefault(name, {})[metric] = value
-        for name, values in grouped.items():
+        order = [split_metric_key(k)[0] for k in log.primary_keys(primary)]  # largest dim first, task order
+        for name, values in sorted(grouped.items(), key=lambda item: order.index(item[0]) if item[0] in order
+                                   else len(order)):
             values = dict(sorted(values.items(), key=lambda item: _metric_order(item[0])))
             label = name or ("eval" if stage == "validation" else "test")
             if stage == "test" and any(s.name == label for s in sets):
@@ -346,9 +348,11 @@ def _shown(value):
     return value
 
 
-def _versions() -> dict[str, str]:
+def _versions(clip: bool) -> dict[str, str]:
     versions = {"Python": platform.python_version()}
     for label, package in VERSIONS.items():
+        if package == "open_clip_torch" and not clip:
+            continue
         try:
             versions[label] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
