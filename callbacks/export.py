@@ -87,7 +87,11 @@ class ExportModel(Callback):
 
     def on_test_end(self, trainer, pl_module) -> None:
         if self.run_dir is not None and trainer.is_global_zero:
-            self._report(trainer)  # with the test metrics
+            try:
+                self._report(trainer)  # with the test metrics
+            except Exception:
+                log.exception("The card of %s could not be rewritten with the test metrics; rebuild it with "
+                              "python -m reporting %s", self.written.get("model"), self.run_dir)
 
     def _load_best(self, trainer, pl_module) -> int:
         """Load the best checkpoint's weights (if a checkpoint monitors a metric) and return their global step."""

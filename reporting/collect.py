@@ -338,8 +338,9 @@ def _signature_defaults(cls) -> dict:
 
 
 def _shown(value):
-    """A configuration value as the card shows it: absolute paths of the training machine become their last part."""
-    if isinstance(value, str) and os.path.isabs(value):
+    """A configuration value as the card shows it: paths outside the working folder (absolute, or ``../``) are the
+    training machine's and become their last part."""
+    if isinstance(value, str) and (os.path.isabs(value) or value.startswith("..")):
         return f"…/{os.path.basename(os.path.normpath(value))}"
     if isinstance(value, list):
         return [_shown(v) for v in value]

@@ -62,7 +62,8 @@ def write_pairs_dir(path, train: int = 48, validation: int = 20, test: int = 20)
 
 @pytest.fixture()
 def pairs_dir(tmp_path) -> str:
-    return write_pairs_dir(tmp_path)
+    # a folder of its own: a run logged into tmp_path leaves PNGs that HF datasets would take for an image dataset
+    return write_pairs_dir(tmp_path / "pairs")
 
 
 @pytest.fixture(scope="session")
