@@ -81,7 +81,7 @@ def test_uncached_hub_model_offline_names_it_and_a_local_directory(tiny_bert_dir
             f"HF_HUB_OFFLINE=1 forbids downloading it: point at a local copy ({flag} /path/to/dir) or run once with "
             f"HF_HUB_OFFLINE=0 to cache it") in run.stderr
     cli = builds(TEXT, flag, tiny_bert_dir, "--model.init_args.loss.init_args.dims=[32, 16]")
-    assert cli.model.encoder.source == tiny_bert_dir
+    assert cli.model.encoder.name == tiny_bert_dir
 
 
 def test_uncached_clip_model_offline_names_it(capsys, tmp_path):
