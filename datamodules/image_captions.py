@@ -7,6 +7,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import torch
+from torch.utils.data import DataLoader
 
 from datamodules.common import (ROW, RetrievalDataModule, RetrievalTask, arrow_columns, check_columns, check_texts,
                                 text_value, value_codes)
@@ -17,22 +18,27 @@ from datamodules.shapes import make_shapes
 log = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("skip", "error")
+IMAGE_INDEX = "__image_index__"  # a training row's distinct-image number, for a model that looks image embeddings up
 
 
 class ImageCaptionCollator:
     """Rows → ``{"features": [...]}`` with one entry per loss column: pixel values for images, tokens for captions.
 
-    Images are decoded and preprocessed here, in the DataLoader workers.
+    Images are decoded and preprocessed here, in the DataLoader workers; with ``keyed`` they are not read at all:
+    the image column becomes ``{"image_index": …}``, the rows' numbers in the model's table of image embeddings.
     """
 
-    def __init__(self, processor, columns: list[str], image_column: str, where: str, base_dir: str | None) -> None:
+    def __init__(self, processor, columns: list[str], image_column: str, where: str, base_dir: str | None,
+                 keyed: bool = False) -> None:
         self.processor, self.columns, self.image_column = processor, columns, image_column
-        self.where, self.base_dir = where, base_dir
+        self.where, self.base_dir, self.keyed = where, base_dir, keyed
 
     def __call__(self, rows: list[dict]) -> dict:
         features = []
         for column in self.columns:
-            if column == self.image_column:
+            if column == self.image_column and self.keyed:
+                features.append({"image_index": torch.tensor([r[IMAGE_INDEX] for r in rows])})
+            elif column == self.image_column:
                 pixels = [self.processor.image_transform(load_image(r[column], where=f"{self.where}"
                           f"{f' row {r[ROW]}' if ROW in r else ''}, column {column!r}", base_dir=self.base_dir), True)
                           for r in rows]
@@ -43,14 +49,22 @@ class ImageCaptionCollator:
 
 
 class StreamCollator:
-    """(id, caption or image) items of one evaluation stream → ``{"stream", "ids", "features"}``."""
+    """(id, caption or image) items of one evaluation stream → ``{"stream", "ids", "features"}``.
 
-    def __init__(self, processor, stream: str, where: str, base_dir: str | None) -> None:
+    ``image_offset`` set: images are not read; their features are ``{"image_index": offset + id}``, rows of the
+    model's table of image embeddings.
+    """
+
+    def __init__(self, processor, stream: str, where: str, base_dir: str | None,
+                 image_offset: int | None = None) -> None:
         self.processor, self.stream, self.where, self.base_dir = processor, stream, where, base_dir
+        self.image_offset = image_offset
 
     def __call__(self, items: list[tuple[int, object]]) -> dict:
         ids, values = zip(*items)
-        if self.stream == "image":
+        if self.stream == "image" and self.image_offset is not None:
+            features = {"image_index": torch.tensor(ids) + self.image_offset}
+        elif self.stream == "image":
             pixels = [self.processor.image_transform(load_image(v, where=f"{self.where} image {i}", base_dir=self.base_dir),
                                                      False) for i, v in items]
             features = {"pixel_values": torch.stack(pixels)}
@@ -109,7 +123,45 @@ class ImageCaptionDataModule(RetrievalDataModule):
             raise ValueError(f"--data.init_args.columns must order {image_column!r} and {caption_column!r}, got "
                              f"{self.columns}")
         self.keys: dict[str, list[str]] = {}
+        self.image_table_in_model = False  # set from the model in setup
+        self.train_image_rows: list[int] = []  # each distinct training image's first row, by image number
         self.image_items: dict[str, dict[str, list]] = {}  # per stage: each eval image's key and first row, by id
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.trainer is not None:  # the model says whether it looks image embeddings up (a locked tower)
+            self.image_table_in_model = "image" in getattr(self.trainer.lightning_module, "constant_towers", ())
+        super().setup(stage)
+
+    @property
+    def keyed_train_images(self) -> bool:
+        """Training batches carry image numbers instead of pixels: the model looks the (constant) embeddings up, and
+        the images are never decoded during training. Needs map-style data (a stream's distinct images are unknown
+        up front) and a deterministic training transform (an augmented image is a new one every epoch)."""
+        return (self.image_table_in_model and not self.hparams.streaming
+                and not getattr(self.processor, "random_train_transform", True))
+
+    def image_table(self) -> tuple[list, dict[str, int]]:
+        """The images of the model's embedding table, as parts (read lazily): the training split's distinct images
+        (when its batches are keyed), then each evaluation stage's image stream; and each part's first table row."""
+        parts: list = []
+        offsets: dict[str, int] = {}
+        if self.keyed_train_images:
+            offsets["train"] = 0
+            parts.append(_TrainImages(self.splits["train"], self.hparams.image_column, self.train_image_rows))
+        for stage, streams in self.streams.items():
+            offsets[stage] = sum(len(p) for p in parts)
+            parts.append(streams["image"])
+        return parts, offsets
+
+    def image_table_loader(self) -> DataLoader:
+        """This rank's share of ``image_table()`` as evaluation batches of the stream "image" (ids: table rows),
+        every world-th row like the evaluation loaders (the collector gathers and orders them)."""
+        parts, _ = self.image_table()
+        rank, world = self.rank()
+        items = _TableItems(parts, rank, world)
+        options = {k: v for k, v in self.loader_options().items() if k != "persistent_workers"}  # read once
+        return DataLoader(items, batch_size=self.hparams.eval_batch_size, **options,
+                          collate_fn=StreamCollator(self.processor, "image", f"{self.hparams.dataset}", self.base_dir))
 
     def builtins(self) -> dict:
         def shapes():
@@ -171,6 +223,13 @@ class ImageCaptionDataModule(RetrievalDataModule):
             log.warning(message + "\nThese rows are skipped (--data.init_args.on_bad_image skip).")
             split, keys = split.select(good_rows), [keys[row] for row in good_rows]
         self.keys[name] = keys
+        if name == "train":  # number the distinct images: keyed batches carry these numbers instead of pixels
+            numbers: dict[str, int] = {}
+            split = split.add_column(IMAGE_INDEX, [numbers.setdefault(key, len(numbers)) for key in keys])
+            first: dict[str, int] = {}
+            for row, key in enumerate(keys):
+                first.setdefault(key, row)
+            self.train_image_rows = list(first.values())  # the first row of each numbered image, in number order
         return split
 
     def _image_keys(self, split: datasets.Dataset) -> list[str]:
@@ -237,7 +296,8 @@ class ImageCaptionDataModule(RetrievalDataModule):
         return {"file": files, **self.image_items[stage]}
 
     def stream_collator(self, stream: str, stage: str) -> StreamCollator:
-        return StreamCollator(self.processor, stream, f"{self.hparams.dataset} ({stage})", self.base_dir)
+        offset = self.image_table()[1][stage] if self.image_table_in_model else None
+        return StreamCollator(self.processor, stream, f"{self.hparams.dataset} ({stage})", self.base_dir, offset)
 
     def row_codes(self, split: datasets.Dataset) -> np.ndarray:
         captions = arrow_columns(split, [self.hparams.caption_column]).column(0)
@@ -268,4 +328,39 @@ class ImageCaptionDataModule(RetrievalDataModule):
 
     def train_collator(self) -> ImageCaptionCollator:
         h = self.hparams
-        return ImageCaptionCollator(self.processor, self.columns, h.image_column, f"{h.dataset} (train split)", self.base_dir)
+        return ImageCaptionCollator(self.processor, self.columns, h.image_column, f"{h.dataset} (train split)",
+                                    self.base_dir, keyed=self.keyed_train_images)
+
+
+class _TableItems:
+    """(table row, image) items of one rank: rows ``rank, rank + world, …`` of the parts laid end to end, the last
+    ranks repeating the first rows so that every rank has as many (as the evaluation loaders do)."""
+
+    def __init__(self, parts: list, rank: int, world: int) -> None:
+        self.parts, self.rank, self.world = parts, rank, world
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+        self.total = int(self.starts[-1])
+
+    def __len__(self) -> int:
+        return -(-self.total // self.world) if self.total else 0
+
+    def __getitem__(self, i: int) -> tuple[int, object]:
+        row = (self.rank + i * self.world) % self.total
+        part = int(np.searchsorted(self.starts, row, side="right")) - 1
+        return row, self.parts[part][row - int(self.starts[part])]
+
+
+class _TrainImages:
+    """The training split's distinct images, by number, read from the split when asked (not held in memory)."""
+
+    def __init__(self, split: datasets.Dataset, column: str, rows: list[int]) -> None:
+        self.split, self.column, self.rows = split, column, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, number: int):
+        return self.split[self.rows[number]][self.column]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))

@@ -23,8 +23,8 @@ from lightning_modules.optim import build_optimizer
 from lightning_modules.retrieval import EmbeddingCollector, information_retrieval_metrics
 from reporting.tables import format_table
 
-# Retrieval metrics are computed once, on rank 0, and broadcast: every rank logs the same value, so there is nothing
-# for sync_dist to reduce, and Lightning's advice to set it (one warning per metric key) does not apply to them.
+# Retrieval metrics are computed from top-k lists merged across ranks: every rank logs the same value, so there is
+# nothing for sync_dist to reduce, and Lightning's advice to set it (one warning per metric key) does not apply to them.
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/", category=PossibleUserWarning)
 
 
@@ -221,23 +221,32 @@ class EmbeddingModule(L.LightningModule):
         rank_zero_info(format_table({"test": metrics}, "test"))
 
     def _compute_retrieval(self, stage: str) -> dict[str, float]:
-        """Every task's metrics at every dim, computed on rank 0 from all ranks' embeddings and broadcast."""
+        """Every task's metrics at every dim. Under DDP the corpus is sharded, not gathered: each process scores the
+        corpus items it embedded against all queries, and the top-k lists are gathered and merged, so every process
+        computes the metrics of the whole corpus with 1/world of the scoring."""
         tasks = self.trainer.datamodule.retrieval_tasks(stage)
-        streams = {}
-        for name in sorted({s for task in tasks for s in (task.query_stream, task.corpus_stream)}):
-            # compute() gathers the stream from every rank: a collective, so every rank calls it, in the same order
-            streams[name] = self._collectors[name].compute()
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        query_streams = {task.query_stream for task in tasks}
+        corpus_streams = {task.corpus_stream for task in tasks}
+        queries, shards = {}, {}
+        for name in sorted(query_streams | corpus_streams):  # collectives: every rank, in the same order
+            collector = self._collectors[name]
+            if name in query_streams:
+                queries[name] = collector.compute()  # gathered from every rank
+            if name in corpus_streams:
+                shards[name] = collector.shard(rank, world, queries.get(name))
         self._collectors.clear()
+        gather = self.all_gather if world > 1 else None
         metrics = {}
-        if self.trainer.is_global_zero:
-            for task in tasks:
-                for dim in self.eval_dims:
-                    name = "_".join(p for p in (task.name, f"dim_{dim}" if dim else "") if p)
-                    values = information_retrieval_metrics(
-                        streams[task.query_stream], streams[task.corpus_stream], task.relevant, truncate_dim=dim
-                    )
-                    metrics.update({f"{stage}/{name + '_' if name else ''}{k}": v for k, v in values.items()})
-        return self.trainer.strategy.broadcast(metrics, src=0)
+        for task in tasks:
+            ids, corpus, size = shards[task.corpus_stream]
+            for dim in self.eval_dims:
+                name = "_".join(p for p in (task.name, f"dim_{dim}" if dim else "") if p)
+                values = information_retrieval_metrics(queries[task.query_stream], corpus, task.relevant,
+                                                       truncate_dim=dim, corpus_ids=ids, corpus_size=size,
+                                                       gather=gather)
+                metrics.update({f"{stage}/{name + '_' if name else ''}{k}": v for k, v in values.items()})
+        return metrics
 
     def main_metric(self, stage: str) -> str:
         """The progress-bar metric: nDCG@10 of the first task at the largest dim."""

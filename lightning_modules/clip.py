@@ -1,13 +1,22 @@
 """Fine-tune a CLIP dual encoder (HF transformers or open_clip) on image–caption pairs with in-batch negatives."""
 
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
 
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.utilities import rank_zero_info
+
 from lightning_modules.base import EmbeddingModule
 from lightning_modules.clip_backends import ClipBackend
+from lightning_modules.retrieval import EmbeddingCollector
 from losses import MultipleNegativesRankingLoss
+
+# A locked image tower is kept in eval mode on purpose (a constant function); Lightning's warning about modules in
+# eval mode at the start of training would name it in every such run.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 MAX_LOGIT_SCALE = math.log(100)  # open_clip clamps the learnable temperature so logits stay ≤ 100
 
@@ -25,6 +34,13 @@ class CLIPEmbeddingModule(EmbeddingModule):
         lock_image: freeze the image tower (open_clip's ``--lock-image``).
         lock_image_unlocked_layers: with ``lock_image``, leave this many last vision layers trainable.
         gradient_checkpointing: trade compute for activation memory in both towers.
+        cache_locked_image_tower: with ``lock_image`` and no unlocked layer, the image tower is a constant function
+            (frozen and kept in eval mode, as LiT locks it): each distinct image is embedded once, before the first
+            step, into a table on the device, and training and evaluation batches carry table rows instead of pixels.
+            Training then costs the text tower alone, no image is decoded again, and every loss, gradient and metric
+            equals recomputing the tower (tested). The training images are numbered only for map-style data whose
+            training transform is deterministic (HF CLIP's; open_clip's random crop makes each epoch's image new):
+            otherwise only evaluation images are. The table is rebuilt, not checkpointed.
         loss: the training loss; default ``MultipleNegativesRankingLoss()`` (scale 20, cosine).
         **kwargs: optimiser, schedule, evaluation and export options of ``EmbeddingModule``.
     """
@@ -38,6 +54,7 @@ class CLIPEmbeddingModule(EmbeddingModule):
         lock_image: bool = False,
         lock_image_unlocked_layers: int = 0,
         gradient_checkpointing: bool = False,
+        cache_locked_image_tower: bool = True,
         loss: nn.Module | None = None,
         **kwargs,
     ) -> None:
@@ -51,6 +68,22 @@ class CLIPEmbeddingModule(EmbeddingModule):
             self.encoder.lock_image(lock_image_unlocked_layers)
         if gradient_checkpointing:
             self.encoder.set_grad_checkpointing(True)
+        self.image_is_constant = lock_image and lock_image_unlocked_layers == 0
+        self.cache_image_tower = cache_locked_image_tower and self.image_is_constant
+        self._image_table: Tensor | None = None  # (N, D) embeddings of the datamodule's image_table(), in its order
+        self.train(self.training)  # a locked image tower is in eval mode from the start
+
+    @property
+    def constant_towers(self) -> frozenset[str]:
+        """Towers whose embeddings the datamodule should let this model look up by number instead of computing."""
+        return frozenset({"image"}) if self.cache_image_tower else frozenset()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.image_is_constant:  # locked means a constant function: no dropout, no batch statistics
+            for module in self.encoder.image_tower():
+                module.eval()
+        return self
 
     @property
     def processor(self):
@@ -58,12 +91,41 @@ class CLIPEmbeddingModule(EmbeddingModule):
         return self.encoder.processor
 
     def embed(self, features: dict[str, Tensor]) -> Tensor:
+        if "image_index" in features:
+            return self._image_table[features["image_index"]]
         if "pixel_values" in features:
             return self.encoder.encode_image(features["pixel_values"])
         return self.encoder.encode_text(features)
 
     def tower(self, features: dict[str, Tensor]) -> str:
-        return "image" if "pixel_values" in features else "text"
+        return "image" if "pixel_values" in features or "image_index" in features else "text"
+
+    @torch.no_grad()
+    def _build_image_table(self) -> None:
+        """Embed every image of the datamodule's ``image_table()`` once (each rank a share, then gathered): a
+        collective, called by every rank from the same hooks."""
+        if not self.cache_image_tower or self._image_table is not None:
+            return
+        collector = EmbeddingCollector().to(self.device)
+        with self.trainer.precision_plugin.forward_context():  # the dtype a recomputed embedding would have
+            for batch in self.trainer.datamodule.image_table_loader():
+                batch = move_data_to_device(batch, self.device)
+                collector.update(batch["ids"], self.encoder.encode_image(batch["features"]["pixel_values"]))
+        self._image_table = collector.compute()
+        rank_zero_info(f"Locked image tower: {self._image_table.shape[0]} distinct images embedded once "
+                       f"(--model.init_args.cache_locked_image_tower)")
+
+    def on_fit_start(self) -> None:
+        self._build_image_table()
+
+    def on_validation_start(self) -> None:
+        self._build_image_table()
+
+    def on_test_start(self) -> None:
+        self._build_image_table()
+
+    def on_predict_start(self) -> None:
+        self._build_image_table()
 
     def loss_kwargs(self) -> dict:
         return {"scale": self.encoder.logit_scale.exp()} if self.learn_logit_scale else {}

@@ -63,6 +63,8 @@ class HFClipProcessor:
     Training images get the same deterministic resize + centre crop as evaluation, as in sentence-transformers.
     """
 
+    random_train_transform = False  # an image's pixels are the same every epoch
+
     def __init__(self, hf_processor: CLIPProcessor, max_length: int) -> None:
         self.hf_processor = hf_processor
         self.max_length = max_length
@@ -77,6 +79,8 @@ class HFClipProcessor:
 
 class OpenClipProcessor:
     """open_clip's tokenizer (fixed-length ids, pad 0) and its train (random resized crop) / val transforms."""
+
+    random_train_transform = True  # a new crop of an image every epoch
 
     def __init__(self, tokenizer: Callable[[list[str]], Tensor], train_transform: Callable[[Image.Image], Tensor],
                  val_transform: Callable[[Image.Image], Tensor]) -> None:
@@ -122,6 +126,10 @@ class ClipBackend(nn.Module, ABC):
     def lock_image(self, unlocked_layers: int = 0) -> None:
         """Freeze the image tower but its last ``unlocked_layers`` transformer layers (+ final norm, projection)."""
         self._lock("image", _check_unlocked(unlocked_layers, "image"))
+
+    @abstractmethod
+    def image_tower(self) -> list[nn.Module]:
+        """The modules ``encode_image`` runs (vision transformer and projection)."""
 
     @abstractmethod
     def _lock(self, tower: str, unlocked_layers: int) -> None:
@@ -187,6 +195,9 @@ class TransformersClip(ClipBackend):
     def encode_image(self, pixel_values: Tensor) -> Tensor:
         out = self.model.get_image_features(pixel_values=pixel_values)
         return out if isinstance(out, Tensor) else out.pooler_output  # (B, D)
+
+    def image_tower(self) -> list[nn.Module]:
+        return [self.model.vision_model, self.model.visual_projection]
 
     def _lock(self, tower: str, unlocked_layers: int) -> None:
         m = self.model
@@ -295,6 +306,9 @@ class OpenClip(ClipBackend):
 
     def encode_image(self, pixel_values: Tensor) -> Tensor:
         return self.model.encode_image(pixel_values)  # (B, D)
+
+    def image_tower(self) -> list[nn.Module]:
+        return [self.model.visual]
 
     def _lock(self, tower: str, unlocked_layers: int) -> None:
         # open_clip counts groups: the projection alone is the last group, last block + final norm the one before it.

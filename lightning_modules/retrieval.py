@@ -14,9 +14,10 @@ torchmetrics.
 ranks for these metrics.
 """
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
@@ -37,17 +38,95 @@ def rank_corpus(queries: Tensor, corpus: Tensor, k: int, chunk_size: int = 8192)
     Returns:
         (Q, min(k, C)) corpus indices, best first.
     """
+    return top_k(queries, corpus, k, chunk_size)[1]
+
+
+def top_k(queries: Tensor, corpus: Tensor, k: int, chunk_size: int = 8192, *, normalize: bool = False,
+          truncate_dim: int | None = None) -> tuple[Tensor, Tensor]:
+    """Each query's ``min(k, C)`` best corpus rows by dot product, ordered by (-score, corpus index) like ST.
+
+    The corpus is read chunk by chunk, and cosine normalisation and Matryoshka truncation happen per chunk: memory is
+    O(Q·(k + chunk_size)) beyond the inputs, never a second copy of the corpus.
+
+    Args:
+        queries: (Q, D) query embeddings (normalised and truncated here alike when asked).
+        corpus: (C, D) corpus embeddings.
+        k: how many corpus rows to keep per query.
+        chunk_size: corpus rows scored at once.
+        normalize: L2-normalise queries and corpus rows (cosine similarity), in float32.
+        truncate_dim: score the first ``truncate_dim`` dimensions only.
+
+    Returns:
+        (Q, min(k, C)) float32 scores and (Q, min(k, C)) corpus indices, best first.
+    """
+    queries = _prepare(queries, normalize, truncate_dim)
     best_scores = queries.new_empty(queries.shape[0], 0)  # (Q, 0)
     best_index = torch.empty(queries.shape[0], 0, dtype=torch.long, device=queries.device)  # (Q, 0)
     for start in range(0, corpus.shape[0], chunk_size):
-        scores = queries @ corpus[start : start + chunk_size].T  # (Q, c)
+        scores = queries @ _prepare(corpus[start : start + chunk_size], normalize, truncate_dim).T  # (Q, c)
+        if best_index.shape[1] == k:
+            # Only a score above the running k-th best can enter (a tie loses: its index is higher). Past the first
+            # chunks few do, and selecting them costs a comparison per score instead of a top-k per row.
+            above = scores > best_scores[:, -1:]  # (Q, c)
+            rows, columns = above.nonzero(as_tuple=True)  # (M,) each, row-major
+            if rows.numel() <= scores.numel() // 8:
+                best_scores, best_index = _merge_candidates(best_scores, best_index, rows, scores[rows, columns],
+                                                            columns + start)
+                continue
         chunk_scores, chunk_index = _top_k_set(scores, min(k, scores.shape[1]))  # (Q, k)
         # every earlier index is lower and the running best is already tie-ordered: a stable sort keeps ties by index
-        scores = torch.cat([best_scores, chunk_scores], 1)  # (Q, 2k)
-        index = torch.cat([best_index, chunk_index + start], 1)  # (Q, 2k)
-        order = scores.argsort(dim=1, descending=True, stable=True)[:, :k]  # (Q, k)
-        best_scores, best_index = scores.gather(1, order), index.gather(1, order)
-    return best_index
+        best_scores, best_index = _merge(best_scores, best_index, chunk_scores, chunk_index + start, k)
+    return best_scores, best_index
+
+
+def _merge_candidates(best_scores: Tensor, best_index: Tensor, rows: Tensor, scores: Tensor,
+                      index: Tensor) -> tuple[Tensor, Tensor]:
+    """The running (Q, k) best merged with scattered candidates (row, score, index), each above its row's k-th
+    best and of a higher index than every running one: per row, the k best by (-score, index)."""
+    n_queries, k = best_scores.shape
+    all_rows = torch.cat([torch.arange(n_queries, device=rows.device).repeat_interleave(k), rows])  # (Q·k + M,)
+    all_scores = torch.cat([best_scores.flatten(), scores])
+    all_index = torch.cat([best_index.flatten(), index])
+    # (row, -score, index) order by stable sorts from the last key to the first; within a row the running best
+    # come first and candidates in column order, so index order already holds
+    order = all_scores.argsort(descending=True, stable=True)
+    order = order[all_rows[order].argsort(stable=True)]
+    counts = torch.bincount(all_rows, minlength=n_queries)  # (Q,) k + the row's candidates
+    starts = counts.cumsum(0) - counts  # (Q,)
+    keep = order.view(1, -1)[:, (starts[:, None] + torch.arange(k, device=rows.device)).flatten()].view(n_queries, k)
+    return all_scores[keep], all_index[keep]
+
+
+def _prepare(embeddings: Tensor, normalize: bool, truncate_dim: int | None) -> Tensor:
+    embeddings = embeddings[:, :truncate_dim].float()  # a view when already float32 and not truncated
+    return F.normalize(embeddings, dim=-1) if normalize else embeddings
+
+
+def _merge(scores_a: Tensor, index_a: Tensor, scores_b: Tensor, index_b: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k best of two tie-ordered (Q, ·) lists whose indices in ``a`` are all below those in ``b``."""
+    scores = torch.cat([scores_a, scores_b], 1)  # (Q, ka + kb)
+    index = torch.cat([index_a, index_b], 1)
+    order = scores.argsort(dim=1, descending=True, stable=True)[:, :k]  # (Q, k)
+    return scores.gather(1, order), index.gather(1, order)
+
+
+def merge_top_k(scores: Tensor, index: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Merge top-k lists over disjoint corpus shards into the top-k over the whole corpus, in (-score, index) order.
+
+    Args:
+        scores: (S, Q, k') each shard's best scores, best first (padding: ``-inf``).
+        index: (S, Q, k') their corpus indices (padding: any index, after every real one).
+        k: how many to keep.
+
+    Returns:
+        (Q, k) scores and (Q, k) corpus indices, best first.
+    """
+    scores = scores.permute(1, 0, 2).flatten(1)  # (Q, S·k')
+    index = index.permute(1, 0, 2).flatten(1)
+    by_index = index.argsort(dim=1, stable=True)  # shards interleave: order by index, then stably by score
+    scores, index = scores.gather(1, by_index), index.gather(1, by_index)
+    order = scores.argsort(dim=1, descending=True, stable=True)[:, :k]
+    return scores.gather(1, order), index.gather(1, order)
 
 
 def _top_k_set(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -80,15 +159,23 @@ def information_retrieval_metrics(
     map_at: Sequence[int] = (100,),
     truncate_dim: int | None = None,
     chunk_size: int = 8192,
+    corpus_ids: Tensor | None = None,
+    corpus_size: int | None = None,
+    gather: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
     """ST's information-retrieval metrics for ``queries`` against ``corpus``, on the tensors' device.
 
     Scores are float32. Queries without a relevant doc are dropped; the rest are ranked against the whole corpus,
     ties going to the lower corpus index, and every metric is averaged over them.
 
+    Sharded (one process per device, each holding a part of the corpus): every process passes all queries, its own
+    corpus rows with their ``corpus_ids``, the whole corpus's ``corpus_size`` and a ``gather`` that all-gathers a
+    tensor across the processes; each scores its shard, the top-k lists are gathered and merged, and every process
+    returns the metrics of the whole corpus, identical to one process holding all of it.
+
     Args:
         queries: (Q, D) query embeddings.
-        corpus: (C, D) document embeddings.
+        corpus: (C, D) document embeddings (this process's shard when sharded).
         relevant: ``relevant[q]`` = corpus row indices relevant to query ``q`` (duplicates count once).
         similarity: ``cosine`` (embeddings L2-normalised) or ``dot`` (raw).
         accuracy_at: ks of accuracy (1 if any relevant doc is in the top k).
@@ -98,6 +185,10 @@ def information_retrieval_metrics(
         map_at: ks of mean average precision, divided by min(k, |R|) as ST does.
         truncate_dim: evaluate the first ``truncate_dim`` dimensions only (a Matryoshka prefix).
         chunk_size: corpus rows scored at once; memory is O(Q·(max k + chunk_size)).
+        corpus_ids: (C,) ascending indices of ``corpus``'s rows in the whole corpus; default ``0 … C - 1``.
+        corpus_size: documents in the whole corpus; default C.
+        gather: ``tensor (Q, k) → (S, Q, k)`` across S processes (e.g. ``LightningModule.all_gather``); None: one
+            process holds the whole corpus.
 
     Returns:
         ``{similarity}_{metric}@{k}`` → value in ST's key order, e.g. ``cosine_ndcg@10``.
@@ -115,15 +206,17 @@ def information_retrieval_metrics(
     if queries.ndim != 2 or corpus.ndim != 2 or queries.shape[1] != corpus.shape[1]:
         raise ValueError(f"queries and corpus must be (Q, D) and (C, D) with the same D, got {tuple(queries.shape)} "
                          f"and {tuple(corpus.shape)}")
-    n_queries, n_corpus = queries.shape[0], corpus.shape[0]
+    n_queries = queries.shape[0]
+    n_corpus = corpus.shape[0] if corpus_size is None else corpus_size
+    if corpus_ids is not None and corpus_ids.shape != (corpus.shape[0],):
+        raise ValueError(f"corpus_ids must hold one index per corpus row, got {tuple(corpus_ids.shape)} for "
+                         f"{corpus.shape[0]} rows")
     if n_corpus == 0:
         raise ValueError("the corpus is empty: there is nothing to retrieve")
     if len(relevant) != n_queries:
         raise ValueError(f"relevant has {len(relevant)} entries for {n_queries} queries: one collection per query")
-    if truncate_dim is not None:
-        if not 1 <= truncate_dim <= queries.shape[1]:
-            raise ValueError(f"truncate_dim {truncate_dim} must be in [1, {queries.shape[1]}] (the embedding size)")
-        queries, corpus = queries[:, :truncate_dim], corpus[:, :truncate_dim]
+    if truncate_dim is not None and not 1 <= truncate_dim <= queries.shape[1]:
+        raise ValueError(f"truncate_dim {truncate_dim} must be in [1, {queries.shape[1]}] (the embedding size)")
 
     device = queries.device
     docs = torch.tensor([d for rel in relevant for d in rel], dtype=torch.long, device=device)  # (P,)
@@ -139,13 +232,19 @@ def information_retrieval_metrics(
         raise ValueError("no query has a relevant document: every metric would be undefined")
     n_rel = n_rel[kept].double()  # (Q',)
 
-    queries, corpus = queries[kept].float(), corpus.float()
-    if similarity == "cosine":
-        queries, corpus = F.normalize(queries, dim=-1), F.normalize(corpus, dim=-1)
-    ranked = rank_corpus(queries, corpus, max(all_k), chunk_size)  # (Q', K)
-    ranked_keys = kept[:, None] * n_corpus + ranked  # (Q', K)
-    found = torch.searchsorted(pairs, ranked_keys).clamp(max=pairs.numel() - 1)  # (Q', K)
-    hits = (pairs[found] == ranked_keys).double()  # (Q', K) 1 where the doc at that rank is relevant
+    k = min(max(all_k), n_corpus)
+    scores, ranked = top_k(queries[kept], corpus, k, chunk_size, normalize=similarity == "cosine",
+                           truncate_dim=truncate_dim)  # (Q', k') with k' = min(k, this shard's rows)
+    if corpus_ids is not None:
+        ranked = corpus_ids.to(device)[ranked]  # ascending ids: the (-score, index) order holds
+    if gather is not None:
+        pad = k - ranked.shape[1]  # a shard smaller than k: every shard must send the same shape
+        scores = F.pad(scores, (0, pad), value=-torch.inf)
+        ranked = F.pad(ranked, (0, pad), value=n_corpus)
+        scores, ranked = merge_top_k(gather(scores), gather(ranked), k)  # (Q', k) over the whole corpus
+    ranked_keys = kept[:, None] * n_corpus + ranked  # (Q', k)
+    found = torch.searchsorted(pairs, ranked_keys).clamp(max=pairs.numel() - 1)  # (Q', k)
+    hits = ((pairs[found] == ranked_keys) & (ranked < n_corpus)).double()  # (Q', k) 1: a relevant doc at that rank
 
     n_ranked = hits.shape[1]
     rank = torch.arange(1, n_ranked + 1, device=device, dtype=torch.float64)  # (K,)
@@ -219,3 +318,43 @@ class EmbeddingCollector(Metric):
             raise ValueError(f"embeddings missing for {len(missing)} ids, first {missing[:10]}: every item of the "
                              f"stream must be evaluated (limit_val_batches / fast_dev_run evaluate part of a stream)")
         return embeddings[order[first]]
+
+    def shard(self, rank: int, world: int, gathered: Tensor | None = None) -> tuple[Tensor, Tensor, int]:
+        """This process's part of the stream for sharded scoring, without gathering the stream: the items whose
+        id ≡ ``rank`` (mod ``world``), as the evaluation loaders hand them out (``datamodules.common``).
+
+        Args:
+            rank: this process's global rank.
+            world: number of processes.
+            gathered: the whole stream (``compute()``), when it was gathered anyway; its rows are sliced.
+
+        Returns:
+            (ids (N_r,) ascending, embeddings (N_r, D), items in the whole stream). A collective when ``world`` > 1:
+            every process calls it, in the same order.
+
+        Raises:
+            ValueError: when the processes together do not hold every id of the stream exactly once.
+        """
+        if gathered is not None:
+            ids = torch.arange(rank, gathered.shape[0], world, device=gathered.device)
+            return ids, gathered[ids], gathered.shape[0]
+        if isinstance(self.ids, list) and not self.ids:
+            raise ValueError("no embeddings were collected: update() was never called for this stream")
+        ids, embeddings = dim_zero_cat(self.ids).long(), dim_zero_cat(self.embeddings)  # (M,), (M, D) this rank's
+        order = ids.argsort(stable=True)
+        ids, embeddings = ids[order], embeddings[order]
+        keep = ids % world == rank  # the padding repeats of other ranks' items are dropped here
+        keep[1:] &= ids[1:] != ids[:-1]
+        ids, embeddings = ids[keep], embeddings[keep]
+        total = ids[-1:].add(1).sum() if ids.numel() else ids.new_zeros(())
+        counts = torch.stack([ids.new_tensor(ids.numel()), total])  # (2,) items held, 1 + largest id
+        if world > 1:
+            held = counts[:1].clone()
+            dist.all_reduce(held)
+            dist.all_reduce(counts[1:], op=dist.ReduceOp.MAX)
+            counts[0] = held[0]
+        if counts[0] != counts[1]:
+            raise ValueError(f"the {world} processes hold {int(counts[0])} distinct items of a stream of "
+                             f"{int(counts[1])}: every item must be evaluated once (limit_val_batches / "
+                             f"fast_dev_run evaluate part of a stream)")
+        return ids, embeddings, int(counts[1])

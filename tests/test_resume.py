@@ -165,6 +165,7 @@ def test_ckpt_path_last_without_a_run_to_resume_says_so(tmp_path, tiny_bert_dir,
     assert not glob.glob(str(tmp_path / "**" / "*.ckpt"), recursive=True)
 
 
+@pytest.mark.slow  # two fits (~30 s on 2 cores); the resume itself is covered by the SIGKILL and SIGTERM tests
 def test_resuming_a_checkpoint_from_elsewhere_starts_a_new_folder_and_exports(tmp_path, tiny_bert_dir, data):
     first = command(tiny_bert_dir, data, tmp_path / "first", "--trainer.max_steps=4", "--checkpoint_every_n_steps=4")
     run(first)

@@ -1,14 +1,20 @@
 """Retrieval metrics against sentence-transformers' InformationRetrievalEvaluator itself, cross-checked with
 torchmetrics where the definitions agree; EmbeddingCollector ordering, deduplication and errors."""
 
+import os
+import socket
+import threading
+
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 import torchmetrics.retrieval as tmr
 from sentence_transformers import util
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
-from lightning_modules.retrieval import EmbeddingCollector, information_retrieval_metrics, rank_corpus
+from lightning_modules.retrieval import EmbeddingCollector, information_retrieval_metrics, rank_corpus, top_k
 
 ST_KS = {"accuracy_at": "accuracy_at_k", "precision_recall_at": "precision_recall_at_k", "mrr_at": "mrr_at_k",
          "ndcg_at": "ndcg_at_k", "map_at": "map_at_k"}
@@ -216,6 +222,128 @@ def test_collector_errors():
     collector.update(torch.tensor([-1, 0]), torch.randn(2, 2))
     with pytest.raises(ValueError, match="ids must be ≥ 0, got -1"):
         collector.compute()
+
+
+@pytest.mark.parametrize(("n_corpus", "k", "chunk_size"), [(3000, 10, 100), (3000, 100, 250), (600, 5, 7)])
+def test_top_k_past_the_first_chunks_is_the_exact_total_order(n_corpus, k, chunk_size):
+    # once k rows are held, a chunk's few scores above the k-th best are merged without a top-k: exact ties across
+    # chunks (the tied case: 4-dim rows, few distinct scores) and random scores must keep (-score, index) order
+    for q, c in (tied_case(30, n_corpus, 1, seed=2)[:2], random_case(30, n_corpus, 6, 1, seed=3)[:2]):
+        scores = q @ c.T  # (Q, C) exact in the tied case; in the random case the same products as chunked
+        key = torch.stack([-scores, torch.arange(n_corpus).expand_as(scores).float()], -1).tolist()
+        expected = [sorted(range(n_corpus), key=lambda j: row[j])[:k] for row in key]
+        got_scores, got_index = top_k(q, c, k, chunk_size)
+        assert got_index.tolist() == expected
+        assert torch.allclose(got_scores, scores.gather(1, got_index), atol=1e-5)  # matmul blocking: ulps apart
+
+
+def test_top_k_normalises_and_truncates_per_chunk_like_the_whole():
+    q, c, _ = random_case(20, 90, 12, 3, seed=4)
+    scores, index = top_k(q, c, 15, chunk_size=7, normalize=True, truncate_dim=8)
+    qn, cn = F.normalize(q[:, :8], dim=-1), F.normalize(c[:, :8], dim=-1)
+    assert torch.equal(index, rank_corpus(qn, cn, 15, 7))
+    assert torch.allclose(scores, (qn @ cn.T).gather(1, index), atol=1e-6)
+
+
+def threaded_shards(world: int, run):
+    """Run ``run(rank, gather)`` in ``world`` threads whose ``gather`` stacks every thread's tensor, like
+    ``all_gather``; returns each thread's result."""
+    barrier, slots, results = threading.Barrier(world), [None] * world, [None] * world
+
+    def gather_for(rank):
+        def gather(tensor):
+            slots[rank] = tensor
+            barrier.wait()
+            out = torch.stack(list(slots))
+            barrier.wait()  # nobody overwrites a slot before every thread has read them all
+            return out
+        return gather
+
+    def target(rank):
+        results[rank] = run(rank, gather_for(rank))
+
+    threads = [threading.Thread(target=target, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+@pytest.mark.parametrize("world", [2, 3, 7])
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_sharded_corpus_gives_the_metrics_of_the_whole(world, similarity):
+    # 60 docs over up to 7 shards: every shard holds fewer than the 100 that map@100 ranks (padded, then merged);
+    # the tied case puts exact ties across shards, which the merge must order by corpus index
+    for q, c, rel in (random_case(25, 60, 8, 6, seed=5), tied_case(40, 60, 9, seed=8)):
+        whole = information_retrieval_metrics(q, c, rel, similarity=similarity, chunk_size=9)
+
+        def run(rank, gather):
+            ids = torch.arange(rank, c.shape[0], world)  # the evaluation loaders' assignment: id ≡ rank (mod world)
+            return information_retrieval_metrics(q, c[ids], rel, similarity=similarity, chunk_size=4, corpus_ids=ids,
+                                                 corpus_size=c.shape[0], gather=gather)
+
+        for sharded in threaded_shards(world, run):
+            assert sharded == whole
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_rank_worker(rank: int, port: int, q, c, rel, out) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        # what the evaluation loaders give each rank: ids ≡ rank (mod 2), the padded last rank repeating item 0,
+        # in length-sorted (any) order, over several batches
+        n = c.shape[0]
+        items = [i % n for i in range(rank, -(-n // 2) * 2, 2)][::-1]
+        queries, corpus = EmbeddingCollector(), EmbeddingCollector()
+        for batch in (items[:3], items[3:]):
+            corpus.update(torch.tensor(batch), c[batch])
+        mine = list(range(rank, q.shape[0], 2))
+        queries.update(torch.tensor(mine), q[mine])
+        gathered = queries.compute()
+        ids, shard, size = corpus.shard(rank, 2)
+        gather = lambda t: torch.stack(dist_all_gather(t))  # noqa: E731
+        out[rank] = (torch.equal(gathered, q), ids.tolist(), size,
+                     information_retrieval_metrics(gathered, shard, rel, corpus_ids=ids, corpus_size=size,
+                                                   gather=gather, chunk_size=5))
+        corpus.reset()
+        if rank == 0:  # item 1 (rank 1's) was never embedded: every rank names the shortfall
+            corpus.update(torch.tensor([0, 2]), c[[0, 2]])
+        else:
+            corpus.update(torch.tensor([3]), c[[3]])
+        try:
+            corpus.shard(rank, 2)
+        except ValueError as error:
+            out[f"error{rank}"] = str(error)
+    finally:
+        dist.destroy_process_group()
+
+
+def dist_all_gather(tensor):
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return parts
+
+
+def test_two_gloo_ranks_score_their_shards_and_agree_with_one_process():
+    q, c, rel = tied_case(30, 41, 7, seed=12)  # 41 docs: rank 1 gets a padding repeat of doc 0
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_two_rank_worker, args=(free_port(), q, c, rel, out), nprocs=2)
+        out = dict(out)
+    whole = information_retrieval_metrics(q, c, rel)
+    for rank in (0, 1):
+        same_queries, ids, size, metrics = out[rank]
+        assert same_queries and ids == list(range(rank, 41, 2)) and size == 41
+        assert metrics == whole
+        assert out[f"error{rank}"] == ("the 2 processes hold 3 distinct items of a stream of 4: every item must be "
+                                       "evaluated once (limit_val_batches / fast_dev_run evaluate part of a stream)")
 
 
 @pytest.mark.gpu

@@ -1,0 +1,105 @@
+"""A locked image tower's embeddings are computed once and looked up: losses, metrics and the exported model equal
+recomputing the tower, training batches carry image numbers instead of pixels, and no image is decoded again."""
+
+import csv
+import glob
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import datamodules.image_captions as image_captions
+from datamodules.image_captions import ImageCaptionDataModule
+from lightning_modules.clip import CLIPEmbeddingModule
+from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TINY_OPEN_CLIP_CFG, TransformersClip
+from tests.test_clip import imagefolder
+from train import cli_main
+
+HF = ["--model.encoder=lightning_modules.clip_backends.TransformersClip",
+      f"--model.encoder.config={json.dumps(TINY_HF_CLIP_CONFIG)}"]
+OPEN_CLIP = ["--model.encoder=lightning_modules.clip_backends.OpenClip",
+             f"--model.encoder.model_cfg={json.dumps(TINY_OPEN_CLIP_CFG)}"]
+
+
+def locked_fit(tmp_path, encoder, *extra):
+    return cli_main([
+        "fit", "--seed_everything=0", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
+        "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false", "--test_after_fit=false",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}",
+        "--model=lightning_modules.clip.CLIPEmbeddingModule", *encoder, "--model.lr=1e-3", "--model.lock_image=true",
+        "--model.learn_logit_scale=true", "--data=datamodules.image_captions.ImageCaptionDataModule",
+        "--data.builtin_rows=96", "--data.image_size=32", "--data.val_size=32", "--data.batch_size=8",
+        "--data.num_workers=0", *extra])
+
+
+def logged(cli) -> list[dict]:
+    (path,) = glob.glob(os.path.join(cli.trainer.log_dir, "metrics.csv"))
+    with open(path) as f:  # the wall-clock rate is the one column allowed to differ
+        return [{k: v for k, v in row.items() if k != "train/samples_per_s"} for row in csv.DictReader(f)]
+
+
+def exported(cli) -> dict[str, torch.Tensor]:
+    (path,) = glob.glob(os.path.join(cli.trainer.log_dir, "model", "*.safetensors"))
+    return load_file(path)
+
+
+def test_hf_clip_locked_image_tower_is_embedded_once_and_equals_recomputing(tmp_path, monkeypatch):
+    cached = locked_fit(tmp_path / "cached", HF)
+    dm, module = cached.datamodule, cached.model
+    assert dm.keyed_train_images and module.constant_towers == {"image"}
+    # 64 distinct training images (shapes: one image per row) + 32 evaluation images, embedded once
+    assert module._image_table.shape == (len(dm.train_image_rows) + len(dm.streams["val"]["image"]), 32)
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch["features"][0]) == {"image_index"} and "pixel_values" not in batch["features"][0]
+    recomputed = locked_fit(tmp_path / "recomputed", HF, "--model.cache_locked_image_tower=false")
+    assert not recomputed.datamodule.keyed_train_images and recomputed.model._image_table is None
+    # every loss, learning rate and metric of every step, bit for bit; and the same exported weights
+    assert logged(cached) == logged(recomputed) and len(logged(cached)) > 10
+    ours, theirs = exported(cached), exported(recomputed)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # the locked tower did not move, and stayed in eval mode while the rest trained
+    assert not any(m.training for m in module.encoder.image_tower())
+    assert module.encoder.model.text_model.training
+
+
+def test_open_clip_random_crops_keep_training_images_computed_but_evaluation_images_cached(tmp_path):
+    cached = locked_fit(tmp_path / "cached", OPEN_CLIP)
+    dm, module = cached.datamodule, cached.model
+    assert not dm.keyed_train_images  # a random crop is a new image every epoch: nothing to cache in training
+    assert module._image_table.shape[0] == len(dm.streams["val"]["image"])
+    recomputed = locked_fit(tmp_path / "recomputed", OPEN_CLIP, "--model.cache_locked_image_tower=false")
+    assert logged(cached) == logged(recomputed)
+
+
+def test_keyed_batches_never_decode_an_image(tmp_path, monkeypatch):
+    imagefolder(tmp_path / "train", n_images=10, captions_per_image=3)
+    imagefolder(tmp_path / "validation", n_images=4)
+    module = CLIPEmbeddingModule(TransformersClip(config=TINY_HF_CLIP_CONFIG), lock_image=True)
+    dm = ImageCaptionDataModule(dataset=str(tmp_path), batch_size=4, num_workers=0)
+    dm.processor, dm.image_table_in_model = module.processor, True
+    dm.setup("fit")
+    parts, offsets = dm.image_table()
+    assert [len(p) for p in parts] == [10, 4] and offsets == {"train": 0, "val": 10}
+    assert len({dm.keys["train"][r] for r in dm.train_image_rows}) == 10  # one row per distinct image
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an image was decoded")
+
+    monkeypatch.setattr(image_captions, "load_image", refuse)
+    numbers = []
+    for batch in dm.train_dataloader():
+        numbers += batch["features"][0]["image_index"].tolist()
+    assert sorted(set(numbers)) == list(range(10)) and len(numbers) == 30  # 3 captions per image
+    (image_stream,) = [loader for loader in dm.val_dataloader() if loader.collate_fn.stream == "image"]
+    assert [i for b in image_stream for i in b["features"]["image_index"].tolist()] == [10, 11, 12, 13]
+
+
+@pytest.mark.parametrize("kwargs", [{"lock_image": False}, {"lock_image": True, "lock_image_unlocked_layers": 1},
+                                    {"lock_image": True, "cache_locked_image_tower": False}])
+def test_no_cache_unless_the_whole_tower_is_locked(kwargs):
+    module = CLIPEmbeddingModule(TransformersClip(config=TINY_HF_CLIP_CONFIG), **kwargs)
+    assert module.constant_towers == frozenset()
+    assert any(m.training for m in module.encoder.image_tower()) == (not kwargs["lock_image"] or
+                                                                      "lock_image_unlocked_layers" in kwargs)
