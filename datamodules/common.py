@@ -458,10 +458,15 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         super().__init__()
         if batch_size < 2:
             raise ValueError(f"--data.init_args.batch_size must be ≥ 2 for in-batch negatives, got {batch_size}")
+        if isinstance(val_size, float) and val_size >= 1 and val_size.is_integer():
+            # a row count given as 500.0 (in YAML, or as jsonargparse parses `int | float` once some libraries are
+            # imported): HF's splitter reads floats as fractions only
+            val_size = int(val_size)
         if streaming and val_size is not None and not (isinstance(val_size, int) and val_size > 0):
             raise ValueError(f"--data.init_args.val_size must be a row count with streaming (a fraction needs the "
                              f"stream's length), got {val_size}")
         self.save_hyperparameters()  # with the subclass's own arguments
+        self.hparams.val_size = val_size  # as normalised above (the saved value is the caller's)
         self.splits: dict[str, datasets.Dataset] = {}
         self.where: dict[str, Where] = {}  # how messages name each split's data, rows and columns
         self.train_source: TrainSource | None = None

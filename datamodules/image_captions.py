@@ -224,11 +224,11 @@ class ImageCaptionDataModule(RetrievalDataModule):
             split, keys = split.select(good_rows), [keys[row] for row in good_rows]
         self.keys[name] = keys
         if name == "train":  # number the distinct images: keyed batches carry these numbers instead of pixels
-            numbers: dict[str, int] = {}
-            split = split.add_column(IMAGE_INDEX, [numbers.setdefault(key, len(numbers)) for key in keys])
-            first: dict[str, int] = {}
+            first = {}
             for row, key in enumerate(keys):
                 first.setdefault(key, row)
+            numbers = {key: number for number, key in enumerate(first)}
+            split = split.add_column(IMAGE_INDEX, [numbers[key] for key in keys])
             self.train_image_rows = list(first.values())  # the first row of each numbered image, in number order
         return split
 
@@ -361,6 +361,3 @@ class _TrainImages:
 
     def __getitem__(self, number: int):
         return self.split[self.rows[number]][self.column]
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))

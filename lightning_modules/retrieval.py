@@ -303,6 +303,17 @@ class EmbeddingCollector(Metric):
 
     def compute(self) -> Tensor:
         """(N, D) embeddings, row i for id i; the first occurrence wins when an id was seen more than once."""
+        unique, embeddings = self._unique()  # (N,), (N, D)
+        if unique[0] < 0:
+            raise ValueError(f"ids must be ≥ 0, got {int(unique[0])}")
+        if unique[-1] + 1 != unique.numel():
+            missing = sorted(set(range(int(unique[-1]) + 1)) - set(unique.tolist()))
+            raise ValueError(f"embeddings missing for {len(missing)} ids, first {missing[:10]}: every item of the "
+                             f"stream must be evaluated (limit_val_batches / fast_dev_run evaluate part of a stream)")
+        return embeddings
+
+    def _unique(self) -> tuple[Tensor, Tensor]:
+        """The held ids, ascending, each once (its first occurrence), with their embeddings."""
         if isinstance(self.ids, list) and not self.ids:  # after a DDP sync the states are tensors
             raise ValueError("no embeddings were collected: update() was never called for this stream")
         ids, embeddings = dim_zero_cat(self.ids).long(), dim_zero_cat(self.embeddings)  # (M,), (M, D)
@@ -310,14 +321,7 @@ class EmbeddingCollector(Metric):
         sorted_ids = ids[order]
         first = torch.ones_like(sorted_ids, dtype=torch.bool)
         first[1:] = sorted_ids[1:] != sorted_ids[:-1]  # (M,) first of each run of equal ids
-        unique = sorted_ids[first]  # (N,)
-        if unique[0] < 0:
-            raise ValueError(f"ids must be ≥ 0, got {int(unique[0])}")
-        if unique[-1] + 1 != unique.numel():
-            missing = sorted(set(range(int(unique[-1]) + 1)) - set(unique.tolist()))
-            raise ValueError(f"embeddings missing for {len(missing)} ids, first {missing[:10]}: every item of the "
-                             f"stream must be evaluated (limit_val_batches / fast_dev_run evaluate part of a stream)")
-        return embeddings[order[first]]
+        return sorted_ids[first], embeddings[order[first]]
 
     def shard(self, rank: int, world: int, gathered: Tensor | None = None) -> tuple[Tensor, Tensor, int]:
         """This process's part of the stream for sharded scoring, without gathering the stream: the items whose
@@ -338,13 +342,8 @@ class EmbeddingCollector(Metric):
         if gathered is not None:
             ids = torch.arange(rank, gathered.shape[0], world, device=gathered.device)
             return ids, gathered[ids], gathered.shape[0]
-        if isinstance(self.ids, list) and not self.ids:
-            raise ValueError("no embeddings were collected: update() was never called for this stream")
-        ids, embeddings = dim_zero_cat(self.ids).long(), dim_zero_cat(self.embeddings)  # (M,), (M, D) this rank's
-        order = ids.argsort(stable=True)
-        ids, embeddings = ids[order], embeddings[order]
+        ids, embeddings = self._unique()  # this rank's, unsynced
         keep = ids % world == rank  # the padding repeats of other ranks' items are dropped here
-        keep[1:] &= ids[1:] != ids[:-1]
         ids, embeddings = ids[keep], embeddings[keep]
         total = ids[-1:].add(1).sum() if ids.numel() else ids.new_zeros(())
         counts = torch.stack([ids.new_tensor(ids.numel()), total])  # (2,) items held, 1 + largest id
