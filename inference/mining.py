@@ -2,7 +2,7 @@
 
 :func:`mine_hard_negatives` works on embeddings. Each query's candidate pool is its best ``range_max + P`` corpus
 rows by cosine similarity (P: the most positives any query has, so that removing a query's positives still leaves
-``range_max`` candidates), ranked in corpus chunks by :func:`lightning_modules.retrieval.rank_corpus` (ties to the
+``range_max`` candidates), ranked in corpus chunks by :func:`lightning_modules.retrieval.top_k` (ties to the
 lower corpus row), so memory is O(Q·(range_max + P) + query_chunk_size·chunk_size), never the (Q, C) score matrix.
 Then, as ST does and in ST's order:
 
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_modules.retrieval import rank_corpus
+from lightning_modules.retrieval import top_k
 
 SAMPLING_STRATEGIES = ("top", "random")
 # the prompt names ST's encode_query / encode_document use when the model has them (first found)
@@ -200,9 +200,7 @@ def _padded_positives(positive_ids: Sequence[int | Sequence[int]] | Tensor, n_qu
 def _candidate_pool(queries: Tensor, corpus: Tensor, pool: int, chunk_size: int) -> tuple[Tensor, Tensor]:
     """(scores, indices), both (q, pool): each query's best ``pool`` corpus rows, best first, padded with -inf / -1
     where the corpus is smaller (as ST pads)."""
-    index = rank_corpus(queries, corpus, pool, chunk_size)  # (q, min(pool, C))
-    # rank_corpus keeps only the rows; their scores again, from the (q, pool) rows: O(q·pool·D), not O(q·C·D)
-    scores = torch.einsum("qd,qkd->qk", queries, corpus[index])  # (q, min(pool, C))
+    scores, index = top_k(queries, corpus, pool, chunk_size)  # (q, min(pool, C)) each
     missing = pool - index.shape[1]
     if missing > 0:
         scores = torch.cat([scores, scores.new_full((scores.shape[0], missing), -torch.inf)], 1)  # (q, pool)

@@ -26,21 +26,6 @@ from torchmetrics.utilities import dim_zero_cat
 SIMILARITIES = ("cosine", "dot")
 
 
-def rank_corpus(queries: Tensor, corpus: Tensor, k: int, chunk_size: int = 8192) -> Tensor:
-    """Each query's ``min(k, C)`` best corpus rows by dot product, ordered by (-score, corpus index) like ST.
-
-    Args:
-        queries: (Q, D) query embeddings.
-        corpus: (C, D) corpus embeddings.
-        k: how many corpus rows to keep per query.
-        chunk_size: corpus rows scored at once.
-
-    Returns:
-        (Q, min(k, C)) corpus indices, best first.
-    """
-    return top_k(queries, corpus, k, chunk_size)[1]
-
-
 def top_k(queries: Tensor, corpus: Tensor, k: int, chunk_size: int = 8192, *, normalize: bool = False,
           truncate_dim: int | None = None) -> tuple[Tensor, Tensor]:
     """Each query's ``min(k, C)`` best corpus rows by dot product, ordered by (-score, corpus index) like ST.
@@ -104,8 +89,11 @@ def _prepare(embeddings: Tensor, normalize: bool, truncate_dim: int | None) -> T
 
 def _merge(scores_a: Tensor, index_a: Tensor, scores_b: Tensor, index_b: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The k best of two tie-ordered (Q, ·) lists whose indices in ``a`` are all below those in ``b``."""
-    scores = torch.cat([scores_a, scores_b], 1)  # (Q, ka + kb)
-    index = torch.cat([index_a, index_b], 1)
+    return _best(torch.cat([scores_a, scores_b], 1), torch.cat([index_a, index_b], 1), k)  # (Q, ka + kb) → (Q, k)
+
+
+def _best(scores: Tensor, index: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Each row's k best by score, ties in their order along the row (put them in index order first)."""
     order = scores.argsort(dim=1, descending=True, stable=True)[:, :k]  # (Q, k)
     return scores.gather(1, order), index.gather(1, order)
 
@@ -124,9 +112,7 @@ def merge_top_k(scores: Tensor, index: Tensor, k: int) -> tuple[Tensor, Tensor]:
     scores = scores.permute(1, 0, 2).flatten(1)  # (Q, S·k')
     index = index.permute(1, 0, 2).flatten(1)
     by_index = index.argsort(dim=1, stable=True)  # shards interleave: order by index, then stably by score
-    scores, index = scores.gather(1, by_index), index.gather(1, by_index)
-    order = scores.argsort(dim=1, descending=True, stable=True)[:, :k]
-    return scores.gather(1, order), index.gather(1, order)
+    return _best(scores.gather(1, by_index), index.gather(1, by_index), k)
 
 
 def _top_k_set(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -345,15 +331,13 @@ class EmbeddingCollector(Metric):
         ids, embeddings = self._unique()  # this rank's, unsynced
         keep = ids % world == rank  # the padding repeats of other ranks' items are dropped here
         ids, embeddings = ids[keep], embeddings[keep]
-        total = ids[-1:].add(1).sum() if ids.numel() else ids.new_zeros(())
-        counts = torch.stack([ids.new_tensor(ids.numel()), total])  # (2,) items held, 1 + largest id
+        held = ids.new_tensor(ids.numel())  # items held here, and 1 + the largest id
+        size = ids[-1] + 1 if ids.numel() else ids.new_tensor(0)
         if world > 1:
-            held = counts[:1].clone()
             dist.all_reduce(held)
-            dist.all_reduce(counts[1:], op=dist.ReduceOp.MAX)
-            counts[0] = held[0]
-        if counts[0] != counts[1]:
-            raise ValueError(f"the {world} processes hold {int(counts[0])} distinct items of a stream of "
-                             f"{int(counts[1])}: every item must be evaluated once (limit_val_batches / "
-                             f"fast_dev_run evaluate part of a stream)")
-        return ids, embeddings, int(counts[1])
+            dist.all_reduce(size, op=dist.ReduceOp.MAX)
+        if held != size:
+            raise ValueError(f"the {world} processes hold {int(held)} distinct items of a stream of {int(size)}: "
+                             f"every item must be evaluated once (limit_val_batches / fast_dev_run evaluate part "
+                             f"of a stream)")
+        return ids, embeddings, int(size)

@@ -14,7 +14,7 @@ import torchmetrics.retrieval as tmr
 from sentence_transformers import util
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
-from lightning_modules.retrieval import EmbeddingCollector, information_retrieval_metrics, rank_corpus, top_k
+from lightning_modules.retrieval import EmbeddingCollector, information_retrieval_metrics, top_k
 
 ST_KS = {"accuracy_at": "accuracy_at_k", "precision_recall_at": "precision_recall_at_k", "mrr_at": "mrr_at_k",
          "ndcg_at": "ndcg_at_k", "map_at": "map_at_k"}
@@ -105,11 +105,11 @@ def test_ties_go_to_the_lower_corpus_index_across_chunks(similarity):
 
 
 @pytest.mark.parametrize(("k", "chunk_size"), [(1, 1), (5, 3), (10, 7), (40, 16), (100, 1000)])
-def test_rank_corpus_is_the_exact_total_order(k, chunk_size):
+def test_top_k_is_the_exact_total_order(k, chunk_size):
     q, c, _ = tied_case(12, 90, 1, seed=9)
     scores = (q @ c.T).tolist()
     expected = [sorted(range(90), key=lambda j: (-row[j], j))[:k] for row in scores]
-    assert rank_corpus(q, c, k, chunk_size).tolist() == expected
+    assert top_k(q, c, k, chunk_size)[1].tolist() == expected
 
 
 def test_queries_without_relevant_docs_are_dropped_and_duplicates_count_once():
@@ -241,7 +241,7 @@ def test_top_k_normalises_and_truncates_per_chunk_like_the_whole():
     q, c, _ = random_case(20, 90, 12, 3, seed=4)
     scores, index = top_k(q, c, 15, chunk_size=7, normalize=True, truncate_dim=8)
     qn, cn = F.normalize(q[:, :8], dim=-1), F.normalize(c[:, :8], dim=-1)
-    assert torch.equal(index, rank_corpus(qn, cn, 15, 7))
+    assert torch.equal(index, top_k(qn, cn, 15, 7)[1])
     assert torch.allclose(scores, (qn @ cn.T).gather(1, index), atol=1e-6)
 
 
@@ -355,7 +355,7 @@ def test_cuda_equals_sentence_transformers():
     for similarity in ("cosine", "dot"):
         ours = information_retrieval_metrics(q.cuda(), c.cuda(), rel, similarity=similarity, chunk_size=37)
         assert_same(ours, st_metrics(q, c, rel, similarity))
-    assert rank_corpus(q.cuda(), c.cuda(), 100, 37).tolist() == rank_corpus(q, c, 100, 37).tolist()
+    assert top_k(q.cuda(), c.cuda(), 100, 37)[1].tolist() == top_k(q, c, 100, 37)[1].tolist()
     collector = EmbeddingCollector().cuda()
     collector.update(torch.tensor([1, 0, 1], device="cuda"), c[[1, 0, 1]].cuda())
     assert torch.equal(collector.compute().cpu(), c[:2])
