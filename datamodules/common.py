@@ -494,6 +494,9 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
     def stream_collator(self, stream: str, stage: str) -> Callable:
         """Evaluation items ``(id, value)`` of one stream → ``{"stream", "ids", "features"}``."""
 
+    def before_collation(self) -> None:
+        """Called by ``setup`` once the splits and evaluation streams are known, before any collator is built."""
+
     @abstractmethod
     def train_collator(self) -> Callable:
         """Training rows → ``{"features": [one dict per loss column]}``."""
@@ -560,6 +563,10 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         if problems:
             self.splits.clear()  # not set up: a later setup() must check again
             raise ValueError("\n".join(problems))
+        for stage_name, split_name in (("val", "validation"), ("test", "test")):
+            if split_name in self.splits:
+                self.streams[stage_name], self.tasks[stage_name] = self.retrieval(stage_name, split_name)
+        self.before_collation()
         if isinstance(train, datasets.Dataset):
             train = self.splits["train"]
             if h.streaming:  # a built-in dataset, generated in memory: streamed all the same
@@ -572,9 +579,6 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
                 self._check_batches(train, codes)
         else:
             self.train_source = self._streaming_source(*train)
-        for stage_name, split_name in (("val", "validation"), ("test", "test")):
-            if split_name in self.splits:
-                self.streams[stage_name], self.tasks[stage_name] = self.retrieval(stage_name, split_name)
 
     def _where(self, raw: datasets.DatasetDict | datasets.IterableDatasetDict) -> dict[str, Where]:
         """How messages name each split, its rows (by file and line) and the options naming its columns."""

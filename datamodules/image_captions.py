@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from datamodules.common import (ROW, RetrievalDataModule, RetrievalTask, arrow_columns, check_columns, check_texts,
                                 text_value, value_codes)
 from datamodules.images import ImageLoadError, check_image, image_key, load_image, scan_images
+from datamodules.pixel_cache import PixelCache, cached_pixels, default_directory, plan_capacity
 from datamodules.sources import BadRow
 from datamodules.shapes import make_shapes
 
@@ -24,14 +25,16 @@ IMAGE_INDEX = "__image_index__"  # a training row's distinct-image number, for a
 class ImageCaptionCollator:
     """Rows → ``{"features": [...]}`` with one entry per loss column: pixel values for images, tokens for captions.
 
-    Images are decoded and preprocessed here, in the DataLoader workers; with ``keyed`` they are not read at all:
+    Images are decoded and preprocessed here, in the DataLoader workers, or taken from ``cache`` (image number
+    ``cache_offset + row's image index``) when an earlier epoch stored them; with ``keyed`` they are not read at all:
     the image column becomes ``{"image_index": …}``, the rows' numbers in the model's table of image embeddings.
     """
 
     def __init__(self, processor, columns: list[str], image_column: str, where: str, base_dir: str | None,
-                 keyed: bool = False) -> None:
+                 keyed: bool = False, cache: PixelCache | None = None, cache_offset: int = 0) -> None:
         self.processor, self.columns, self.image_column = processor, columns, image_column
         self.where, self.base_dir, self.keyed = where, base_dir, keyed
+        self.cache, self.cache_offset = cache, cache_offset
 
     def __call__(self, rows: list[dict]) -> dict:
         features = []
@@ -39,34 +42,39 @@ class ImageCaptionCollator:
             if column == self.image_column and self.keyed:
                 features.append({"image_index": torch.tensor([r[IMAGE_INDEX] for r in rows])})
             elif column == self.image_column:
-                pixels = [self.processor.image_transform(load_image(r[column], where=f"{self.where}"
-                          f"{f' row {r[ROW]}' if ROW in r else ''}, column {column!r}", base_dir=self.base_dir), True)
-                          for r in rows]
-                features.append({"pixel_values": torch.stack(pixels)})
+                features.append({"pixel_values": torch.stack([self._pixels(r, column) for r in rows])})
             else:
                 features.append(self.processor.tokenize([r[column] for r in rows]))
         return {"features": features, "rows": [r.get(ROW) for r in rows]}  # rows: for messages about the batch
+
+    def _pixels(self, row: dict, column: str) -> torch.Tensor:
+        def compute() -> torch.Tensor:
+            where = f"{self.where}{f' row {row[ROW]}' if ROW in row else ''}, column {column!r}"
+            return self.processor.image_transform(load_image(row[column], where=where, base_dir=self.base_dir), True)
+
+        number = row.get(IMAGE_INDEX)
+        return cached_pixels(self.cache, None if number is None else self.cache_offset + number, compute)
 
 
 class StreamCollator:
     """(id, caption or image) items of one evaluation stream → ``{"stream", "ids", "features"}``.
 
     ``image_offset`` set: images are not read; their features are ``{"image_index": offset + id}``, rows of the
-    model's table of image embeddings.
+    model's table of image embeddings. ``cache`` set: image ``id`` is number ``cache_offset + id`` of the cache.
     """
 
     def __init__(self, processor, stream: str, where: str, base_dir: str | None,
-                 image_offset: int | None = None) -> None:
+                 image_offset: int | None = None, cache: PixelCache | None = None, cache_offset: int = 0) -> None:
         self.processor, self.stream, self.where, self.base_dir = processor, stream, where, base_dir
-        self.image_offset = image_offset
+        self.image_offset, self.cache, self.cache_offset = image_offset, cache, cache_offset
 
     def __call__(self, items: list[tuple[int, object]]) -> dict:
         ids, values = zip(*items)
         if self.stream == "image" and self.image_offset is not None:
             features = {"image_index": torch.tensor(ids) + self.image_offset}
         elif self.stream == "image":
-            pixels = [self.processor.image_transform(load_image(v, where=f"{self.where} image {i}", base_dir=self.base_dir),
-                                                     False) for i, v in items]
+            pixels = [cached_pixels(self.cache, self.cache_offset + i, lambda i=i, v=v: self.processor.image_transform(
+                load_image(v, where=f"{self.where} image {i}", base_dir=self.base_dir), False)) for i, v in items]
             features = {"pixel_values": torch.stack(pixels)}
         else:
             features = self.processor.tokenize(list(values))
@@ -96,6 +104,13 @@ class ImageCaptionDataModule(RetrievalDataModule):
             reports them per epoch) or ``error``.
         builtin_rows: rows of the built-in shapes dataset (validation is carved from them with ``val_size``).
         image_size: side of the built-in shapes images.
+        preprocess_cache_gb: keep preprocessed images whose transform has no randomness (evaluation images; training
+            images too unless the backend augments them, as open_clip's random crops do) for later epochs and
+            evaluations, up to this many GiB per process: evaluation images first, then training images. Exact
+            copies (metrics equal recomputing); 0 turns it off. Not used with a cached locked image tower (which
+            keeps embeddings instead) nor for a streamed training split.
+        preprocess_cache_dir: where the cache lives: default ``/dev/shm`` (memory); a directory on a disk for a
+            dataset larger than memory. At most half of its free room is used, shared by the processes of a machine.
         batch_size: pairs per device per step.
         **kwargs: split, streaming, batching and loader options of ``RetrievalDataModule``.
     """
@@ -112,11 +127,18 @@ class ImageCaptionDataModule(RetrievalDataModule):
         on_bad_image: str = "skip",
         builtin_rows: int = 3000,
         image_size: int = 64,
+        preprocess_cache_gb: float = 4.0,
+        preprocess_cache_dir: str | None = None,
         batch_size: int = 16,
         **kwargs,
     ) -> None:
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"--data.init_args.on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+        if preprocess_cache_gb < 0:
+            raise ValueError(f"--data.init_args.preprocess_cache_gb must be ≥ 0 (0: off), got {preprocess_cache_gb}")
+        if preprocess_cache_dir is not None and not os.path.isdir(preprocess_cache_dir):
+            raise ValueError(f"--data.init_args.preprocess_cache_dir {preprocess_cache_dir!r} is not a directory: "
+                             f"create it or point the option at one")
         super().__init__(dataset, batch_size=batch_size, **kwargs)
         self.columns = list(columns or [image_column, caption_column])
         if sorted(self.columns) != sorted([image_column, caption_column]):
@@ -126,6 +148,8 @@ class ImageCaptionDataModule(RetrievalDataModule):
         self.image_table_in_model = False  # set from the model in setup
         self.train_image_rows: list[int] = []  # each distinct training image's first row, by image number
         self.image_items: dict[str, dict[str, list]] = {}  # per stage: each eval image's key and first row, by id
+        self.pixel_cache: PixelCache | None = None
+        self.pixel_offsets: dict[str, int] = {}  # each part's first image number in the pixel cache
 
     def setup(self, stage: str | None = None) -> None:
         if self.trainer is not None:  # the model says whether it looks image embeddings up (a locked tower)
@@ -162,6 +186,49 @@ class ImageCaptionDataModule(RetrievalDataModule):
         options = {k: v for k, v in self.loader_options().items() if k != "persistent_workers"}  # read once
         return DataLoader(items, batch_size=self.hparams.eval_batch_size, **options,
                           collate_fn=StreamCollator(self.processor, "image", f"{self.hparams.dataset}", self.base_dir))
+
+    def before_collation(self) -> None:
+        """Set up the cache of preprocessed images (before the collators that use it, and the workers that share it)."""
+        h = self.hparams
+        parts = self.pixel_cache_parts()
+        total = sum(len(p) for _, p in parts)
+        if h.preprocess_cache_gb == 0 or total == 0:
+            return
+        stage, first = parts[0]
+        sample = self.processor.image_transform(load_image(first[0], where=f"{h.dataset} ({stage}) image 0",
+                                                           base_dir=self.base_dir), False)
+        directory = h.preprocess_cache_dir or default_directory()
+        image_bytes = PixelCache.image_bytes(tuple(sample.shape), sample.dtype)
+        processes = self.trainer.num_devices if self.trainer is not None else 1
+        capacity = plan_capacity(total, image_bytes, h.preprocess_cache_gb, directory, processes)
+        if capacity == 0:
+            log.info("Preprocessed images are not cached: one takes %.1f MB, more than --data.init_args."
+                     "preprocess_cache_gb %s or the room in %s allows", image_bytes / 1e6, h.preprocess_cache_gb,
+                     directory)
+            return
+        self.pixel_cache = PixelCache(capacity, tuple(sample.shape), sample.dtype, directory)
+        start = 0
+        for name, part in parts:
+            self.pixel_offsets[name], start = start, start + len(part)
+        rest = ("" if capacity == total else f"; the other {total - capacity:,} are preprocessed every time: raise "
+                f"--data.init_args.preprocess_cache_gb or point --data.init_args.preprocess_cache_dir at a disk")
+        log.info("Caching preprocessed images in %s: %s of %s (%s, %.0f MB at most, --data.init_args."
+                 "preprocess_cache_gb %s)%s", directory, f"{capacity:,}", f"{total:,}", " + ".join(
+                     f"{name} {len(part):,}" for name, part in parts), capacity * image_bytes / 1e6,
+                 h.preprocess_cache_gb, rest)
+
+    def pixel_cache_parts(self) -> list[tuple[str, list]]:
+        """The images whose preprocessing gives the same pixels every time, in the cache's order: each evaluation
+        stage's images (read at every evaluation), then the training split's distinct images where its transform is
+        deterministic and the split map-style. None where a locked tower's embeddings are looked up instead."""
+        if self.image_table_in_model:
+            return []
+        parts = [(stage, streams["image"]) for stage, streams in self.streams.items()]
+        if (not self.hparams.streaming and "train" in self.splits
+                and not getattr(self.processor, "random_train_transform", True)):
+            parts.append(("train", _TrainImages(self.splits["train"], self.hparams.image_column,
+                                                self.train_image_rows)))
+        return [(name, part) for name, part in parts if len(part)]
 
     def builtins(self) -> dict:
         def shapes():
@@ -297,7 +364,9 @@ class ImageCaptionDataModule(RetrievalDataModule):
 
     def stream_collator(self, stream: str, stage: str) -> StreamCollator:
         offset = self.image_table()[1][stage] if self.image_table_in_model else None
-        return StreamCollator(self.processor, stream, f"{self.hparams.dataset} ({stage})", self.base_dir, offset)
+        cached = self.pixel_cache is not None and stage in self.pixel_offsets
+        return StreamCollator(self.processor, stream, f"{self.hparams.dataset} ({stage})", self.base_dir, offset,
+                              cache=self.pixel_cache if cached else None, cache_offset=self.pixel_offsets.get(stage, 0))
 
     def row_codes(self, split: datasets.Dataset) -> np.ndarray:
         captions = arrow_columns(split, [self.hparams.caption_column]).column(0)
@@ -328,8 +397,11 @@ class ImageCaptionDataModule(RetrievalDataModule):
 
     def train_collator(self) -> ImageCaptionCollator:
         h = self.hparams
+        cached = self.pixel_cache is not None and "train" in self.pixel_offsets
         return ImageCaptionCollator(self.processor, self.columns, h.image_column, f"{h.dataset} (train split)",
-                                    self.base_dir, keyed=self.keyed_train_images)
+                                    self.base_dir, keyed=self.keyed_train_images,
+                                    cache=self.pixel_cache if cached else None,
+                                    cache_offset=self.pixel_offsets.get("train", 0))
 
 
 class _TableItems:
