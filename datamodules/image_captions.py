@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.common import (ROW, RetrievalDataModule, RetrievalTask, arrow_columns, check_columns, check_texts,
                                 text_value, value_codes)
-from datamodules.images import ImageLoadError, check_image, image_key, load_image, scan_images
+from datamodules.images import ImageLoadError, check_image, image_key, load_pixels, scan_images
 from datamodules.pixel_cache import PixelCache, cached_pixels, default_directory, plan_capacity
 from datamodules.sources import BadRow
 from datamodules.shapes import make_shapes
@@ -20,6 +20,12 @@ log = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("skip", "error")
 IMAGE_INDEX = "__image_index__"  # a training row's distinct-image number, for a model that looks image embeddings up
+
+
+def decode(processor, value, where: str, base_dir: str | None):
+    """An image as ``processor``'s transform takes it best: a colour JPEG as a uint8 tensor where it takes tensors
+    (torchvision's faster decoder, the same pixels), else a PIL image."""
+    return load_pixels(value, where=where, base_dir=base_dir, tensors=getattr(processor, "takes_tensors", False))
 
 
 class ImageCaptionCollator:
@@ -50,7 +56,7 @@ class ImageCaptionCollator:
     def _pixels(self, row: dict, column: str) -> torch.Tensor:
         def compute() -> torch.Tensor:
             where = f"{self.where}{f' row {row[ROW]}' if ROW in row else ''}, column {column!r}"
-            return self.processor.image_transform(load_image(row[column], where=where, base_dir=self.base_dir), True)
+            return self.processor.image_transform(decode(self.processor, row[column], where, self.base_dir), True)
 
         number = row.get(IMAGE_INDEX)
         return cached_pixels(self.cache, None if number is None else self.cache_offset + number, compute)
@@ -74,7 +80,7 @@ class StreamCollator:
             features = {"image_index": torch.tensor(ids) + self.image_offset}
         elif self.stream == "image":
             pixels = [cached_pixels(self.cache, self.cache_offset + i, lambda i=i, v=v: self.processor.image_transform(
-                load_image(v, where=f"{self.where} image {i}", base_dir=self.base_dir), False)) for i, v in items]
+                decode(self.processor, v, f"{self.where} image {i}", self.base_dir), False)) for i, v in items]
             features = {"pixel_values": torch.stack(pixels)}
         else:
             features = self.processor.tokenize(list(values))
@@ -195,8 +201,8 @@ class ImageCaptionDataModule(RetrievalDataModule):
         if h.preprocess_cache_gb == 0 or total == 0:
             return
         stage, first = parts[0]
-        sample = self.processor.image_transform(load_image(first[0], where=f"{h.dataset} ({stage}) image 0",
-                                                           base_dir=self.base_dir), False)
+        sample = self.processor.image_transform(decode(self.processor, first[0], f"{h.dataset} ({stage}) image 0",
+                                                       self.base_dir), False)
         directory = h.preprocess_cache_dir or default_directory()
         image_bytes = PixelCache.image_bytes(tuple(sample.shape), sample.dtype)
         processes = self.trainer.num_devices if self.trainer is not None else 1

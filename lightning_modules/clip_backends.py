@@ -64,6 +64,7 @@ class HFClipProcessor:
     """
 
     random_train_transform = False  # an image's pixels are the same every epoch
+    takes_tensors = True  # (3, H, W) uint8 images give the same pixels as PIL images: JPEGs skip PIL's decoder
 
     def __init__(self, hf_processor: CLIPProcessor, max_length: int) -> None:
         self.hf_processor = hf_processor
@@ -73,7 +74,7 @@ class HFClipProcessor:
         return dict(self.hf_processor.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                                                 return_tensors="pt"))
 
-    def image_transform(self, image: Image.Image, train: bool) -> Tensor:
+    def image_transform(self, image: Image.Image | Tensor, train: bool) -> Tensor:
         return self.hf_processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]  # (3, H, W)
 
 

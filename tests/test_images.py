@@ -5,10 +5,12 @@ import struct
 import zlib
 
 import datasets
+import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageFile
 
-from datamodules.images import ImageLoadError, image_key, load_image, scan_images
+from datamodules.images import ImageLoadError, image_key, load_image, load_pixels, scan_images
 
 RED, GREEN, WHITE = (255, 0, 0), (0, 255, 0), (255, 255, 255)
 
@@ -177,3 +179,40 @@ def test_scan_images_warns_when_truncation_cannot_be_detected(monkeypatch, caplo
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     scan_images([encode(Image.new("RGB", (8, 8)), "PNG")], "image", "train")
     assert "LOAD_TRUNCATED_IMAGES" in caplog.text
+
+
+def jpeg_variants() -> dict[str, bytes]:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise for display
+    image = photo((97, 75))  # odd sizes: chroma upsampling at the edges
+    return {"4:2:0": encode(image, "JPEG", quality=90), "4:4:4": encode(image, "JPEG", quality=95, subsampling=0),
+            "4:2:2": encode(image, "JPEG", quality=75, subsampling=1),
+            "progressive": encode(image, "JPEG", quality=85, progressive=True),
+            "exif-rotated": encode(image, "JPEG", quality=90, exif=exif)}
+
+
+@pytest.mark.parametrize("name", list(jpeg_variants()))
+def test_the_tensor_route_gives_the_processor_the_same_pixels_as_pil(name):
+    from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TransformersClip
+    processor = TransformersClip(config=TINY_HF_CLIP_CONFIG).processor
+    data = jpeg_variants()[name]
+    tensor = load_pixels(data, where="row 0", tensors=True)
+    assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.uint8  # the tensor route was taken
+    image = load_image(data, where="row 0")
+    assert tensor.shape == (3, image.height, image.width)
+    assert torch.equal(tensor, torch.from_numpy(np.asarray(image)).permute(2, 0, 1))  # the decoders agree exactly
+    assert torch.equal(processor.image_transform(tensor, True), processor.image_transform(image, True))
+
+
+@pytest.mark.parametrize("name, data", [
+    ("grey", encode(Image.new("L", (8, 8), 90), "JPEG")), ("cmyk", encode(Image.new("CMYK", (8, 8)), "JPEG")),
+    ("png", encode(Image.new("RGB", (8, 8), RED), "PNG"))])
+def test_grey_cmyk_and_other_formats_go_through_pil(name, data):
+    image = load_pixels(data, where="row 0", tensors=True)
+    assert isinstance(image, Image.Image) and image.mode == "RGB"
+
+
+def test_a_corrupt_jpeg_on_the_tensor_route_gets_pils_message():
+    data = jpeg_variants()["4:2:0"]
+    with pytest.raises(ImageLoadError, match="row 3: truncated or corrupt image"):
+        load_pixels(data[: len(data) // 2], where="row 3", tensors=True)

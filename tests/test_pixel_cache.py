@@ -31,13 +31,13 @@ def fit(tmp_path, encoder, *extra, epochs=2):
 
 def counting_loads(monkeypatch) -> list:
     calls = []
-    load = image_captions.load_image
+    load = image_captions.decode
 
     def counted(*args, **kwargs):
         calls.append(1)
         return load(*args, **kwargs)
 
-    monkeypatch.setattr(image_captions, "load_image", counted)
+    monkeypatch.setattr(image_captions, "decode", counted)
     return calls
 
 
@@ -85,7 +85,7 @@ def test_workers_fill_the_cache_for_the_main_process_and_later_epochs(tmp_path, 
     def refuse(*args, **kwargs):
         raise AssertionError("an image was decoded")
 
-    monkeypatch.setattr(image_captions, "load_image", refuse)
+    monkeypatch.setattr(image_captions, "decode", refuse)
     again = [b["features"][0]["pixel_values"]  # the same epoch again, in this process: all read from the cache
              for b in dm.train_source.dataloader(epoch=0, rank=0, world=1, options={})]
     assert all(torch.equal(a, b) for a, b in zip(first, again)) and len(first) == len(again)

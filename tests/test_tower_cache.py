@@ -87,7 +87,7 @@ def test_keyed_batches_never_decode_an_image(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("an image was decoded")
 
-    monkeypatch.setattr(image_captions, "load_image", refuse)
+    monkeypatch.setattr(image_captions, "decode", refuse)
     numbers = []
     for batch in dm.train_dataloader():
         numbers += batch["features"][0]["image_index"].tolist()
