@@ -1,12 +1,13 @@
 """Decoding and preprocessing COCO-size JPEGs (640×480) for CLIP at 224 px: images/s on one core, by route.
 
 Routes (each on the same in-memory JPEGs, one thread, best of ``--repeats`` passes):
-  hf        litembed's HF backend = sentence-transformers: PIL decode (``load_image``) + transformers'
+  hf        sentence-transformers (and litembed before issue 10): PIL decode (``load_image``) + transformers'
             CLIPImageProcessor (resize shortest edge 224 bicubic, centre crop, normalise)
   open_clip PIL decode + open_clip's validation transform (the same steps in torchvision on PIL)
   draft     PIL decode at a reduced DCT scale (``Image.draft``: 640×480 → 320×240, no smaller than 224) + the hf
             processor: most of the decode's work is skipped; pixels differ slightly from a full decode (printed)
-  tv        torchvision.io.decode_jpeg (libjpeg-turbo) on the CPU + the hf processor on the uint8 tensor
+  tv        litembed's HF backend: torchvision.io.decode_jpeg (libjpeg-turbo) on the CPU + the hf processor on
+            the uint8 tensor (``datamodules.images.load_pixels``)
   nvjpeg    torchvision.io.decode_jpeg(device="cuda") in batches + the processor on the GPU (with a GPU only)
 Each route's pixels are compared with the hf route's (largest absolute difference after normalisation). The last
 lines say how many cores each CPU route needs to feed a GPU at a given rate of training pairs/s.
