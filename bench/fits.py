@@ -1,12 +1,18 @@
-"""One timed ``train.py fit`` process of a CLIP demo benchmark, and what its metrics.csv says."""
+"""One timed ``train.py fit`` process of a CLIP demo benchmark, what its metrics.csv says, and the demo's data as
+COCO-size JPEG files."""
 
 import csv
 import glob
+import io
+import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+
+import numpy as np
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NDCG = "val/shapes-eval_cosine_ndcg@10"
@@ -31,3 +37,20 @@ def fit(flags: list[str], epochs: int, out: str) -> dict:
     evaluations = [r[NDCG] for r in rows if r.get(NDCG)]
     return {"seconds": seconds, "pairs_per_s": statistics.median(rates), "ndcg": evaluations[-1] if evaluations else None,
             "losses": [float(r["train/loss"]) for r in rows if r.get("train/loss")]}
+
+
+def coco_size_imagefolder(root: str, rows: int, seed: int = 42) -> None:
+    """The built-in shapes (the demo's captions) as 640×480 JPEG files in an imagefolder with ``metadata.jsonl``."""
+    from datamodules.shapes import make_shapes
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "metadata.jsonl"), "w") as meta:
+        for i, row in enumerate(make_shapes(rows, seed=seed, image_size=240)):
+            pixels = np.asarray(row["image"].resize((640, 480), Image.BILINEAR), dtype=np.float32)
+            pixels += rng.normal(0, 6, pixels.shape)  # grain: what makes a photo's JPEG large and slow to decode
+            buffer = io.BytesIO()
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+            with open(os.path.join(root, f"{i:05d}.jpg"), "wb") as f:
+                f.write(buffer.getvalue())
+            meta.write(json.dumps({"file_name": f"{i:05d}.jpg", "caption": row["caption"]}) + "\n")

@@ -1,8 +1,11 @@
 """LiT-style training (image tower locked) on the CLIP demo recipe: litembed with the tower cached, litembed
 recomputing it every step, and sentence-transformers' trainer with the same tower frozen.
 
-Each run is a fresh process on the same work: the recipe's random-init CLIP, the built-in shapes' 2,500 training pairs
-at 64 px, batches of 64, the recipe's optimiser and schedule, CPU fp32. "Recomputed" (``train.py fit --config
+Each run is a fresh process on the same work: the recipe's random-init CLIP, 2,500 training pairs of the built-in
+shapes, batches of 64, the recipe's optimiser and schedule, CPU fp32. The images are files as in a real dataset: the
+shapes written as COCO-size JPEGs (640×480, ~100 KB; ``bench/fits.py``) in an imagefolder, which each run reads and
+the processor resizes to the model's 64 px; ``--images shapes`` trains on the built-in 64 px images instead (nothing
+to decode). "Recomputed" (``train.py fit --config
 configs/demo/clip.yaml --model.init_args.lock_image true --model.init_args.cache_locked_image_tower false
 --data.init_args.preprocess_cache_gb 0``) decodes, preprocesses and embeds every image of every batch with the frozen
 tower, as ST's trainer and open_clip's
@@ -24,7 +27,8 @@ same initial weights and batches, as litembed's no-duplicates sampler forms ST's
 The runs alternate recomputed, cached, st… after one uncounted warm-up of each (1 epoch); figures are medians over
 the rounds, each ratio the median of the rounds' ratios. The ST model directory is written once, before the runs.
 
-    python bench/locked_tower.py                 # 3 epochs, 2 rounds
+    python bench/locked_tower.py                 # 3 epochs, 2 rounds, COCO-size JPEG files
+    python bench/locked_tower.py --images shapes # the built-in 64 px images
     python bench/locked_tower.py --epochs 15 --rounds 1
 """
 
@@ -48,14 +52,16 @@ TRAIN_ONLY = ["--trainer.limit_val_batches", "0", "--model.init_args.evaluate_be
               "--model.init_args.export_dir", "null"]
 
 
-def fit(run: str, epochs: int, out: str, st_model: str) -> dict:
+def fit(run: str, epochs: int, out: str, st_model: str, dataset: str | None) -> dict:
     """One fresh process of ``run``: its whole-process seconds, median training pairs/s and losses."""
+    data = ["--data.init_args.dataset", dataset] if dataset else []
     if run != "st":
-        return fits.fit(["--config", "configs/demo/clip.yaml", "--model.init_args.lock_image", "true",
+        return fits.fit(["--config", "configs/demo/clip.yaml", *data, "--model.init_args.lock_image", "true",
                          "--model.init_args.cache_locked_image_tower", str(run == "cached").lower(),
                          *(["--data.init_args.preprocess_cache_gb", "0"] if run == "recomputed" else []),
                          *TRAIN_ONLY], epochs, out)
-    command = [sys.executable, os.path.join(fits.ROOT, "bench", "st_clip.py"), st_model, "--epochs", str(epochs)]
+    command = [sys.executable, os.path.join(fits.ROOT, "bench", "st_clip.py"), st_model, "--epochs", str(epochs),
+               *(["--dataset", dataset] if dataset else [])]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=fits.ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -75,19 +81,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--images", choices=["jpeg", "shapes"], default="jpeg")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         st_model = os.path.join(tmp, "st-model")
         build_model(st_model)
+        dataset = None
+        if args.images == "jpeg":
+            dataset = os.path.join(tmp, "images")
+            fits.coco_size_imagefolder(dataset, 3000)
         for run in RUNS:
-            fit(run, 1, os.path.join(tmp, f"warm-{run}"), st_model)
+            fit(run, 1, os.path.join(tmp, f"warm-{run}"), st_model, dataset)
         rows = {run: [] for run in RUNS}
         for r in range(args.rounds):
             for run in RUNS:
-                rows[run].append(fit(run, args.epochs, os.path.join(tmp, f"{run}-{r}"), st_model))
+                rows[run].append(fit(run, args.epochs, os.path.join(tmp, f"{run}-{r}"), st_model, dataset))
                 print(f"round {r + 1} {run}: {rows[run][-1]['seconds']:.1f} s, "
                       f"{rows[run][-1]['pairs_per_s']:.1f} pairs/s", flush=True)
-    print(f"\nCLIP demo recipe, image tower locked, training only: {args.epochs} epochs, {args.rounds} rounds, medians")
+    print(f"\nCLIP demo recipe on {args.images} images, image tower locked, training only: {args.epochs} epochs, "
+          f"{args.rounds} rounds, medians")
     print("| run | whole process (s) | training pairs/s | mean logged train loss |")
     print("|---|--:|--:|--:|")
     for run, runs in rows.items():

@@ -14,8 +14,6 @@ image. Both log the same losses and metrics (tests/test_pixel_cache.py proves it
 """
 
 import argparse
-import io
-import json
 import os
 import statistics
 import sys
@@ -23,26 +21,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from bench.fits import fit  # noqa: E402
-from datamodules.shapes import make_shapes  # noqa: E402
-
-
-def coco_size_imagefolder(root: str, rows: int, seed: int = 42) -> None:
-    """The built-in shapes (the demo's captions) as 640×480 JPEG files in an imagefolder with ``metadata.jsonl``."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, "metadata.jsonl"), "w") as meta:
-        for i, row in enumerate(make_shapes(rows, seed=seed, image_size=240)):
-            pixels = np.asarray(row["image"].resize((640, 480), Image.BILINEAR), dtype=np.float32)
-            pixels += rng.normal(0, 6, pixels.shape)  # grain: what makes a photo's JPEG large and slow to decode
-            buffer = io.BytesIO()
-            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
-            with open(os.path.join(root, f"{i:05d}.jpg"), "wb") as f:
-                f.write(buffer.getvalue())
-            meta.write(json.dumps({"file_name": f"{i:05d}.jpg", "caption": row["caption"]}) + "\n")
+from bench.fits import coco_size_imagefolder, fit  # noqa: E402
 
 
 def main() -> None:

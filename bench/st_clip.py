@@ -71,12 +71,13 @@ def training_pairs(data_args: dict):
     return train.select_columns(dm.columns)  # (image, caption): the image is the anchor, decoded to PIL on access
 
 
-def train(model_dir: str, epochs: int) -> dict:
+def train(model_dir: str, epochs: int, dataset: str | None = None) -> dict:
     """Fit the CLIP in ``model_dir`` with ST's trainer, its image tower frozen, as the recipe fits it.
 
     Args:
         model_dir: a directory ``build_model`` wrote.
         epochs: passes over the training pairs.
+        dataset: the recipe's data from elsewhere (``--data.init_args.dataset``), e.g. an imagefolder of JPEG files.
 
     Returns:
         ``pairs_per_s`` (median rate), ``train_samples_per_second`` (ST's), ``losses`` (every 10th step's), ``steps``.
@@ -124,6 +125,7 @@ def train(model_dir: str, epochs: int) -> dict:
 
     config = recipe()
     seed, module, data = config["seed_everything"], config["model"]["init_args"], config["data"]["init_args"]
+    data = {**data, **({"dataset": dataset} if dataset else {})}
     model = SentenceTransformer(model_dir, device="cpu")
     clip = model[0].model  # the HF CLIPModel inside ST's multimodal Transformer module
     for tower in (clip.vision_model, clip.visual_projection):
@@ -150,10 +152,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model_dir", help="the recipe's random-init CLIP (built here first if missing)")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--dataset", help="the data litembed's run reads (--data.init_args.dataset); default the recipe's")
     args = parser.parse_args()
     if not os.path.isdir(args.model_dir):
         build_model(args.model_dir)
-    print(json.dumps(train(args.model_dir, args.epochs)), flush=True)
+    print(json.dumps(train(args.model_dir, args.epochs, args.dataset)), flush=True)
 
 
 if __name__ == "__main__":
