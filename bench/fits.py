@@ -54,3 +54,24 @@ def coco_size_imagefolder(root: str, rows: int, seed: int = 42) -> None:
             with open(os.path.join(root, f"{i:05d}.jpg"), "wb") as f:
                 f.write(buffer.getvalue())
             meta.write(json.dumps({"file_name": f"{i:05d}.jpg", "caption": row["caption"]}) + "\n")
+
+
+def alternate(runs: dict, epochs: int, rounds: int, tmp: str) -> dict[str, list[dict]]:
+    """Run each of ``runs`` (name → ``run(epochs, out)`` returning ``fit``'s dict) once for 1 uncounted epoch, then
+    ``rounds`` times in turn for ``epochs``, printing each result as it ends: every run's results, by name."""
+    for name, run in runs.items():
+        run(1, os.path.join(tmp, f"warm-{name}"))
+    results: dict[str, list[dict]] = {name: [] for name in runs}
+    for r in range(rounds):
+        for name, run in runs.items():
+            results[name].append(run(epochs, os.path.join(tmp, f"{name}-{r}")))
+            last = results[name][-1]
+            ndcg = "" if last.get("ndcg") is None else f", nDCG@10 {last['ndcg']}"
+            print(f"round {r + 1} {name}: {last['seconds']:.1f} s, {last['pairs_per_s']:.1f} pairs/s{ndcg}", flush=True)
+    return results
+
+
+def ratio(results: dict[str, list[dict]], a: str, b: str, key: str) -> float:
+    """Median over rounds of run ``a``'s figure over run ``b``'s (seconds: b over a, so that > 1 means a is faster)."""
+    pairs = zip(results[a], results[b])
+    return statistics.median(y[key] / x[key] if key == "seconds" else x[key] / y[key] for x, y in pairs)

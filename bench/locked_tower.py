@@ -33,6 +33,7 @@ the rounds, each ratio the median of the rounds' ratios. The ST model directory 
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -71,12 +72,6 @@ def fit(run: str, epochs: int, out: str, st_model: str, dataset: str | None) -> 
     return {"seconds": seconds, "pairs_per_s": result["pairs_per_s"], "losses": result["losses"]}
 
 
-def ratio(rows: dict, a: str, b: str, key: str) -> float:
-    """Median over rounds of run ``a``'s figure over run ``b``'s (seconds: b over a, so that > 1 means a is faster)."""
-    pairs = zip(rows[a], rows[b])
-    return statistics.median(y[key] / x[key] if key == "seconds" else x[key] / y[key] for x, y in pairs)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
@@ -90,14 +85,8 @@ def main() -> None:
         if args.images == "jpeg":
             dataset = os.path.join(tmp, "images")
             fits.coco_size_imagefolder(dataset, 3000)
-        for run in RUNS:
-            fit(run, 1, os.path.join(tmp, f"warm-{run}"), st_model, dataset)
-        rows = {run: [] for run in RUNS}
-        for r in range(args.rounds):
-            for run in RUNS:
-                rows[run].append(fit(run, args.epochs, os.path.join(tmp, f"{run}-{r}"), st_model, dataset))
-                print(f"round {r + 1} {run}: {rows[run][-1]['seconds']:.1f} s, "
-                      f"{rows[run][-1]['pairs_per_s']:.1f} pairs/s", flush=True)
+        rows = fits.alternate({run: functools.partial(fit, run, st_model=st_model, dataset=dataset) for run in RUNS},
+                              args.epochs, args.rounds, tmp)
     print(f"\nCLIP demo recipe on {args.images} images, image tower locked, training only: {args.epochs} epochs, "
           f"{args.rounds} rounds, medians")
     print("| run | whole process (s) | training pairs/s | mean logged train loss |")
@@ -106,8 +95,8 @@ def main() -> None:
         print(f"| {run} | {statistics.median(r['seconds'] for r in runs):.1f} | "
               f"{statistics.median(r['pairs_per_s'] for r in runs):.1f} | {statistics.mean(runs[0]['losses']):.3f} |")
     for a, b in (("cached", "recomputed"), ("cached", "st"), ("recomputed", "st")):
-        print(f"{a} / {b}: {ratio(rows, a, b, 'seconds'):.2f}× whole process, "
-              f"{ratio(rows, a, b, 'pairs_per_s'):.2f}× training pairs/s")
+        print(f"{a} / {b}: {fits.ratio(rows, a, b, 'seconds'):.2f}× whole process, "
+              f"{fits.ratio(rows, a, b, 'pairs_per_s'):.2f}× training pairs/s")
     print(f"cached and recomputed logged the same losses: "
           f"{all(a['losses'] == b['losses'] for a, b in zip(rows['recomputed'], rows['cached']))}")
 

@@ -14,6 +14,7 @@ image. Both log the same losses and metrics (tests/test_pixel_cache.py proves it
 """
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -21,7 +22,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.fits import coco_size_imagefolder, fit  # noqa: E402
+from bench.fits import alternate, coco_size_imagefolder, fit, ratio  # noqa: E402
 
 
 def main() -> None:
@@ -37,14 +38,8 @@ def main() -> None:
             coco_size_imagefolder(os.path.join(tmp, "images"), 3000)
             common += ["--data.init_args.dataset", os.path.join(tmp, "images")]
         runs = {"recomputed": common + ["--data.init_args.preprocess_cache_gb", "0"], "cached": common}
-        for name, flags in runs.items():
-            fit(flags, 1, os.path.join(tmp, f"warm-{name}"))
-        rows: dict[str, list] = {name: [] for name in runs}
-        for r in range(args.rounds):
-            for name, flags in runs.items():
-                rows[name].append(fit(flags, args.epochs, os.path.join(tmp, f"{name}-{r}")))
-                print(f"round {r + 1} {name}: {rows[name][-1]['seconds']:.1f} s, {rows[name][-1]['pairs_per_s']:.1f} "
-                      f"pairs/s, nDCG@10 {rows[name][-1]['ndcg']}", flush=True)
+        rows = alternate({name: functools.partial(fit, flags) for name, flags in runs.items()}, args.epochs,
+                         args.rounds, tmp)
     print(f"\nCLIP demo recipe on {args.images} images, both towers trained, {args.epochs} epochs, {args.workers} "
           f"worker(s), {args.rounds} rounds (medians)")
     print("| run | whole process (s) | training pairs/s | final caption→image nDCG@10 |")
@@ -52,11 +47,9 @@ def main() -> None:
     for name, results in rows.items():
         print(f"| {name} | {statistics.median(r['seconds'] for r in results):.1f} | "
               f"{statistics.median(r['pairs_per_s'] for r in results):.1f} | {results[0]['ndcg']} |")
-    pairs = list(zip(rows["recomputed"], rows["cached"]))
-    whole = statistics.median(a["seconds"] / b["seconds"] for a, b in pairs)
-    rate = statistics.median(b["pairs_per_s"] / a["pairs_per_s"] for a, b in pairs)
-    print(f"cached / recomputed: {whole:.2f}× whole process, {rate:.2f}× training pairs/s; same metrics: "
-          f"{all(a['ndcg'] == b['ndcg'] for a, b in pairs)}")
+    print(f"cached / recomputed: {ratio(rows, 'cached', 'recomputed', 'seconds'):.2f}× whole process, "
+          f"{ratio(rows, 'cached', 'recomputed', 'pairs_per_s'):.2f}× training pairs/s; same metrics: "
+          f"{all(a['ndcg'] == b['ndcg'] for a, b in zip(rows['recomputed'], rows['cached']))}")
 
 
 if __name__ == "__main__":

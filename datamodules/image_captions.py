@@ -7,6 +7,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from datamodules.common import (ROW, RetrievalDataModule, RetrievalTask, arrow_columns, check_columns, check_texts,
@@ -208,9 +209,9 @@ class ImageCaptionDataModule(RetrievalDataModule):
         processes = self.trainer.num_devices if self.trainer is not None else 1
         capacity = plan_capacity(total, image_bytes, h.preprocess_cache_gb, directory, processes)
         if capacity == 0:
-            log.info("Preprocessed images are not cached: one takes %.1f MB, more than --data.init_args."
-                     "preprocess_cache_gb %s or the room in %s allows", image_bytes / 1e6, h.preprocess_cache_gb,
-                     directory)
+            rank_zero_info(f"Preprocessed images are not cached: one takes {image_bytes / 1e6:.1f} MB, more than "
+                           f"--data.init_args.preprocess_cache_gb {h.preprocess_cache_gb} or the room in {directory} "
+                           f"allows")
             return
         self.pixel_cache = PixelCache(capacity, tuple(sample.shape), sample.dtype, directory)
         start = 0
@@ -218,10 +219,10 @@ class ImageCaptionDataModule(RetrievalDataModule):
             self.pixel_offsets[name], start = start, start + len(part)
         rest = ("" if capacity == total else f"; the other {total - capacity:,} are preprocessed every time: raise "
                 f"--data.init_args.preprocess_cache_gb or point --data.init_args.preprocess_cache_dir at a disk")
-        log.info("Caching preprocessed images in %s: %s of %s (%s, %.0f MB at most, --data.init_args."
-                 "preprocess_cache_gb %s)%s", directory, f"{capacity:,}", f"{total:,}", " + ".join(
-                     f"{name} {len(part):,}" for name, part in parts), capacity * image_bytes / 1e6,
-                 h.preprocess_cache_gb, rest)
+        parts_text = " + ".join(f"{name} {len(part):,}" for name, part in parts)
+        rank_zero_info(f"Caching preprocessed images in {directory}: {capacity:,} of {total:,} ({parts_text}, "
+                       f"{capacity * image_bytes / 1e6:.0f} MB at most, --data.init_args.preprocess_cache_gb "
+                       f"{h.preprocess_cache_gb}){rest}")
 
     def pixel_cache_parts(self) -> list[tuple[str, list]]:
         """The images whose preprocessing gives the same pixels every time, in the cache's order: each evaluation

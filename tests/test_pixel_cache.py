@@ -105,7 +105,7 @@ def test_a_budget_smaller_than_the_data_caches_evaluation_images_first(tmp_path,
     dm = ImageCaptionDataModule(builtin_rows=96, image_size=32, val_size=32, batch_size=8, num_workers=0,
                                 preprocess_cache_gb=40 * one_image / 2**30, preprocess_cache_dir=str(tmp_path))
     dm.processor = module.processor
-    with caplog.at_level(logging.INFO, logger="datamodules.image_captions"):
+    with caplog.at_level(logging.INFO):
         dm.setup("fit")
     assert dm.pixel_cache.capacity == 40
     assert "40 of 96 (val 32 + train 64" in caplog.text and "--data.init_args.preprocess_cache_gb" in caplog.text
