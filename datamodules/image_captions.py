@@ -117,7 +117,8 @@ class ImageCaptionDataModule(RetrievalDataModule):
             copies (metrics equal recomputing); 0 turns it off. Not used with a cached locked image tower (which
             keeps embeddings instead) nor for a streamed training split.
         preprocess_cache_dir: where the cache lives: default ``/dev/shm`` (memory); a directory on a disk for a
-            dataset larger than memory. At most half of its free room is used, shared by the processes of a machine.
+            dataset larger than memory. At most half of its free room past 2 GiB (left to the DataLoader workers'
+            batches) is used, shared by the processes of a machine; a ``/dev/shm`` with less than 4 GiB free is not.
         batch_size: pairs per device per step.
         **kwargs: split, streaming, batching and loader options of ``RetrievalDataModule``.
     """

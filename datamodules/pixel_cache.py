@@ -24,11 +24,16 @@ log = logging.getLogger(__name__)
 
 PREFIX = "litembed-pixels-"
 ALIGN = 64
+RESERVE = 2 * 2**30  # bytes of the cache's directory left free: DataLoader workers' batches travel through /dev/shm
 
 
 def default_directory() -> str:
-    """``/dev/shm`` (memory shared between processes) where there is one, else the temporary directory."""
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    """``/dev/shm`` (memory shared between processes) where there is one with room to spare, else the temporary
+    directory. A container's ``/dev/shm`` is often 64 MB, which DataLoader workers need for handing over batches."""
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 2 * RESERVE:
+        return shm
+    return tempfile.gettempdir()
 
 
 class PixelCache:
@@ -115,6 +120,7 @@ def remove_stale_files(directory: str) -> None:
 
 def plan_capacity(images: int, image_bytes: int, budget_gb: float, directory: str, processes: int) -> int:
     """How many images fit the budget and, shared with ``processes`` caches on this machine, half the room left in
-    ``directory`` (a full ``/dev/shm`` would kill the workers writing to it)."""
-    room = shutil.disk_usage(directory).free // 2 // max(1, processes)
+    ``directory`` past ``RESERVE`` (a full ``/dev/shm`` would kill the DataLoader workers, which hand batches over
+    through it)."""
+    room = max(0, shutil.disk_usage(directory).free - RESERVE) // 2 // max(1, processes)
     return max(0, min(images, int(budget_gb * 2**30) // image_bytes, room // image_bytes))

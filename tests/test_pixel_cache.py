@@ -153,11 +153,15 @@ def test_files_of_killed_processes_are_removed_and_others_kept(tmp_path):
     assert not dead.exists() and alive.exists()
 
 
-def test_capacity_follows_the_budget_and_half_the_free_room(tmp_path, monkeypatch):
+def test_capacity_follows_the_budget_and_half_the_room_past_a_reserve(tmp_path, monkeypatch):
     assert plan_capacity(1000, 2**20, 0.5, str(tmp_path), 1) == 512
     assert plan_capacity(100, 2**20, 0.5, str(tmp_path), 1) == 100
-    monkeypatch.setattr(pixel_cache.shutil, "disk_usage", lambda d: type("u", (), {"free": 64 * 2**20})())
-    assert plan_capacity(1000, 2**20, 0.5, str(tmp_path), 2) == 16  # 64 MiB free, half of it, two processes
+    free = {"bytes": pixel_cache.RESERVE + 64 * 2**20}
+    monkeypatch.setattr(pixel_cache.shutil, "disk_usage", lambda d: type("u", (), {"free": free["bytes"]})())
+    assert plan_capacity(1000, 2**20, 0.5, str(tmp_path), 2) == 16  # 64 MiB past the reserve, half, two processes
+    free["bytes"] = 64 * 2**20  # a container's /dev/shm: all of it left to the DataLoader workers
+    assert plan_capacity(1000, 2**20, 0.5, str(tmp_path), 1) == 0
+    assert pixel_cache.default_directory() == pixel_cache.tempfile.gettempdir()
 
 
 @pytest.mark.parametrize("option, message", [
