@@ -156,14 +156,15 @@ def load_pixels(value: Any, *, where: str, base_dir: str | None = None, tensors:
     (tests/test_images.py). Anything else, or anything the tensor route cannot decode, goes through ``load_image``
     and its checks and messages."""
     if tensors:
-        data, _ = _raw(value, where, base_dir)
+        data, origin = _raw(value, where, base_dir)
         if isinstance(data, bytes) and _colour_jpeg(data):
             try:
                 return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
                                    apply_exif_orientation=True)
             except RuntimeError:
                 pass  # corrupt or unusual: PIL decides, and names the problem
-        value = data  # read once
+        # read once; the file's name goes on with the bytes, so PIL's messages still say which file
+        value = {"bytes": data, "path": origin or None} if isinstance(data, bytes) else data
     return load_image(value, where=where, base_dir=base_dir)
 
 

@@ -216,3 +216,15 @@ def test_a_corrupt_jpeg_on_the_tensor_route_gets_pils_message():
     data = jpeg_variants()["4:2:0"]
     with pytest.raises(ImageLoadError, match="row 3: truncated or corrupt image"):
         load_pixels(data[: len(data) // 2], where="row 3", tensors=True)
+
+
+@pytest.mark.parametrize("name, data", [("bad.jpg", jpeg_variants()["4:2:0"][:3000]),
+                                        ("bad.png", encode(photo(), "PNG")[:3000])])
+def test_a_bad_file_on_the_tensor_route_is_named_as_on_pils(tmp_path, name, data):
+    (tmp_path / name).write_bytes(data)
+    messages = []
+    for tensors in (False, True):
+        with pytest.raises(ImageLoadError) as err:
+            load_pixels(name, where="row 3", base_dir=str(tmp_path), tensors=tensors)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and f"row 3 ({tmp_path / name}): truncated or corrupt image" in messages[1]
