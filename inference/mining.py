@@ -1,13 +1,13 @@
 """Hard-negative mining: the negatives sentence-transformers' ``util.mine_hard_negatives`` selects, on the device.
 
-:func:`mine_hard_negatives` works on embeddings. Each query's candidate pool is its best ``range_max + P`` corpus
-rows by cosine similarity (P: the most positives any query has, so that removing a query's positives still leaves
-``range_max`` candidates), ranked in corpus chunks by :func:`lightning_modules.retrieval.top_k` (ties to the
+:func:`mine_hard_negatives` works on embeddings. Each query's candidate pool is its best ``range_max + P + 1`` corpus
+rows by cosine similarity (P: the most positives any query has, and one more for the query's own text, so that
+removing a query's positives and itself still leaves ``range_max`` candidates; ST 6.3), ranked in corpus chunks by :func:`lightning_modules.retrieval.top_k` (ties to the
 lower corpus row), so memory is O(Q·(range_max + P) + query_chunk_size·chunk_size), never the (Q, C) score matrix.
 Then, as ST does and in ST's order:
 
 1. the query's positives leave the pool (a query in several rows: all of its positives; another query's positive
-   stays, it is a negative here);
+   stays, it is a negative here), and so does the corpus row holding the query's own text, if any (ST 6.3);
 2. ``absolute_margin``: candidates scoring above ``s⁺ - absolute_margin`` leave, ``relative_margin``: above
    ``s⁺ - |s⁺|·relative_margin``, with ``s⁺`` the query's lowest positive score (the harder positive);
 3. ``max_score``: candidates above it leave; ``min_score``: candidates below it leave;
@@ -83,6 +83,7 @@ def mine_hard_negatives(
     corpus_embeddings: Tensor,
     positive_ids: Sequence[int | Sequence[int]] | Tensor,
     *,
+    query_corpus_ids: Sequence[int] | Tensor | None = None,
     num_negatives: int = 3,
     range_min: int = 0,
     range_max: int | None = None,
@@ -106,6 +107,8 @@ def mine_hard_negatives(
         positive_ids: ``positive_ids[q]``: the corpus rows of query ``q``'s positives (at least one), or its one
             positive's row; a (Q,) tensor: one positive per query. ST sizes the candidate pool by the most dataset
             rows any query has, repeats included: pass one id per row (repeats allowed) to reproduce it.
+        query_corpus_ids: ``query_corpus_ids[q]``: the corpus row whose text is query ``q``'s own text, -1 where the
+            corpus does not hold it; that row is never a negative of ``q`` (ST 6.3). None: no query is in the corpus.
         num_negatives: negatives per query (ST: ``num_negatives``).
         range_min: skip this many best surviving candidates (likely unlabelled positives).
         range_max: consider only the best ``range_max`` surviving candidates; None: ST's default,
@@ -142,6 +145,7 @@ def mine_hard_negatives(
     device = query_embeddings.device
     positives = _padded_positives(positive_ids, query_embeddings.shape[0], corpus_embeddings.shape[0], device)
     max_positives = positives.shape[1]  # the longest list, repeats included
+    own = _query_corpus_ids(query_corpus_ids, query_embeddings.shape[0], corpus_embeddings.shape[0], device)  # (Q,)
     if num_negatives < 1:
         raise ValueError(f"num_negatives must be ≥ 1, got {num_negatives}")
     if range_max is None:
@@ -166,8 +170,10 @@ def mine_hard_negatives(
     parts = []  # (indices, scores, lowest positive score) per block of queries
     for start in range(0, queries.shape[0], query_chunk_size):
         block = slice(start, start + query_chunk_size)
-        scores, index = _candidate_pool(queries[block], corpus, range_max + max_positives, chunk_size)  # (q, K)
-        parts.append(_select(queries[block], corpus, scores, index, positives[block], filters, skipped,
+        # room for the positives and the query's own text, all of which leave the pool (ST 6.3's pool size)
+        scores, index = _candidate_pool(queries[block], corpus, range_max + max_positives + 1, chunk_size)  # (q, K)
+        excluded = torch.cat([positives[block], own[block, None]], 1)  # (q, P + 1) -1 where nothing
+        parts.append(_select(queries[block], corpus, scores, index, positives[block], excluded, filters, skipped,
                              num_negatives=num_negatives, range_min=range_min, range_max=range_max, rng=rng))
     indices, scores, positive_scores = (torch.cat(part) for part in zip(*parts))
     return MinedNegatives(indices, scores, positive_scores, range_max, dict(zip(FILTERS, skipped.tolist())))
@@ -197,6 +203,20 @@ def _padded_positives(positive_ids: Sequence[int | Sequence[int]] | Tensor, n_qu
     return padded.to(device)
 
 
+def _query_corpus_ids(query_corpus_ids: Sequence[int] | Tensor | None, n_queries: int, n_corpus: int,
+                      device: torch.device) -> Tensor:
+    """(Q,) long tensor of each query's own corpus row, -1 where it has none."""
+    if query_corpus_ids is None:
+        return torch.full((n_queries,), -1, dtype=torch.long, device=device)
+    ids = torch.as_tensor(query_corpus_ids, dtype=torch.long).flatten()
+    if ids.numel() != n_queries:
+        raise ValueError(f"query_corpus_ids has {ids.numel()} entries for {n_queries} queries: one per query")
+    if ((ids < -1) | (ids >= n_corpus)).any():
+        raise ValueError(f"query_corpus_ids must be corpus rows (0 … {n_corpus - 1}) or -1, got "
+                         f"{ids[(ids < -1) | (ids >= n_corpus)][0].item()}")
+    return ids.to(device)
+
+
 def _candidate_pool(queries: Tensor, corpus: Tensor, pool: int, chunk_size: int) -> tuple[Tensor, Tensor]:
     """(scores, indices), both (q, pool): each query's best ``pool`` corpus rows, best first, padded with -inf / -1
     where the corpus is smaller (as ST pads)."""
@@ -208,11 +228,11 @@ def _candidate_pool(queries: Tensor, corpus: Tensor, pool: int, chunk_size: int)
     return scores, index
 
 
-def _select(queries: Tensor, corpus: Tensor, scores: Tensor, index: Tensor, positives: Tensor,
+def _select(queries: Tensor, corpus: Tensor, scores: Tensor, index: Tensor, positives: Tensor, excluded: Tensor,
             filters: dict[str, float | None], skipped: Tensor, *, num_negatives: int, range_min: int, range_max: int,
             rng: random.Random | None) -> tuple[Tensor, Tensor, Tensor]:
     """One block of queries' (indices, scores, lowest positive score): ST's steps 1–5 on the candidate pool."""
-    removed = (index.unsqueeze(2) == positives.unsqueeze(1)).any(2) | (index < 0)  # (q, K) positives and padding
+    removed = (index.unsqueeze(2) == excluded.unsqueeze(1)).any(2) | (index < 0)  # (q, K) positives, self, padding
     scores = scores.masked_fill(removed, -torch.inf)
     positive_scores = torch.einsum("qd,qpd->qp", queries, corpus[positives.clamp(min=0)])  # (q, P)
     lowest = positive_scores.masked_fill(positives < 0, torch.inf).amin(1, keepdim=True)  # (q, 1) the harder positive
@@ -356,7 +376,8 @@ def mine_dataset(
     corpus_prompt_name = corpus_prompt_name or next((p for p in DOCUMENT_PROMPTS if p in prompts), None)
     query_embeddings = embedder.encode_texts(queries, prompt_name=query_prompt_name, **encode)
     corpus_embeddings = embedder.encode_texts(corpus_texts, prompt_name=corpus_prompt_name, **encode)
-    mined = mine_hard_negatives(query_embeddings, corpus_embeddings, per_row, **options)
+    own = [corpus_id.get(text, -1) for text in queries]  # a query whose text is in the corpus is not its own negative
+    mined = mine_hard_negatives(query_embeddings, corpus_embeddings, per_row, query_corpus_ids=own, **options)
 
     columns: dict[str, list[str]] = {anchor_column: [], positive_column: []}
     negatives = [[] for _ in range(mined.indices.shape[1])]

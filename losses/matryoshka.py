@@ -3,6 +3,7 @@
 import random
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -67,10 +68,17 @@ class MatryoshkaLoss(nn.Module):
         chosen = range(len(self.dims))
         if 0 < self.n_dims_per_step < len(self.dims):
             chosen = sorted(random.sample(chosen, self.n_dims_per_step))
-        return sum(
-            self.weights[i] * self.loss(*(F.normalize(e[..., :self.dims[i]], dim=-1) for e in embeddings), scale=scale)
-            for i in chosen
-        )
+        return sum(self.weights[i] * self.loss(*(_shrink(e, self.dims[i]) for e in embeddings), scale=scale)
+                   for i in chosen)
 
     def extra_repr(self) -> str:
         return f"dims={self.dims}, weights={self.weights}, n_dims_per_step={self.n_dims_per_step}"
+
+
+def _shrink(embeddings: Tensor, dim: int) -> Tensor:
+    """The first ``dim`` features, L2-normalised; half-precision slices are normalised in float32 and cast back, as
+    sentence-transformers 6.3 does (a bf16 sum of squares over 768 features loses the last digits of the norm)."""
+    prefix = embeddings[..., :dim]  # (B, dim)
+    if prefix.dtype in (torch.float16, torch.bfloat16):
+        return F.normalize(prefix.float(), dim=-1).to(prefix.dtype)
+    return F.normalize(prefix, dim=-1)

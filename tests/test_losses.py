@@ -54,6 +54,9 @@ class EmbeddingsModel(nn.Module):
     def get_embedding_dimension(self) -> int:
         return self.dim
 
+    def _get_untruncated_embedding_dimension(self) -> int:  # ST ≥ 6.3's MatryoshkaLoss checks the dims against it
+        return self.dim
+
     def forward(self, features: dict) -> dict:
         return {"sentence_embedding": features["embedding"]}
 
@@ -151,6 +154,32 @@ def test_matryoshka_of_symmetric_dot_loss_matches_sentence_transformers(st):
     inner = st_mnrl(st, symmetric=True, similarity="dot", model=model, scale=5.0)
     theirs = losses.MatryoshkaLoss(model, inner, [8, 32, 16])
     assert_same_loss_and_grads(lambda x: ours(*x), st_forward(theirs), embeddings(3, dim=32))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_matryoshka_normalises_half_precision_slices_in_float32_as_sentence_transformers(dtype):
+    """ST 6.3 normalises a bf16/fp16 slice in float32 and casts it back: the inner loss gets exactly ST's slices."""
+    from sentence_transformers.sentence_transformer.losses.matryoshka import shrink
+
+    class Recording(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen = []
+
+        def forward(self, *columns, scale=None):
+            self.seen.append(columns)
+            return columns[0].sum()
+
+    dims = [768, 256, 64]
+    inputs = [(e * 7).to(dtype) for e in embeddings(2, dim=768)]
+    inner = Recording()
+    MatryoshkaLoss(inner, dims)(*inputs)
+    for d, columns in zip(dims, inner.seen, strict=True):
+        for ours, given in zip(columns, inputs, strict=True):
+            assert ours.dtype == dtype
+            torch.testing.assert_close(ours, shrink(given, d), rtol=0, atol=0)
+    in_half = F.normalize(inputs[0][..., :256], dim=-1)
+    assert not torch.equal(in_half, shrink(inputs[0], 256))  # the comparison above tells the two ways apart
 
 
 @pytest.mark.parametrize("seed", range(4))

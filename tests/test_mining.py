@@ -151,6 +151,17 @@ def test_more_negatives_than_the_corpus_holds_drops_those_rows_like_sentence_tra
     assert st_rows(rows, table, **options) == our_rows(rows, table, **options) != []
 
 
+@pytest.mark.parametrize("options", [{}, {"absolute_margin": 0.1, "max_score": 0.9}, {"range_max": 6}])
+def test_a_query_whose_text_is_in_the_corpus_is_not_its_own_negative_as_in_sentence_transformers(options):
+    """ST 6.3 leaves a query's own text out of its candidates (and widens the pool by one for it)."""
+    rows, extra, table = structured_case()
+    corpus = extra + [f"q{q}" for q in range(0, 40, 3)]  # some queries' own texts among the distractors
+    ours = mine_dataset(rows, StubEmbedder(table), corpus=corpus, **options)
+    assert ours.dataset.to_list() == st_rows(rows, table, corpus, **options)
+    # its own text scores 1.0, so without the rule it would be every such query's first negative
+    assert all(r["anchor"] not in (r["negative_1"], r["negative_2"], r["negative_3"]) for r in ours.dataset.to_list())
+
+
 def test_duplicate_anchors_exclude_all_their_positives_and_share_negatives():
     rows, extra, table = structured_case()
     mined = mine_dataset(rows, StubEmbedder(table), corpus=extra, num_negatives=8).dataset.to_list()
