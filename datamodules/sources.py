@@ -148,7 +148,6 @@ class StreamingSource(TrainSource):
     def dataloader(self, *, epoch: int, rank: int, world: int, options: dict,
                    resume: tuple[int, int] | None = None) -> DataLoader:
         stream = split_dataset_by_node(self.stream, rank=rank, world_size=world)
-        stream = stream.shuffle(seed=self.seed, buffer_size=self.buffer_size)
         workers = options["num_workers"]
         if workers > stream.num_shards:
             # HF gives each worker whole shards: a worker without one would have nothing to read
@@ -162,8 +161,8 @@ class StreamingSource(TrainSource):
         # batches without collating them and the loader drops the k % W batches that still come before batch k
         streams = max(1, options["num_workers"])
         skip = 0 if resume is None else resume[1]
-        batches = StreamBatches(stream, steps, epoch, self.batch_size, self.window, self.admit, self.collate,
-                                f"{self.where} rank {rank}", skip=skip // streams)
+        batches = StreamBatches(stream, steps, epoch, self.seed, self.buffer_size, self.batch_size, self.window,
+                                self.admit, self.collate, f"{self.where} rank {rank}", skip=skip // streams)
         return SkipFirst(batches, skip=skip % streams, batch_size=None, **options)
 
 
@@ -171,12 +170,18 @@ class StreamBatches(IterableDataset):
     """The batches of one rank: each worker reads its shards and yields its share of ``steps`` batches per epoch.
 
     Persistent workers keep their copy of this object, so each ``__iter__`` is the next epoch (Lightning calls
-    ``set_epoch`` only on samplers, which an iterable dataset has none of).
+    ``set_epoch`` only on samplers, which an iterable dataset has none of). Each pass over the shards is shuffled
+    (shard order and buffer) by a generator seeded with ``(seed, epoch, pass)`` in the worker itself, never through
+    HF's ``set_epoch``: that adds the difference to an epoch counter which forked workers share, and two workers
+    setting the same epoch at once could both add it (epoch 1 read as 2000): a run's batches then differed from its
+    second epoch on, in about one 3-epoch loop in ten.
     """
 
-    def __init__(self, stream: datasets.IterableDataset, steps: int | None, epoch: int, batch_size: int, window: int,
-                 admit: Callable[[dict], tuple], collate: Callable, where: str, skip: int = 0) -> None:
+    def __init__(self, stream: datasets.IterableDataset, steps: int | None, epoch: int, seed: int, buffer_size: int,
+                 batch_size: int, window: int, admit: Callable[[dict], tuple], collate: Callable, where: str,
+                 skip: int = 0) -> None:
         self.stream, self.steps, self.epoch, self.skip = stream, steps, epoch, skip
+        self.seed, self.buffer_size = seed, buffer_size
         self.batch_size, self.window, self.admit, self.collate, self.where = batch_size, window, admit, collate, where
 
     def __len__(self) -> int:
@@ -193,9 +198,12 @@ class StreamBatches(IterableDataset):
         report, produced, passes = EpochReport(), 0, 0
         skip, self.skip = self.skip, 0  # resuming: this worker's batches already trained (the first epoch only)
         while quota is None or produced < quota:
-            self.stream.set_epoch(epoch * 1000 + passes)  # a fresh shard order and buffer for each pass
+            # the same generator in every worker of the rank: on their first pass they agree on the shard order,
+            # so each reads shards of its own
+            shuffled = self.stream.shuffle(generator=np.random.default_rng([self.seed, epoch, passes]),
+                                           buffer_size=self.buffer_size)
             produced_this_pass = 0
-            for rows in self._batches(report):
+            for rows in self._batches(shuffled, report):
                 if produced < skip:
                     produced += 1
                     produced_this_pass += 1
@@ -214,10 +222,10 @@ class StreamBatches(IterableDataset):
             passes += 1
             report.repeated_passes += 1
 
-    def _batches(self, report: EpochReport) -> Iterator[list[dict]]:
+    def _batches(self, stream: datasets.IterableDataset, report: EpochReport) -> Iterator[list[dict]]:
         """Full duplicate-free batches (their rows) from one pass; fewer than a batch of rows may be left at its end."""
         pending: list[tuple[dict, tuple]] = []
-        for row in self.stream:
+        for row in stream:
             try:
                 values = self.admit(row)
             except BadRow as err:
