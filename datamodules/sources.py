@@ -107,7 +107,8 @@ class StreamingSource(TrainSource):
     Args:
         stream: the training split as an HF ``IterableDataset`` (``take(n)`` already applied for a row cap).
         rows: rows per epoch (all ranks together) when known, from the row cap or the data's metadata; None: unknown.
-        max_steps: ``--trainer.max_steps`` (-1: unset); used when ``rows`` is unknown.
+        max_steps: ``--trainer.max_steps`` (-1: unset); when ``rows`` is unknown, the run is one epoch of that many
+            optimizer steps.
         accumulate: ``--trainer.accumulate_grad_batches``: batches per optimizer step.
         batch_size: rows per batch on each rank.
         seed: seed of the shard order and shuffle buffer (reshuffled every epoch).
@@ -126,7 +127,7 @@ class StreamingSource(TrainSource):
             raise ValueError(
                 f"{where}: the stream's length is unknown (no row count in its metadata, not a local parquet, jsonl or "
                 f"csv file), so an epoch has no end: set --data.init_args.max_train_rows (rows per epoch) or "
-                f"--trainer.max_steps")
+                f"--trainer.max_steps (the run is then one epoch of that many optimizer steps, validated at its end)")
         self.stream, self.rows, self.max_steps, self.accumulate = stream, rows, max_steps, accumulate
         self.batch_size, self.seed, self.buffer_size = batch_size, seed, buffer_size
         self.window, self.admit, self.collate, self.where = max(window, batch_size), admit, collate, where
@@ -135,10 +136,12 @@ class StreamingSource(TrainSource):
     def equal_batch_sizes(self) -> bool:
         return True
 
-    def steps_per_epoch(self, world: int) -> int | None:
-        """Batches every rank yields per epoch: full global batches of the known rows, else None (until max_steps)."""
+    def steps_per_epoch(self, world: int) -> int:
+        """Batches every rank yields per epoch: full global batches of the known rows. With the rows unknown, the
+        run's ``max_steps`` optimizer steps: an epoch that ends is one Lightning validates and checkpoints at its end,
+        so the exported weights are the validated ones (an endless epoch would stop at max_steps unvalidated)."""
         if self.rows is None:
-            return None
+            return self.max_steps * self.accumulate
         steps = self.rows // (self.batch_size * world)
         if steps == 0:
             raise ValueError(f"{self.where}: {self.rows} rows make no batch of {self.batch_size} on each of {world} "
@@ -155,7 +158,7 @@ class StreamingSource(TrainSource):
                         "files for more)", self.where, workers, stream.num_shards, stream.num_shards)
             options = {**options, "num_workers": stream.num_shards, "persistent_workers": True}
         steps = self.steps_per_epoch(world)
-        if resume is not None and steps is not None and resume[1] >= steps:
+        if resume is not None and resume[1] >= steps:
             epoch, resume = resume[0] + 1, None  # saved after the epoch's last batch: the next epoch starts afresh
         # DataLoader takes batch i from worker i % W: to serve batch k first, every worker skips k // W of its
         # batches without collating them and the loader drops the k % W batches that still come before batch k
@@ -177,7 +180,7 @@ class StreamBatches(IterableDataset):
     second epoch on, in about one 3-epoch loop in ten.
     """
 
-    def __init__(self, stream: datasets.IterableDataset, steps: int | None, epoch: int, seed: int, buffer_size: int,
+    def __init__(self, stream: datasets.IterableDataset, steps: int, epoch: int, seed: int, buffer_size: int,
                  batch_size: int, window: int, admit: Callable[[dict], tuple], collate: Callable, where: str,
                  skip: int = 0) -> None:
         self.stream, self.steps, self.epoch, self.skip = stream, steps, epoch, skip
@@ -185,8 +188,6 @@ class StreamBatches(IterableDataset):
         self.batch_size, self.window, self.admit, self.collate, self.where = batch_size, window, admit, collate, where
 
     def __len__(self) -> int:
-        if self.steps is None:
-            raise TypeError("the stream has no length: the run ends at --trainer.max_steps")
         return self.steps
 
     def __iter__(self) -> Iterator[dict]:
@@ -194,10 +195,10 @@ class StreamBatches(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         epoch, self.epoch = self.epoch, self.epoch + 1
         # DataLoader takes batches from the workers in turn, so worker w serves every workers-th batch
-        quota = None if self.steps is None else self.steps // workers + (worker < self.steps % workers)
+        quota = self.steps // workers + (worker < self.steps % workers)
         report, produced, passes = EpochReport(), 0, 0
         skip, self.skip = self.skip, 0  # resuming: this worker's batches already trained (the first epoch only)
-        while quota is None or produced < quota:
+        while produced < quota:
             # the same generator in every worker of the rank: on their first pass they agree on the shard order,
             # so each reads shards of its own
             shuffled = self.stream.shuffle(generator=np.random.default_rng([self.seed, epoch, passes]),

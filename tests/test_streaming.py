@@ -2,7 +2,9 @@
 rank, bad rows skipped and reported, row caps as take(n)."""
 
 import itertools
+import json
 import logging
+import os
 
 import pytest
 
@@ -14,6 +16,7 @@ from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TransformersCli
 from lightning_modules.text import TextEmbeddingModule
 from lightning_modules.text_encoder import TextEncoder
 from test_clip import imagefolder, png
+from test_resume import command, logged, run
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +124,30 @@ def test_validation_held_out_from_the_stream_start(text_module, tmp_path):
 def test_unknown_length_needs_a_row_cap_or_max_steps(text_module, tmp_path):
     path = tmp_path / "pairs.json"  # JSON lines in a .json file: no row count without reading it all
     write_jsonl(path, qa_rows(30))
-    with pytest.raises(ValueError, match=r"set --data.init_args.max_train_rows \(rows per epoch\) or --trainer.max_steps"):
+    with pytest.raises(ValueError, match=r"set --data.init_args.max_train_rows \(rows per epoch\) or --trainer.max_steps "
+                                         r"\(the run is then one epoch of that many optimizer steps, validated at its end\)"):
         make(PairDataModule, text_module, dataset=str(path), val_split=None, batch_size=8)
+
+
+def test_unknown_length_with_max_steps_validates_the_weights_it_exports(tiny_bert_dir, tmp_path):
+    """The refusal's advice typed back: the run is one epoch of max_steps optimizer steps (here of 2 batches each),
+    so it validates at the end of that epoch and exports the validated weights. An endless epoch was never
+    validated: the model was exported after the base-model row alone."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, rows in (("train", qa_rows(96)), ("validation", qa_rows(16, 1000)), ("test", qa_rows(16, 2000))):
+        write_jsonl(data / f"{split}.json", rows)  # JSON lines in .json files: no row count without reading them
+    run(command(tiny_bert_dir, str(data), tmp_path, "--data.streaming=true", "--trainer.max_steps=3",
+                "--trainer.accumulate_grad_batches=2"))
+    run_dir = tmp_path / "run" / "version_0"
+    rows = logged(str(run_dir))
+    trained = [row for row in rows if row.get("train/loss")]
+    validated = [row for row in rows if row.get("val/dim_32_cosine_ndcg@10")]
+    assert {row["epoch"] for row in trained} == {"0"}  # one epoch: 6 batches, 3 optimizer steps
+    assert [row["step"] for row in validated] == [trained[-1]["step"]]  # the trained weights, at the last step
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["exported_step"] == 3 and report["exported_evaluation"] == 0  # the card shows that validation
+    assert os.path.exists(run_dir / "model" / "model.safetensors")
 
 
 def test_bad_rows_are_skipped_counted_and_reported(text_module, tmp_path, caplog):
