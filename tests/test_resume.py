@@ -115,10 +115,9 @@ STREAM = ["--checkpoint_every_n_steps=3", "--data.streaming=true", "--data.num_w
 @pytest.mark.parametrize("name, extra, kill_after", [
     pytest.param("map", ["--checkpoint_every_n_steps=3"], 3, marks=pytest.mark.slow),  # epoch 0, batch 3
     ("map", ["--checkpoint_every_n_steps=3"], 13),  # epoch 1, batch 5 (after the epoch-end evaluation)
-    # 2 workers: each skips 2 batches of its own, the loader drops 1 more. Slow-marked: on a loaded machine two
-    # uninterrupted streamed runs once differed from epoch 1's first batch (HF shares an IterableDataset's epoch
-    # between persistent workers; under investigation), so it is not yet a reliable gate
-    pytest.param("stream", STREAM, 13, marks=pytest.mark.slow),
+    # 2 workers: each skips 2 batches of its own, the loader drops 1 more; every epoch's batches must also be the
+    # uninterrupted run's (the workers once raced on HF's shared epoch counter: test_streaming.py)
+    ("stream", STREAM, 13),
 ])
 def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path, tiny_bert_dir, data, uninterrupted,
                                                                     name, extra, kill_after):
