@@ -138,8 +138,9 @@ class StreamingSource(TrainSource):
 
     def steps_per_epoch(self, world: int) -> int:
         """Batches every rank yields per epoch: full global batches of the known rows. With the rows unknown, the
-        run's ``max_steps`` optimizer steps: an epoch that ends is one Lightning validates and checkpoints at its end,
-        so the exported weights are the validated ones (an endless epoch would stop at max_steps unvalidated)."""
+        batches of ``max_steps`` optimizer steps, so that the run is one epoch that ends: Lightning validates and
+        checkpoints at an epoch's end, and the exported weights are validated ones (an endless epoch stopped at
+        max_steps unvalidated)."""
         if self.rows is None:
             return self.max_steps * self.accumulate
         steps = self.rows // (self.batch_size * world)
