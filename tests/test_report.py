@@ -18,12 +18,12 @@ from reporting.metrics_log import read_metrics, split_metric_key
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_fit(args: list[str], cwd: str) -> subprocess.CompletedProcess:
+def run_fit(args: list[str], cwd: str, subcommand: str = "fit", returncode: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
     env.pop("PYTHONWARNINGS", None)
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "fit", *args], cwd=cwd, env=env,
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), subcommand, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == returncode, done.stderr[-3000:]
     return done
 
 
@@ -140,6 +140,24 @@ def test_the_card_and_plots_are_rebuilt_from_the_run_folder(text_run):
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert open(card_path).read() == before
     assert os.path.isfile(os.path.join(run, "evaluation.png"))
+
+
+@pytest.mark.parametrize("flag", ["--trainer.max_epochs", "--trainer.max_steps", "--trainer.limit_train_batches"])
+def test_a_fit_that_trains_nothing_is_refused_before_anything_loads(tmp_path, pairs_dir, flag):
+    done = run_fit(text_args(pairs_dir, "no/such-model", [f"{flag}=0"]), cwd=str(tmp_path), returncode=2)
+    assert done.stderr.splitlines()[-1] == (f"error: {flag} 0 trains nothing, and fit would export the base model as if fine-tuned; "
+                           f"set {flag} above 0, or evaluate the base model with python train.py validate (or test) "
+                           f"and the same arguments")
+    assert "Traceback" not in done.stderr and not os.path.exists(tmp_path / "runs")
+
+
+def test_the_refusal_s_advice_evaluates_the_base_model(tmp_path, pairs_dir, tiny_bert_dir):
+    done = run_fit(text_args(pairs_dir, tiny_bert_dir, ["--trainer.max_epochs=0"]), cwd=str(tmp_path),
+                   subcommand="validate")
+    assert "Validate metric" in done.stdout
+    with open(tmp_path / "runs" / "text" / "version_0" / "metrics.csv") as f:
+        assert "val/dim_32_cosine_ndcg@10" in f.readline().split(",")
+    assert not os.path.exists(tmp_path / "runs" / "text" / "version_0" / "model")
 
 
 def test_tensorboard_logs_into_the_run_folder(tmp_path, tiny_bert_dir):
