@@ -48,7 +48,7 @@ class Inputs:
         skipped: one message per bad row skipped (``skip_bad_rows``): a folder's unreadable images and files that
             are not images.
         blank_lines: blank lines skipped in a ``.txt`` or ``.jsonl`` file (not errors: nothing to embed there).
-        not_images: files of an image folder that are not inputs, as training does not read them either (not
+        passed_over: files of an image folder that are not inputs, as training does not read them either (not
             errors): an imagefolder's metadata files and hidden files, relative to the folder.
     """
 
@@ -58,17 +58,17 @@ class Inputs:
     ids: list[Any]
     skipped: list[str] = field(default_factory=list)
     blank_lines: int = 0
-    not_images: list[str] = field(default_factory=list)
+    passed_over: list[str] = field(default_factory=list)
 
     def summary(self) -> str | None:
         """What was left out, for the log; None when nothing was."""
         parts = []
         if self.blank_lines:
             parts.append(f"skipped {self.blank_lines} blank line(s) of {self.path}")
-        if self.not_images:
-            shown = ", ".join(self.not_images[:SHOWN])
-            more = f" and {len(self.not_images) - SHOWN} more" if len(self.not_images) > SHOWN else ""
-            parts.append(f"skipped {len(self.not_images)} metadata or hidden file(s) of {self.path}: {shown}{more}")
+        if self.passed_over:
+            shown = ", ".join(self.passed_over[:SHOWN])
+            more = f" and {len(self.passed_over) - SHOWN} more" if len(self.passed_over) > SHOWN else ""
+            parts.append(f"skipped {len(self.passed_over)} metadata or hidden file(s) of {self.path}: {shown}{more}")
         if self.skipped:
             shown = "; ".join(self.skipped[:SHOWN])
             more = f"; and {len(self.skipped) - SHOWN} more" if len(self.skipped) > SHOWN else ""
@@ -249,9 +249,9 @@ def _read_images(folder: str, skip_bad_rows: bool) -> Inputs:
     that is not an image is a bad row, unless training would pass over it too (metadata, hidden files)."""
     relative = sorted(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
                       for root, _, files in os.walk(folder) for name in files)
-    not_images = [name for name in relative
+    passed_over = [name for name in relative
                   if name.startswith(".") or "/." in name or name.split("/")[-1] in FOLDER_METADATA]
-    relative = sorted(set(relative) - set(not_images))
+    relative = sorted(set(relative) - set(passed_over))
     paths = [os.path.join(folder, name) for name in relative]
     with ThreadPoolExecutor(8) as pool:  # PIL releases the GIL while decoding
         outcomes = list(pool.map(_image_problem, relative, paths))
@@ -263,7 +263,7 @@ def _read_images(folder: str, skip_bad_rows: bool) -> Inputs:
                          + (f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else "")
                          + ". Fix or remove them, or pass --skip_bad_rows to skip them")
     return Inputs(folder, "image", [paths[i] for i in good], [relative[i] for i in good], skipped=problems,
-                  not_images=not_images)
+                  passed_over=passed_over)
 
 
 def _image_problem(name: str, path: str) -> str | None:
