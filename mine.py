@@ -75,6 +75,27 @@ def load_pairs(args: argparse.Namespace) -> tuple[datasets.DatasetDict, datasets
     return splits, split
 
 
+def check_apart(args: argparse.Namespace) -> None:
+    """Refuse an ``--output`` that is, holds or lies inside a local ``--dataset`` or ``--corpus``: the mined files would
+    overwrite the rows they come from, or be read as part of the dataset the next time it is loaded. Paths are compared
+    resolved (symlinks, ``./``, trailing slashes, relative or absolute), before anything is read."""
+    output = os.path.realpath(args.output)
+    for flag, given in (("--dataset", args.dataset), ("--corpus", args.corpus)):
+        if given is None or not os.path.exists(given):
+            continue  # a hub name or built-in: nothing on disk to overwrite
+        source = os.path.realpath(given)
+        common = os.path.commonpath([output, source])
+        if output == source:
+            problem = f"is {flag} {given} (the same path): the mined files would overwrite the rows they come from"
+        elif common == source:
+            problem = f"lies inside {flag} {given}: the mined files would be read as part of it the next time"
+        elif common == output:
+            problem = f"holds {flag} {given}: the mined files could overwrite it"
+        else:
+            continue
+        raise ValueError(f"--output {args.output} {problem}; choose an --output folder apart from {flag}")
+
+
 def output_files(args: argparse.Namespace, splits: datasets.DatasetDict) -> dict[str, str]:
     """split → the file it is written to; refuses a folder holding other files, which would be read as data too."""
     names = [args.split] + ([s for s in splits if s != args.split] if not args.no_copy_splits else [])
@@ -99,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     try:  # the data is read and checked before the model loads: errors come in seconds
         if args.batch_size < 1 or (args.truncate_dim is not None and args.truncate_dim < 1):
             raise ValueError("--batch_size and --truncate_dim must be ≥ 1")
+        check_apart(args)
         splits, split = load_pairs(args)
         files = output_files(args, splits)
         corpus = None

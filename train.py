@@ -6,7 +6,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from callbacks.export import ExportModel
+from callbacks.export import ExportModel, untrained_fit
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.resume import ResumableCheckpoint, resolve_resume
 from callbacks.throughput import SamplesPerSecond
@@ -31,8 +31,10 @@ class LitEmbedCLI(ShortErrorsCLI):
                                  "(pip install tensorboard; then: tensorboard --logdir <run folder>)")
 
     def before_instantiate_classes(self) -> None:
-        # --ckpt_path last / a run folder / a file in <run>/checkpoints: resume that file and log into its run folder
         config = self.config.get(self.subcommand) if self.subcommand else None
+        if self.subcommand == "fit" and (refusal := untrained_fit(config.trainer)):
+            fail(refusal)  # before the model and the data load
+        # --ckpt_path last / a run folder / a file in <run>/checkpoints: resume that file and log into its run folder
         if self.subcommand != "fit" or not config.ckpt_path:
             return
         logger = config.trainer.logger

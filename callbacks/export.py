@@ -21,6 +21,21 @@ from reporting.tables import format_table
 
 log = logging.getLogger(__name__)
 
+NO_TRAINING = ("max_epochs", "max_steps", "limit_train_batches")  # each of them at 0 leaves fit nothing to train
+
+
+def untrained_fit(trainer: dict) -> str | None:
+    """Why ``fit`` with these ``--trainer`` arguments would train nothing, or None. Such a fit would export the base
+    model with a card saying it was fine-tuned, which is refused; ``validate`` or ``test`` evaluate the base model."""
+    if trainer.get("fast_dev_run"):
+        return None  # it replaces these limits with its own single batch
+    for name in NO_TRAINING:
+        if trainer.get(name) == 0:
+            return (f"--trainer.{name} {trainer.get(name)} trains nothing, and fit would export the base model as if "
+                    f"fine-tuned; set --trainer.{name} above 0, or evaluate the base model with python train.py "
+                    f"validate (or test) and the same arguments")
+    return None
+
 
 class ExportModel(Callback):
     """Export the best weights at the end of fit to ``--model.init_args.export_dir`` (under the run folder), with a

@@ -18,16 +18,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 
 from datamodules.images import ImageLoadError, check_image
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# a folder's images are the files a local imagefolder dataset trains on (HF datasets' list: GIF, TIFF, … as well)
+IMAGE_EXTENSIONS = tuple(ImageFolder.EXTENSIONS)
+IMAGE_FORMATS = ".jpg/.png/.webp/.gif/.tiff/.bmp/… (the image files training reads from a folder)"
+FOLDER_METADATA = tuple(ImageFolder.METADATA_FILENAMES)  # an imagefolder's captions, not images
 TABLE_EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 ACCEPTED = (f"a .txt file (one text per line), a {'/'.join(TABLE_EXTENSIONS)} file with a text column, or a folder of "
-            f"images ({'/'.join(IMAGE_EXTENSIONS)})")
+            f"images ({IMAGE_FORMATS})")
 SHOWN = 10  # bad rows named in an error; the rest are counted
 
 
@@ -41,8 +45,11 @@ class Inputs:
         items: the texts, or the image file paths.
         ids: one id per item: the ``--id_column`` value, else the item's line (``.txt``, ``.jsonl``) or row (counting
             from 1), or an image's path relative to the folder.
-        skipped: one message per bad row skipped (``skip_bad_rows``).
+        skipped: one message per bad row skipped (``skip_bad_rows``): a folder's unreadable images and files that
+            are not images.
         blank_lines: blank lines skipped in a ``.txt`` or ``.jsonl`` file (not errors: nothing to embed there).
+        passed_over: files of an image folder that are not inputs, as training does not read them either (not
+            errors): an imagefolder's metadata files and hidden files, relative to the folder.
     """
 
     path: str
@@ -51,12 +58,17 @@ class Inputs:
     ids: list[Any]
     skipped: list[str] = field(default_factory=list)
     blank_lines: int = 0
+    passed_over: list[str] = field(default_factory=list)
 
     def summary(self) -> str | None:
         """What was left out, for the log; None when nothing was."""
         parts = []
         if self.blank_lines:
             parts.append(f"skipped {self.blank_lines} blank line(s) of {self.path}")
+        if self.passed_over:
+            shown = ", ".join(self.passed_over[:SHOWN])
+            more = f" and {len(self.passed_over) - SHOWN} more" if len(self.passed_over) > SHOWN else ""
+            parts.append(f"skipped {len(self.passed_over)} metadata or hidden file(s) of {self.path}: {shown}{more}")
         if self.skipped:
             shown = "; ".join(self.skipped[:SHOWN])
             more = f"; and {len(self.skipped) - SHOWN} more" if len(self.skipped) > SHOWN else ""
@@ -73,8 +85,8 @@ def read_inputs(path: str, column: str | None = None, id_column: str | None = No
         path: a ``.txt``, ``.jsonl``, ``.json``, ``.csv``, ``.tsv`` or ``.parquet`` file, or a folder of images.
         column: the text column of a table; default: its only string column.
         id_column: a table column holding each row's id (unique); default: the row's line or number.
-        skip_bad_rows: skip rows with a missing, empty or non-string text (or id), or an unreadable image, and list
-            them in ``Inputs.skipped``, instead of raising.
+        skip_bad_rows: skip rows with a missing, empty or non-string text (or id), and a folder's unreadable images
+            and files that are not images, and list them in ``Inputs.skipped``, instead of raising.
 
     Raises:
         ValueError: no such input, an unsupported kind, a column that is not there (the message lists the columns),
@@ -233,24 +245,32 @@ def _problem(values: Any, column: str, id_column: str | None) -> str | None:
 
 
 def _read_images(folder: str, skip_bad_rows: bool) -> Inputs:
-    """Every image under ``folder`` (recursively, sorted by relative path), each decoded once to find bad ones."""
-    relative = sorted(
-        os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
-        for root, _, files in os.walk(folder) for name in files if name.lower().endswith(IMAGE_EXTENSIONS))
+    """Every image under ``folder`` (recursively, sorted by relative path), each decoded once to find bad ones. A file
+    that is not an image is a bad row, unless training would pass over it too (metadata, hidden files)."""
+    relative = sorted(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
+                      for root, _, files in os.walk(folder) for name in files)
+    passed_over = [name for name in relative
+                  if name.startswith(".") or "/." in name or name.split("/")[-1] in FOLDER_METADATA]
+    relative = sorted(set(relative) - set(passed_over))
     paths = [os.path.join(folder, name) for name in relative]
     with ThreadPoolExecutor(8) as pool:  # PIL releases the GIL while decoding
         outcomes = list(pool.map(_image_problem, relative, paths))
     problems = [problem for problem in outcomes if problem]
     good = [i for i, problem in enumerate(outcomes) if problem is None]
     if problems and not skip_bad_rows:
-        raise ValueError(f"--input {folder}: {len(problems)} unreadable image(s): " + "; ".join(problems[:SHOWN])
+        raise ValueError(f"--input {folder}: {len(problems)} unreadable or non-image file(s): "
+                         + "; ".join(problems[:SHOWN])
                          + (f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else "")
                          + ". Fix or remove them, or pass --skip_bad_rows to skip them")
-    return Inputs(folder, "image", [paths[i] for i in good], [relative[i] for i in good], skipped=problems)
+    return Inputs(folder, "image", [paths[i] for i in good], [relative[i] for i in good], skipped=problems,
+                  passed_over=passed_over)
 
 
 def _image_problem(name: str, path: str) -> str | None:
-    """Why ``load_image`` would refuse the file, or None (JPEGs decoded at 1/8 scale: every byte is still read)."""
+    """Why ``load_image`` would refuse the file, or training would not read it, or None (JPEGs decoded at 1/8 scale:
+    every byte is still read)."""
+    if not name.lower().endswith(IMAGE_EXTENSIONS):
+        return f"{name}: not an image file; the image files read are {IMAGE_FORMATS}"
     try:
         check_image(path, where=name)
     except ImageLoadError as err:

@@ -21,7 +21,7 @@ from collections import Counter
 import torch
 import yaml
 
-from datamodules.images import image_header
+from datamodules.images import ImageLoadError, image_header
 from lightning_modules.hub import hub_model_name
 from reporting.card import CardData, DatasetInfo, EvalSet, TrainingLog
 from reporting.metrics_log import Evaluation, MetricsLog, read_metrics, split_metric_key
@@ -47,8 +47,6 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
     ``evaluation``: which of the run's validations (0-based, base model not counted) evaluated the exported weights
     (None: none did); ``options``: ``title``, ``model_id``, ``language``, ``license`` (``--card.*``)."""
     encoder = module.encoder
-    given = getattr(encoder, "name", None)
-    hub_id = hub_model_name(given)
     clip = type(module).__name__.startswith("CLIP")
     library = "open_clip" if type(encoder).__name__ == "OpenClip" else "sentence-transformers"
     losses = _losses(module.loss)
@@ -60,18 +58,8 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
         info = _dataset_info(datamodule, split)
         if info:  # both may come from one dataset: say which split
             evals.append({**info, "name": f"{info['name']} ({split})"})
-    base_name = hub_id or (os.path.basename(os.path.normpath(given)) if given else None)
     return {
-        "title": options.get("title") or f"{base_name or 'A ' + ('CLIP' if clip else 'text') + ' model'} fine-tuned "
-                 f"with litembed" + (" (Matryoshka)" if "MatryoshkaLoss" in losses else ""),
-        "model_id": options.get("model_id"),
-        "language": options.get("language") or ["en"],
-        "license": options.get("license") or "apache-2.0",
-        "base_model": hub_id or base_name,
-        "base_model_on_hub": hub_id is not None,
-        "model_type": "open_clip" if library == "open_clip" else "Sentence Transformer",
-        "library_name": library,
-        "clip": clip,
+        **_model_facts(getattr(encoder, "name", None), clip, library, losses, options),
         "max_seq_length": getattr(encoder, "max_length", None) or getattr(
             getattr(encoder, "processor", None), "max_length", None),
         "output_dim": encoder.embedding_dim,
@@ -90,11 +78,113 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
         "exported_evaluation": evaluation,
         "checkpoint": os.path.relpath(checkpoint, run_dir) if checkpoint else None,
         "export_dir": os.path.relpath(export_dir, run_dir),
-        # the usage snippet's path when no --card.model_id names a hub repository: relative to where fit ran
-        "usage_path": (os.path.relpath(export_dir) if not os.path.relpath(export_dir).startswith("..")
-                       else "path/to/model"),
+        "usage_path": _usage_path(export_dir),
         "monitor": getattr(trainer.checkpoint_callback, "monitor", None),
     }
+
+
+def _model_facts(given: str | None, clip: bool, library: str, losses: list[str], options: dict) -> dict:
+    """The card's title, hub metadata and base model, from the name the user gave the base model."""
+    hub_id = hub_model_name(given)
+    base_name = hub_id or (os.path.basename(os.path.normpath(given)) if given else None)
+    return {
+        "title": options.get("title") or f"{base_name or 'A ' + ('CLIP' if clip else 'text') + ' model'} fine-tuned "
+                 f"with litembed" + (" (Matryoshka)" if "MatryoshkaLoss" in losses else ""),
+        "model_id": options.get("model_id"),
+        "language": options.get("language") or ["en"],
+        "license": options.get("license") or "apache-2.0",
+        "base_model": hub_id or base_name,
+        "base_model_on_hub": hub_id is not None,
+        "model_type": "open_clip" if library == "open_clip" else "Sentence Transformer",
+        "library_name": library,
+        "clip": clip,
+    }
+
+
+def _usage_path(export_dir: str) -> str:
+    """The usage snippet's path when no --card.model_id names a hub repository: relative to the working folder."""
+    return os.path.relpath(export_dir) if not os.path.relpath(export_dir).startswith("..") else "path/to/model"
+
+
+def facts_from_run_folder(run_dir: str) -> dict:
+    """The facts ``gather_facts`` records, as far as a run folder without ``report.json`` still holds them (the card
+    step failed before writing it, the process was killed after the export, or the file was deleted): the model, loss,
+    card options and hyperparameters from ``config.yaml``; the library, dimension and architecture from the export.
+    What only the training process knew is left out and named under ``"not_recorded"``; with no record of which
+    validation evaluated the exported weights, the card shows the test metrics (those of the exported weights) alone.
+
+    Raises:
+        ValueError: ``run_dir`` is not a run folder (no ``config.yaml``), or it holds no export.
+    """
+    config_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{run_dir} is not a run folder: it holds neither {REPORT} nor config.yaml. A run folder is "
+                         f"what train.py fit writes (runs/<name>/version_<n>): config.yaml, metrics.csv, {REPORT} and "
+                         f"the exported model (model/); pass one")
+    with open(config_path) as f:
+        config = yaml.safe_load(f) or {}
+    model = config.get("model") or {}
+    args = model.get("init_args") or {}
+    if args.get("export_dir") is None:
+        raise ValueError(f"{run_dir} exported no model (--model.init_args.export_dir null): there is no card to write")
+    export_dir = os.path.join(run_dir, args["export_dir"])  # an absolute export_dir stays itself
+    if not os.path.isdir(export_dir):
+        raise ValueError(f"{run_dir} holds no export {export_dir} and no {REPORT}: the fit did not reach its export "
+                         f"(stopped, failed or --trainer.fast_dev_run); there is no card to write")
+    from inference.models import load_model  # torch and the model libraries, for this rebuild only
+
+    library = "sentence-transformers" if os.path.isfile(os.path.join(export_dir, "modules.json")) else "open_clip"
+    clip = model.get("class_path", "").rpartition(".")[2].startswith("CLIP")
+    encoder = (args.get("encoder") or {}).get("init_args") or {}
+    loss = _instantiate(args.get("loss"))
+    losses = _losses(loss) if loss is not None else []
+    not_recorded = ["the datasets' statistics and samples", "the versions", "the hardware and hours",
+                    "which validation evaluated the exported weights"] + ([] if losses else ["the loss (the default)"])
+    if encoder.get("model_name_or_path") is None:
+        not_recorded.append("the base model's name")
+    card = config.get("card") or {}
+    return {
+        **_model_facts(encoder.get("model_name_or_path"), clip, library, losses, card.get("init_args", card)),
+        "max_seq_length": encoder.get("max_length"),
+        "output_dim": load_model(export_dir, "cpu").dim,
+        "similarity": "Cosine Similarity",
+        "architecture": _architecture(export_dir) if library == "sentence-transformers" else None,
+        "usage_sentences": [],
+        "train_datasets": [],
+        "eval_datasets": [],
+        "losses": losses,
+        "loss_parameters": loss.get_config_dict() if hasattr(loss, "get_config_dict") else {},
+        "hyperparameters": _hyperparameters(config_path),
+        "versions": {},
+        "hardware": {},
+        "steps_per_epoch": None,
+        "exported_step": None,
+        "exported_evaluation": None,
+        "checkpoint": None,
+        "export_dir": os.path.relpath(export_dir, run_dir),
+        "usage_path": _usage_path(export_dir),
+        "monitor": _monitor(config.get("trainer") or {}),
+        "not_recorded": not_recorded,
+    }
+
+
+def _instantiate(node):
+    """A ``class_path``/``init_args`` node of ``config.yaml`` as the object it configured (nested ones too)."""
+    if not (isinstance(node, dict) and "class_path" in node):
+        return node
+    module, _, name = node["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    return cls(**{key: _instantiate(value) for key, value in (node.get("init_args") or {}).items()})
+
+
+def _monitor(trainer: dict) -> str | None:
+    """The metric the configured checkpoint callback chose the exported weights by, if one did."""
+    callbacks = trainer.get("callbacks") or []
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        monitor = (callback.get("init_args") or {}).get("monitor") if isinstance(callback, dict) else None
+        if monitor:
+            return monitor
+    return None
 
 
 def build_card(run_dir: str, facts: dict | None = None, log: MetricsLog | None = None,
@@ -223,16 +313,22 @@ def _dataset_info(datamodule, split: str) -> dict | None:
     for column in columns:
         values = [row[column] for row in rows]
         if column == image_column:
-            headers = [image_header(v, base_dir=base_dir) for v in values]
+            all_headers = [_image_header(v, base_dir) for v in values]
+            headers = [h for h in all_headers if h is not None]
+            unreadable = len(all_headers) - len(headers)
             formats = Counter(h[0] for h in headers)
-            types[column] = f"image ({', '.join(formats)})"
+            types[column] = f"image ({', '.join(formats) or 'unreadable'})"
             modes, sizes = Counter(h[1] for h in headers), Counter(h[2] for h in headers)
-            (w, h), count = sizes.most_common(1)[0]
-            details[column] = [f"mode: {', '.join(f'{m} ({n})' for m, n in modes.most_common())}",
-                               f"most common size: {w}×{h} ({count} of {len(headers)})",
-                               f"width: {min(s[0] for s in sizes)}–{max(s[0] for s in sizes)} px",
-                               f"height: {min(s[1] for s in sizes)}–{max(s[1] for s in sizes)} px"]
-            shown[column] = [f"<{f} image mode={m} size={s[0]}x{s[1]}>" for f, m, s in headers[:3]]
+            details[column] = [f"unreadable (skipped in training): {unreadable} of {len(all_headers)}"] if (
+                unreadable) else []
+            if headers:
+                (w, h), count = sizes.most_common(1)[0]
+                details[column] += [f"mode: {', '.join(f'{m} ({n})' for m, n in modes.most_common())}",
+                                    f"most common size: {w}×{h} ({count} of {len(headers)})",
+                                    f"width: {min(s[0] for s in sizes)}–{max(s[0] for s in sizes)} px",
+                                    f"height: {min(s[1] for s in sizes)}–{max(s[1] for s in sizes)} px"]
+            shown[column] = [f"<{h[0]} image mode={h[1]} size={h[2][0]}x{h[2][1]}>" if h else "<unreadable image>"
+                             for h in all_headers[:3]]
         elif all(isinstance(v, str) for v in values):
             lengths = [len(v) for v in values]
             types[column] = "string"
@@ -245,6 +341,15 @@ def _dataset_info(datamodule, split: str) -> dict | None:
     return {"name": name, "hub_id": hub_id, "revision": None, "size": size, "columns": columns, "types": types,
             "details": details, "samples": [{c: shown[c][i] for c in columns} for i in range(min(3, len(rows)))],
             "stats_rows": len(rows)}
+
+
+def _image_header(value, base_dir: str | None) -> tuple[str, str, tuple[int, int]] | None:
+    """An image's (format, mode, size), or None for one that cannot be read: training skips it
+    (``--data.init_args.on_bad_image skip``), and the card counts it instead of failing on it."""
+    try:
+        return image_header(value, base_dir=base_dir)
+    except (ImageLoadError, OSError):
+        return None
 
 
 def _usage_sentences(info: dict | None) -> list[str]:

@@ -138,7 +138,8 @@ def test_clip_images_and_captions_match_sentence_transformers(tmp_path):
     module.export(str(tmp_path / "model"))
     export = sentence_transformer(str(tmp_path / "model"))
     names = write_images(tmp_path / "images")
-    (tmp_path / "images" / "notes.txt").write_text("not an image")  # ignored: not an image extension
+    # an imagefolder's metadata: passed over, as training passes over it (counted)
+    write_jsonl(tmp_path / "images" / "metadata.jsonl", [{"file_name": "a.png", "caption": "a red square"}])
     output = str(tmp_path / "images_out")
     main(["--model", str(tmp_path / "model"), "--input", str(tmp_path / "images"), "--output", output,
           "--batch_size", "2"])
@@ -237,11 +238,34 @@ def test_bad_rows_are_named_by_line_or_skipped_and_counted(tmp_path):
 def test_unreadable_images_are_named_or_skipped(tmp_path):
     names = write_images(tmp_path)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(ValueError, match=r"1 unreadable image\(s\): broken.png \(.*broken.png\): not an image"):
+    with pytest.raises(ValueError, match=r"1 unreadable or non-image file\(s\): broken.png \(.*broken.png\): not an image"):
         read_inputs(str(tmp_path))
     inputs = read_inputs(str(tmp_path), skip_bad_rows=True)
     assert inputs.ids == names and len(inputs.skipped) == 1
     assert "Skipped 1 bad row(s) (--skip_bad_rows): broken.png" in inputs.summary()
+
+
+def test_an_image_folder_reads_what_training_reads_and_reports_what_it_skips(tmp_path, capsys):
+    """GIF and TIFF files train (HF's imagefolder reads them), so they embed; a file that is not an image is a bad row;
+    an imagefolder's metadata and hidden files are passed over as training passes over them, and counted."""
+    names = write_images(tmp_path / "photos")
+    pixels = np.random.default_rng(7).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(pixels).convert("P").save(tmp_path / "photos" / "d.gif")
+    Image.fromarray(pixels).save(tmp_path / "photos" / "sub" / "e.tiff")
+    write_jsonl(tmp_path / "photos" / "metadata.jsonl", [{"file_name": "a.png", "caption": "a"}])
+    (tmp_path / "photos" / ".DS_Store").write_bytes(b"\0")
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    with pytest.raises(SystemExit):
+        main(["--model", "m", "--input", str(tmp_path / "photos"), "--output", str(tmp_path / "out")])
+    assert ("1 unreadable or non-image file(s): notes.txt: not an image file; the image files read are .jpg/.png/"
+            ".webp/.gif/.tiff/.bmp/… (the image files training reads from a folder). Fix or remove them, or pass "
+            "--skip_bad_rows to skip them") in capsys.readouterr().err
+    inputs = read_inputs(str(tmp_path / "photos"), skip_bad_rows=True)
+    assert inputs.ids == sorted(names + ["d.gif", "sub/e.tiff"])
+    assert inputs.summary() == (f"Skipped 2 metadata or hidden file(s) of {tmp_path / 'photos'}: .DS_Store, "
+                                f"metadata.jsonl; skipped 1 bad row(s) (--skip_bad_rows): notes.txt: not an image "
+                                f"file; the image files read are .jpg/.png/.webp/.gif/.tiff/.bmp/… (the image files "
+                                f"training reads from a folder)")
 
 
 def test_input_errors_come_before_the_model_loads(tmp_path, capsys):

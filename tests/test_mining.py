@@ -373,3 +373,42 @@ def test_cli_refuses_an_output_folder_holding_other_files_and_a_missing_dataset(
         with pytest.raises(SystemExit):
             mine.main(["--model", "no/such-model", "--dataset", dataset, "--output", str(output)])
         assert re.search(message, capsys.readouterr().err, re.M)
+
+
+@pytest.mark.parametrize("output, dataset, problem", [
+    ("pairs", "pairs", r"is --dataset pairs \(the same path\): the mined files would overwrite"),
+    ("pairs/", "./pairs", r"is --dataset \./pairs \(the same path\)"),
+    ("{tmp}/pairs", "pairs", r"is --dataset pairs \(the same path\)"),
+    ("link", "pairs", r"is --dataset pairs \(the same path\)"),
+    ("pairs/mined", "pairs", r"lies inside --dataset pairs: the mined files would be read as part of it"),
+    ("pairs", "link/train.jsonl", r"holds --dataset link/train.jsonl: the mined files could overwrite it"),
+])
+def test_cli_refuses_an_output_that_overlaps_the_dataset_before_reading_it(tmp_path, monkeypatch, capsys, output,
+                                                                           dataset, problem):
+    import mine
+    from conftest import write_pairs_dir
+
+    monkeypatch.chdir(tmp_path)
+    write_pairs_dir(tmp_path / "pairs")
+    (tmp_path / "link").symlink_to(tmp_path / "pairs")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "pairs").iterdir()}
+    output = output.format(tmp=tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        mine.main(["--model", "no/such-model", "--dataset", dataset, "--output", output])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"error: --output {re.escape(output)} {problem}.*; choose an --output folder apart from "
+                        rf"--dataset\n", err), err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "pairs").iterdir()} == before
+
+
+def test_cli_refuses_an_output_that_would_overwrite_the_corpus(tmp_path, pairs_dir, capsys):
+    import mine
+
+    corpus = tmp_path / "out" / "train.jsonl"
+    corpus.parent.mkdir()
+    corpus.write_text('{"text": "a passage"}\n')
+    with pytest.raises(SystemExit):
+        mine.main(["--model", "no/such-model", "--dataset", pairs_dir, "--output", str(tmp_path / "out"),
+                   "--corpus", str(corpus)])
+    assert f"holds --corpus {corpus}: the mined files could overwrite it" in capsys.readouterr().err

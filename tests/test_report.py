@@ -4,7 +4,9 @@ checkpoint), plots, config, logs a Lightning user expects, a quiet console and o
 import glob
 import json
 import os
+import io
 import re
+import shutil
 import subprocess
 import sys
 
@@ -18,12 +20,12 @@ from reporting.metrics_log import read_metrics, split_metric_key
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_fit(args: list[str], cwd: str) -> subprocess.CompletedProcess:
+def run_fit(args: list[str], cwd: str, subcommand: str = "fit", returncode: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
     env.pop("PYTHONWARNINGS", None)
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "fit", *args], cwd=cwd, env=env,
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), subcommand, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == returncode, done.stderr[-3000:]
     return done
 
 
@@ -140,6 +142,96 @@ def test_the_card_and_plots_are_rebuilt_from_the_run_folder(text_run):
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert open(card_path).read() == before
     assert os.path.isfile(os.path.join(run, "evaluation.png"))
+
+
+def test_a_run_folder_without_report_json_gets_its_card_from_config_metrics_and_export(text_run, tmp_path):
+    """The card step's failure (or a deletion) leaves no report.json: the rebuild it prints still works, from what the
+    folder holds, and says what the card lacks; its numbers are the test metrics of the exported weights."""
+    work, run, done = text_run
+    copy = shutil.copytree(run, tmp_path / "version_0")
+    os.remove(copy / "report.json")
+    os.remove(copy / "model" / "README.md")
+    rebuilt = subprocess.run([sys.executable, "-m", "reporting", str(copy)], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (f"The report.json of {copy} was rebuilt from config.yaml, metrics.csv and the export, so the card lacks "
+            f"what only the training process knew: the datasets' statistics and samples, the versions, the hardware "
+            f"and hours, which validation evaluated the exported weights") in rebuilt.stderr
+    with open(copy / "model" / "README.md") as f:
+        card = f.read()
+    with open(os.path.join(run, "model", "README.md")) as f:
+        original = front_matter(f.read())
+    rebuilt_meta = front_matter(card)
+    assert rebuilt_meta["model-index"][0]["name"] == original["model-index"][0]["name"]
+    assert {k: rebuilt_meta.get(k) for k in ("base_model", "library_name")} == {
+        k: original.get(k) for k in ("base_model", "library_name")}
+    assert rebuilt_meta["tags"] == [t for t in original["tags"] if not t.startswith("dataset_size:")]
+    test = read_metrics(str(copy)).test
+    assert test and {(name.replace(" ", "_"), metric): value for (name, metric), value in card_numbers(card).items()} \
+        == {split_metric_key(key): value for key, value in test.items()}
+    assert json.loads((copy / "report.json").read_text())["not_recorded"]  # saved, to edit and rebuild
+
+
+@pytest.mark.parametrize("folder, message", [
+    ("empty", "{folder} is not a run folder: it holds neither report.json nor config.yaml. A run folder is what "
+              "train.py fit writes (runs/<name>/version_<n>): config.yaml, metrics.csv, report.json and the exported "
+              "model (model/); pass one"),
+    ("missing", "{folder}: no such folder; pass a run folder (runs/<name>/version_<n>)"),
+])
+def test_reporting_a_folder_that_is_not_a_run_says_what_a_run_folder_holds(tmp_path, capsys, folder, message):
+    from reporting.__main__ import main
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / folder)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: {message.format(folder=tmp_path / folder)}\n"
+
+
+def test_the_card_counts_an_unreadable_image_training_skipped_instead_of_failing():
+    """An image training skips (on_bad_image: skip) made the card's dataset statistics raise, so report.json was never
+    written and the printed rebuild command failed on the folder."""
+    from lightning.pytorch.utilities.parsing import AttributeDict
+    from PIL import Image
+
+    from reporting.collect import _dataset_info
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 6)).save(png, format="PNG")
+
+    class Data:
+        hparams = AttributeDict(dataset="builtin:shapes", image_column="image")
+        base_dir = None
+
+        def head(self, split, rows):
+            return [{"image": {"bytes": png.getvalue()}, "caption": "a"},
+                    {"image": {"bytes": b"not an image"}, "caption": "b"}], 2
+
+        def split_columns(self, split):
+            return ["image", "caption"]
+
+    info = _dataset_info(Data(), "train")
+    assert info["types"]["image"] == "image (PNG)"
+    assert info["details"]["image"][:2] == ["unreadable (skipped in training): 1 of 2", "mode: RGB (1)"]
+    assert [row["image"] for row in info["samples"]] == ["<PNG image mode=RGB size=8x6>", "<unreadable image>"]
+
+
+@pytest.mark.parametrize("flag", ["--trainer.max_epochs", "--trainer.max_steps", "--trainer.limit_train_batches"])
+def test_a_fit_that_trains_nothing_is_refused_before_anything_loads(tmp_path, pairs_dir, flag):
+    done = run_fit(text_args(pairs_dir, "no/such-model", [f"{flag}=0"]), cwd=str(tmp_path), returncode=2)
+    assert done.stderr.splitlines()[-1] == (f"error: {flag} 0 trains nothing, and fit would export the base model as if fine-tuned; "
+                           f"set {flag} above 0, or evaluate the base model with python train.py validate (or test) "
+                           f"and the same arguments")
+    assert "Traceback" not in done.stderr and not os.path.exists(tmp_path / "runs")
+
+
+def test_the_refusal_s_advice_evaluates_the_base_model(tmp_path, pairs_dir, tiny_bert_dir):
+    done = run_fit(text_args(pairs_dir, tiny_bert_dir, ["--trainer.max_epochs=0"]), cwd=str(tmp_path),
+                   subcommand="validate")
+    assert "Validate metric" in done.stdout
+    with open(tmp_path / "runs" / "text" / "version_0" / "metrics.csv") as f:
+        assert "val/dim_32_cosine_ndcg@10" in f.readline().split(",")
+    assert not os.path.exists(tmp_path / "runs" / "text" / "version_0" / "model")
 
 
 def test_tensorboard_logs_into_the_run_folder(tmp_path, tiny_bert_dir):
