@@ -1,6 +1,7 @@
 """What a `train.py fit` leaves behind: the exported model's card (numbers = the logged metrics of the exported
 checkpoint), plots, config, logs a Lightning user expects, a quiet console and one summary at the end."""
 
+import csv
 import glob
 import json
 import os
@@ -232,6 +233,23 @@ def test_the_refusal_s_advice_evaluates_the_base_model(tmp_path, pairs_dir, tiny
     with open(tmp_path / "runs" / "text" / "version_0" / "metrics.csv") as f:
         assert "val/dim_32_cosine_ndcg@10" in f.readline().split(",")
     assert not os.path.exists(tmp_path / "runs" / "text" / "version_0" / "model")
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_max_steps_inside_an_epoch_validates_and_exports_the_final_weights(tmp_path, pairs_dir, tiny_bert_dir,
+                                                                         accumulate):
+    """48 training rows in batches of 8: 6 batches an epoch; max_steps 2 stops inside the first one."""
+    run_fit(text_args(pairs_dir, tiny_bert_dir, ["--trainer.max_steps=2", "--test_after_fit=false",
+                                                 f"--trainer.accumulate_grad_batches={accumulate}"]),
+            cwd=str(tmp_path))
+    run = tmp_path / "runs" / "text" / "version_0"
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    trained = [r["step"] for r in rows if r.get("train/loss")]
+    validated = [r["step"] for r in rows if r.get("val/dim_32_cosine_ndcg@10")]
+    assert validated == [trained[-1]]  # the weights the run ended with (logged at their last training step)
+    report = json.loads((run / "report.json").read_text())
+    assert (report["exported_step"], report["exported_evaluation"]) == (2, 0)  # the card shows that validation
 
 
 def test_tensorboard_logs_into_the_run_folder(tmp_path, tiny_bert_dir):
