@@ -3,6 +3,7 @@
 import itertools
 import logging
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -13,10 +14,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset
-import pyarrow.parquet as pq
 import torch
+from datasets.exceptions import DatasetGenerationError
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from datamodules.files import DataFileError, folder_files, scan_file
 from datamodules.sampler import NoDuplicatesBatchSampler
 from datamodules.sources import BadRow, EpochReport, MapStyleSource, StreamingSource, TrainSource
 
@@ -52,11 +55,12 @@ def load_splits(
     files as they are, row by row, instead of downloading and converting every split to Arrow first (built-ins are
     generated in memory either way).
     """
-    if streaming and not source.startswith("builtin:"):
-        options = stream_read_options(source, data_files)
-        if options:
-            return _load_splits(source, builtins, data_files, streaming, **options)
-    return _load_splits(source, builtins, data_files, streaming)
+    options = stream_read_options(source, data_files) if streaming and not source.startswith("builtin:") else {}
+    try:
+        return _load_splits(source, builtins, data_files, streaming, **options)
+    except DatasetGenerationError as err:  # local files were read first (check_files): this is a hub dataset's fault
+        raise ValueError(f"--data.init_args.dataset {source!r}: HF datasets could not read it "
+                         f"({type(err.__cause__ or err).__name__}: {err.__cause__ or err})") from None
 
 
 # How a stream reads parquet. HF's reader decodes a whole row group per Arrow batch by default and datasets 5 writes
@@ -115,26 +119,16 @@ def _load_splits(
 
 
 def count_rows(source: str, split: str, data_files: dict[str, str] | None = None) -> int | None:
-    """Rows of a split without reading it: the hub metadata's count, parquet footers, or newlines of jsonl/csv files
-    (an imagefolder's metadata.jsonl). None when neither tells (e.g. a .json array)."""
+    """Rows of a split without loading it: the hub metadata's count, else one read of its local files
+    (:func:`~datamodules.files.scan_file`: csv records, non-blank JSON lines, parquet footers). None when neither
+    tells (a hub dataset without counts)."""
     builder = _builder(source, data_files)
     if builder is None:
         return None
     if builder.info.splits and split in builder.info.splits and builder.info.splits[split].num_examples:
         return builder.info.splits[split].num_examples
     files = _local_files(builder, split)
-    if files is None:
-        return None
-    total = 0
-    for path in files:
-        ext = os.path.splitext(path)[1].lower()
-        if ext == ".parquet":
-            total += pq.ParquetFile(path).metadata.num_rows
-        elif ext in (".jsonl", ".csv"):
-            total += _count_lines(path) - (ext == ".csv")
-        else:
-            return None
-    return total
+    return None if files is None else sum(scan_file(path).rows for path in files)
 
 
 def split_files(source: str, split: str, data_files: dict[str, str] | None = None) -> list[str] | None:
@@ -160,16 +154,6 @@ def _local_files(builder: datasets.DatasetBuilder, split: str) -> list[str] | No
     metadata = [f for f in files if os.path.basename(f) == "metadata.jsonl"]
     files = metadata or files
     return files if files and all(os.path.isfile(f) for f in files) else None
-
-
-def _count_lines(path: str) -> int:
-    """Non-empty lines, read in 16 MiB blocks (about 0.1 s per 150 MB)."""
-    lines, last = 0, b"\n"
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            lines += block.count(b"\n") - block.count(b"\n\n")
-            last = block[-1:]
-    return lines + (last != b"\n")
 
 
 def select_split(
@@ -223,8 +207,9 @@ class Where:
 
     def rows(self, positions: Sequence[int], total: int | None = None) -> str:
         """``positions`` (``__row__`` values) as a user finds them: ``"lines 70, 91 of data/train.jsonl"``. A jsonl's
-        rows are its lines (blank lines, which HF skips, counted); other rows count from 1: a parquet's or csv's
-        (the header not counted), or the split's where no local file holds it. ``total``: rows the positions were
+        or csv's rows are named by the file's line (blank lines, which HF skips, and a csv's header and line breaks
+        inside quoted cells counted); other rows count from 1: a parquet's, or the split's where no local file holds
+        it. ``total``: rows the positions were
         taken from; those not named are counted."""
         positions = sorted(positions)
         files = self.files()
@@ -241,35 +226,15 @@ class Where:
 
 def _file_rows(files: list[str], positions: list[int]) -> list[tuple[str, str, int]] | None:
     """(file, "line" or "row", number) of each of the sorted 0-based ``positions`` in the split that ``files`` make,
-    in order; None when a file's rows cannot be counted (a .json array) or a position lies beyond them."""
+    in order; None when a position lies beyond their rows."""
     places, start, wanted = [], 0, iter(positions)
     position = next(wanted, None)
     for path in files:
-        if position is None:
-            break
-        ext = os.path.splitext(path)[1].lower()
-        if ext == ".jsonl":  # read on error paths only: the line numbers of the rows HF kept
-            with open(path, "rb") as f:
-                for line_number, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    while position == start:
-                        places.append((path, "line", line_number))
-                        position = next(wanted, None)
-                    start += 1
-                    if position is None:
-                        break
-            continue
-        if ext == ".parquet":
-            count = pq.ParquetFile(path).metadata.num_rows
-        elif ext == ".csv":
-            count = _count_lines(path) - 1
-        else:
-            return None
-        while position is not None and position < start + count:
-            places.append((path, "row", position - start + 1))
+        scan = scan_file(path)
+        while position is not None and position < start + scan.rows:
+            places.append((path, *scan.place(position - start)))
             position = next(wanted, None)
-        start += count
+        start += scan.rows
     return places if position is None else None
 
 
@@ -476,6 +441,7 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         self._eval_loader_cache: dict[tuple, list[DataLoader]] = {}
         self._epoch_report = EpochReport()
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches of it already trained), from a checkpoint
+        self._files_checked = False  # prepare_data and setup both need the local files read before HF loads them
 
     def builtins(self) -> dict[str, Callable[[], datasets.DatasetDict]]:
         """``builtin:<name>`` datasets this datamodule can generate."""
@@ -534,9 +500,58 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
             return list(itertools.islice(stream, rows)), self.train_source.rows
         return None
 
+    def text_columns(self, name: str) -> list[str]:
+        """The columns of split ``name`` that hold texts (a local file's values there are checked to be strings)."""
+        return self.split_columns(name)
+
+    def check_files(self) -> None:
+        """Read every local file of the splits in use once, before HF datasets does (``datamodules.files``), and
+        raise one error for the faults of all of them, each by file and 1-based line; refuse a folder whose split
+        has files of two formats. Rank 0 prints one line per split with the files feeding it (and the data files
+        that feed none). A stream's files are all read here too, so a bad line fails the run at start-up, not when
+        a worker reaches it."""
+        h = self.hparams
+        if self._files_checked or h.dataset.startswith("builtin:"):
+            return
+        builder = _builder(h.dataset, h.data_files)
+        if builder is None:  # a hub name that cannot be reached: loading it says so
+            return
+        data_files = {str(split): [str(f) for f in files] for split, files in (builder.config.data_files or {}).items()}
+        unread = []
+        if os.path.isdir(h.dataset) and h.data_files is None and builder.name in ("json", "csv", "parquet"):
+            unread = folder_files(h.dataset, data_files)
+        roles = {split: name for name, split in (("test", h.test_split), ("validation", h.val_split),
+                                                 ("train", h.train_split)) if split is not None}
+        started, problems, lines = time.monotonic(), [], []
+        for split in data_files:
+            files = _local_files(builder, split)
+            if not files:
+                continue
+            if split not in roles:
+                lines.append(f"  {split} split (not used): {', '.join(files)}")
+                continue
+            rows = []
+            for path in files:
+                try:
+                    rows.append(f"{path} ({scan_file(path, self.text_columns(roles[split])).rows} rows)")
+                except DataFileError as err:
+                    problems.append(str(err))
+            lines.append(f"  {split} split: {', '.join(rows)}")
+        took = time.monotonic() - started
+        if problems:
+            raise DataFileError("\n".join(problems))
+        self._files_checked = True
+        if unread:
+            log.warning("%s: %d data file(s) match no split name (train, validation, test, and HF's other "
+                        "spellings) and are not read: %s. Rename them (e.g. train-2.jsonl) or name every split's "
+                        "files with --data.init_args.data_files", h.dataset, len(unread), ", ".join(unread))
+        if lines and self.rank()[0] == 0:
+            rank_zero_info(f"Data files of {h.dataset} (checked in {took:.1f} s):\n" + "\n".join(lines))
+
     def prepare_data(self) -> None:
         """Download and convert the data once per node (local rank 0): every rank's ``setup`` then reads the cache."""
         h = self.hparams
+        self.check_files()
         if not h.streaming and not h.dataset.startswith("builtin:"):
             load_splits(h.dataset, self.builtins(), h.data_files)
 
@@ -546,6 +561,7 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         if self.splits:  # idempotent: fit, validate and test share the prepared data
             return
         h = self.hparams
+        self.check_files()
         raw = load_splits(h.dataset, self.builtins(), h.data_files, streaming=h.streaming)
         self.where = self._where(raw)
         if isinstance(raw, datasets.IterableDatasetDict):
