@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 ROW = "__row__"  # each row's position as loaded, kept for messages
+# Invisible format characters that editors and scrapers leave (zero-width space, non-joiner and joiner, word joiner,
+# byte-order mark): a text of only these and whitespace is empty, though str.strip() keeps them
+INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+_DROP_INVISIBLE = str.maketrans("", "", INVISIBLE)
 SHOWN_ROWS = 10  # rows a message names by file and line; it counts the others
 
 
@@ -305,8 +309,9 @@ def arrow_columns(split: datasets.Dataset, columns: Sequence[str]) -> pa.Table:
 
 
 def check_texts(split: datasets.Dataset, columns: Sequence[str], where: Where) -> None:
-    """Raise on None or blank texts, such a row would train on nothing: for every such column, how many rows and the
-    first ``SHOWN_ROWS`` of them by file and line.
+    """Raise on None or blank texts (whitespace and ``INVISIBLE`` characters only), such a row would train on nothing,
+    and on non-text values: for every such column, how many rows and the first ``SHOWN_ROWS`` of them by file and
+    line.
 
     Column-wise in Arrow (about 1 s per million rows and column), not row by row in Python.
     """
@@ -315,29 +320,37 @@ def check_texts(split: datasets.Dataset, columns: Sequence[str], where: Where) -
     for column in columns:
         values = table.column(column)
         if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-            blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0)
-            bad = pc.indices_nonzero(pc.fill_null(blank, True))
-        elif pa.types.is_null(values.type):  # None in every row
-            bad = pa.array(range(len(values)))
-        else:
-            problems.append(f"{column!r} holds {values.type} values, not text")
-            bad_columns.append(column)
-            continue
-        if len(bad):
-            rows = np.sort(table.column(ROW).take(bad).to_numpy())
-            first = values.take(bad[:1]).to_pylist()[0]
-            problems.append(f"{len(bad)} row{'s have' if len(bad) > 1 else ' has'} an empty or missing {column!r} "
-                            f"(e.g. {first!r}): {where.rows(rows[:SHOWN_ROWS].tolist(), len(bad))}")
-            bad_columns.append(column)
+            visible = pc.utf8_trim_whitespace(pc.replace_substring_regex(values, f"[{INVISIBLE}]", ""))
+            found = {"an empty or missing": pc.indices_nonzero(pc.fill_null(pc.equal(pc.utf8_length(visible), 0),
+                                                                           True)).to_numpy()}
+        else:  # None in every row, or values of several types (HF's JSON column): each row's value, in Python
+            decoded = split.select_columns([column])[column]
+            found = {kind: np.array([i for i, value in enumerate(decoded) if test(value)], dtype=np.int64)
+                     for kind, test in (("an empty or missing", lambda v: v is None or isinstance(v, str) and
+                                         is_blank(v)),
+                                        ("a non-text", lambda v: v is not None and not isinstance(v, str)))}
+        for kind, bad in found.items():
+            if len(bad):
+                rows = np.sort(table.column(ROW).take(bad).to_numpy())
+                first = split.select_columns([column])[int(bad[0])][column]
+                example = f"{first!r}, of type {type(first).__name__}" if kind == "a non-text" else repr(first)
+                problems.append(f"{len(bad)} row{'s have' if len(bad) > 1 else ' has'} {kind} {column!r} (e.g. "
+                                f"{example}): {where.rows(rows[:SHOWN_ROWS].tolist(), len(bad))}")
+                bad_columns.append(column)
     if problems:
         raise ValueError(f"{where}: " + ";\n  ".join(problems) + f".\nFill or remove those rows, or name other "
                          f"columns with {where.flags(bad_columns)}.")
 
 
+def is_blank(text: str) -> bool:
+    """Whether ``text`` holds nothing but whitespace and ``INVISIBLE`` characters."""
+    return not text.translate(_DROP_INVISIBLE).strip()
+
+
 def text_value(row: dict, column: str, where: str) -> str:
     """A stream row's text, or :class:`BadRow` naming the row by its other values."""
     value = row.get(column)
-    if isinstance(value, str) and value.strip():
+    if isinstance(value, str) and not is_blank(value):
         return value
     others = {k: (v[:60] + "…" if isinstance(v, str) and len(v) > 60 else v) for k, v in row.items()
               if k != column and isinstance(v, (str, int))}

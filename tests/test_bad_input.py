@@ -6,13 +6,15 @@ import json
 import logging
 import re
 
+import datasets
 import pytest
 import torch
 
 from conftest import qa_rows, write_jsonl, write_pairs_dir
-from datamodules.common import count_rows
+from datamodules.common import Where, check_texts, count_rows, text_value, with_row_numbers
 from datamodules.files import DataFileError
 from datamodules.pairs import PairDataModule
+from datamodules.sources import BadRow
 from lightning_modules.text import TextEmbeddingModule
 from lightning_modules.text_encoder import TextEncoder
 from losses import MultipleNegativesRankingLoss
@@ -334,3 +336,27 @@ def test_a_bad_file_stops_train_py_with_one_line(capsys, tmp_path, monkeypatch):
     path = write_bad(tmp_path / "train.jsonl", BAD_FILES["truncated.jsonl"][0])
     message = fails(capsys, "--config", TEXT, f"--data.init_args.dataset={path}")
     assert message.startswith(f"{path}: 1 bad line(s): line 21: not valid JSON")
+
+
+def test_invisible_characters_are_an_empty_text(tiny_module, tmp_path):
+    rows = qa_rows(30)
+    rows[4]["positive"] = "\u200b\u200c\u200d"
+    rows[9]["positive"] = " \u2060\ufeff\t"
+    rows[11]["anchor"] = "\u00a0\u3000"  # no-break and ideographic spaces
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    with pytest.raises(ValueError, match=r"1 row has an empty or missing 'anchor' \(e.g. '\\xa0\\u3000'\): line 12 of "
+                                         r"\S+;\n  2 rows have an empty or missing 'positive' \(e.g. '\\u200b\\u200c"
+                                         r"\\u200d'\): lines 5, 10 of "):
+        setup_dm(tiny_module, dataset=path, val_split=None)
+    with pytest.raises(BadRow, match=r"column 'positive' has an empty or non-text value \('\\u2060'\)"):
+        text_value({"anchor": "q", "positive": "\u2060"}, "positive", "stream")
+
+
+def test_a_non_text_value_in_a_loaded_split_names_its_rows_the_column_and_the_type(tmp_path):
+    """Data HF loaded that litembed did not read first (a hub dataset): the rows, not ``extension<arrow.json>``."""
+    path = write_bad(tmp_path / "train.jsonl", BAD_FILES["number.jsonl"][0])
+    split = with_row_numbers(datasets.load_dataset("json", data_files={"train": path}, split="train"))
+    with pytest.raises(ValueError, match=r"^org/pairs \(train split\): 2 rows have a non-text 'positive' \(e.g. 5, of "
+                                         r"type int\): rows 21, 22 of the train split \(counting from 1\).\nFill or "
+                                         r"remove those rows, or name other columns with --data.init_args.columns."):
+        check_texts(split, ["anchor", "positive"], Where("org/pairs (train split)", "org/pairs", "train"))
