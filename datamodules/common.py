@@ -32,6 +32,7 @@ ROW = "__row__"  # each row's position as loaded, kept for messages
 INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
 _DROP_INVISIBLE = str.maketrans("", "", INVISIBLE)
 SHOWN_ROWS = 10  # rows a message names by file and line; it counts the others
+FEW_QUERIES = 10  # an evaluation of fewer queries is warned about: one query moves its metrics by more than 0.1
 
 
 @dataclass(frozen=True)
@@ -261,6 +262,7 @@ def pick_splits(
     if val_split is not None and val_split in raw:
         val = select_split(raw, val_split, source, "--data.init_args.val_split", max_eval_rows)
     elif val_size:
+        check_val_size(val_size, len(train), train_split)
         parts = train.train_test_split(test_size=val_size, seed=seed, shuffle=True)
         train, val = parts["train"], parts["test"]
         val = val.select(range(min(max_eval_rows or len(val), len(val))))
@@ -274,6 +276,13 @@ def pick_splits(
         train = train.select(range(min(max_train_rows, len(train))))
     test = select_split(raw, test_split, source, "--data.init_args.test_split", max_eval_rows)
     return train, val and with_row_numbers(val), test and with_row_numbers(test)
+
+
+def check_val_size(val_size: int | float, rows: int, split: str) -> None:
+    """Refuse a held-out row count that leaves no training row."""
+    if isinstance(val_size, int) and val_size >= rows:
+        raise ValueError(f"--data.init_args.val_size {val_size}: the {split} split has {rows} rows, so none would be "
+                         f"left to train on; hold out fewer (a count below {rows}, or a fraction between 0 and 1)")
 
 
 def materialize(stream: datasets.IterableDataset, max_rows: int | None) -> datasets.Dataset:
@@ -440,9 +449,20 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
             # a row count given as 500.0 (in YAML, or as jsonargparse parses `int | float` once some libraries are
             # imported): HF's splitter reads floats as fractions only
             val_size = int(val_size)
-        if streaming and val_size is not None and not (isinstance(val_size, int) and val_size > 0):
+        if val_size is not None and not (isinstance(val_size, int) and val_size > 0 or 0 < val_size < 1):
+            raise ValueError(f"--data.init_args.val_size must be a row count ≥ 1 or a fraction between 0 and 1 (null: "
+                             f"hold out nothing), got {val_size}")
+        if streaming and val_size is not None and not isinstance(val_size, int):
             raise ValueError(f"--data.init_args.val_size must be a row count with streaming (a fraction needs the "
                              f"stream's length), got {val_size}")
+        for flag, value in (("max_train_rows", max_train_rows), ("max_eval_rows", max_eval_rows),
+                            ("eval_batch_size", eval_batch_size), ("shuffle_buffer", shuffle_buffer)):
+            if value is not None and value < 1:
+                raise ValueError(f"--data.init_args.{flag} must be ≥ 1, got {value}"
+                                 + (" (null: no cap)" if flag.startswith("max_") else ""))
+        if num_workers is not None and num_workers < 0:
+            raise ValueError(f"--data.init_args.num_workers must be ≥ 0 (0: batches are prepared in the main process; "
+                             f"null: chosen per device), got {num_workers}")
         self.save_hyperparameters()  # with the subclass's own arguments
         self.hparams.val_size = val_size  # as normalised above (the saved value is the caller's)
         self.splits: dict[str, datasets.Dataset] = {}
@@ -595,6 +615,7 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         for stage_name, split_name in (("val", "validation"), ("test", "test")):
             if split_name in self.splits:
                 self.streams[stage_name], self.tasks[stage_name] = self.retrieval(stage_name, split_name)
+                self._check_eval_size(split_name, self.streams[stage_name], self.tasks[stage_name])
         self.before_collation()
         if isinstance(train, datasets.Dataset):
             train = self.splits["train"]
@@ -608,6 +629,28 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
                 self._check_batches(train, codes)
         else:
             self.train_source = self._streaming_source(*train)
+
+    def _check_eval_size(self, split_name: str, streams: dict[str, list], tasks: list[RetrievalTask]) -> None:
+        """Refuse an evaluation of fewer than 2 queries or documents: against one document every ranking is right,
+        so every metric is 1.0 whatever the model (``val_size 1.0`` holds out one row); warn (rank 0) under
+        ``FEW_QUERIES`` queries, where one query moves a metric by more than 0.1."""
+        h, where = self.hparams, self.where[split_name]
+        held_out = split_name == "validation" and bool(h.val_size) and where.file_split == h.train_split
+        flags = (["--data.init_args.val_size (a row count, or a fraction between 0 and 1; 1.0 is one row)"] if held_out
+                 else [f"--data.init_args.{'val' if split_name == 'validation' else 'test'}_split (a bigger split)"])
+        flags += ["--data.init_args.max_eval_rows"] if h.max_eval_rows is not None else []
+        for task in tasks:
+            queries, documents = len(task.relevant), len(streams[task.corpus_stream])
+            task_name = f" ({task.name})" if task.name else ""
+            counts = (f"{where}{task_name}: {queries} quer{'ies' if queries != 1 else 'y'} against {documents} "
+                      f"item{'s' * (documents != 1)} to rank")
+            if min(queries, documents) < 2:
+                raise ValueError(f"{counts}: with fewer than 2 of either a retrieval metric says nothing (against one "
+                                 f"item every ranking is right: 1.0 whatever the model). Evaluate on more rows: raise "
+                                 f"{' or '.join(flags)}.")
+            if queries < FEW_QUERIES and self.rank()[0] == 0:
+                log.warning("%s: each query moves its metrics by 1/%d; for steadier numbers raise %s", counts, queries,
+                            " or ".join(flags))
 
     def _where(self, raw: datasets.DatasetDict | datasets.IterableDatasetDict) -> dict[str, Where]:
         """How messages name each split, its rows (by file and line) and the options naming its columns."""
@@ -688,6 +731,8 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         if h.val_split is not None and h.val_split in raw:
             val = materialize(self.encoded(raw[h.val_split]), h.max_eval_rows)
         elif h.val_size:
+            if rows is not None:
+                check_val_size(h.val_size, rows, h.train_split)
             val = materialize(train, min(h.val_size, h.max_eval_rows or h.val_size))
             train = train.skip(h.val_size)
             rows = rows - h.val_size if rows is not None else None

@@ -9,6 +9,7 @@ import re
 import datasets
 import pytest
 import torch
+import yaml
 
 from conftest import qa_rows, write_jsonl, write_pairs_dir
 from datamodules.common import Where, check_texts, count_rows, text_value, with_row_numbers
@@ -18,7 +19,7 @@ from datamodules.sources import BadRow
 from lightning_modules.text import TextEmbeddingModule
 from lightning_modules.text_encoder import TextEncoder
 from losses import MultipleNegativesRankingLoss
-from test_errors import TEXT, fails
+from test_errors import TEXT, builds, fails
 from test_text import fit_args
 from train import cli_main
 
@@ -360,3 +361,56 @@ def test_a_non_text_value_in_a_loaded_split_names_its_rows_the_column_and_the_ty
                                          r"type int\): rows 21, 22 of the train split \(counting from 1\).\nFill or "
                                          r"remove those rows, or name other columns with --data.init_args.columns."):
         check_texts(split, ["anchor", "positive"], Where("org/pairs (train split)", "org/pairs", "train"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_train_rows": 0}, r"--data.init_args.max_train_rows must be ≥ 1, got 0 \(null: no cap\)"),
+    ({"max_train_rows": -5}, r"--data.init_args.max_train_rows must be ≥ 1, got -5"),
+    ({"max_eval_rows": 0}, r"--data.init_args.max_eval_rows must be ≥ 1, got 0"),
+    ({"val_size": -3}, r"--data.init_args.val_size must be a row count ≥ 1 or a fraction between 0 and 1 \(null: hold "
+                       r"out nothing\), got -3"),
+    ({"val_size": 1.5}, r"--data.init_args.val_size must be a row count ≥ 1 or a fraction between 0 and 1"),
+    ({"eval_batch_size": 0}, r"--data.init_args.eval_batch_size must be ≥ 1, got 0"),
+    ({"num_workers": -1}, r"--data.init_args.num_workers must be ≥ 0 \(0: batches are prepared in the main process; "
+                          r"null: chosen per device\), got -1"),
+    ({"columns": ["anchor", "positive", "anchor"]}, r"--data.init_args.columns names \['anchor'\] more than once"),
+])
+def test_out_of_range_options_name_the_flag(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        PairDataModule(**kwargs)
+
+
+@pytest.mark.parametrize("val_size, message", [
+    (300, r"--data.init_args.val_size 300: the train split has 40 rows, so none would be left to train on; hold out "
+          r"fewer \(a count below 40, or a fraction between 0 and 1\)"),
+    (1.0, r"\(validation rows held out of the train split by --data.init_args.val_size\): 1 query against 1 item "
+          r"to rank: with fewer than 2 of either a retrieval metric says nothing \(against one item every ranking "
+          r"is right: 1.0 whatever the model\). Evaluate on more rows: raise --data.init_args.val_size \(a row count, "
+          r"or a fraction between 0 and 1; 1.0 is one row\)"),
+])
+@pytest.mark.parametrize("streaming", [False, True], ids=["map", "stream"])
+def test_a_held_out_set_too_big_or_too_small_is_refused(tiny_module, tmp_path, val_size, message, streaming):
+    path = write_jsonl(tmp_path / "train.jsonl", qa_rows(40))
+    with pytest.raises(ValueError, match=message):
+        setup_dm(tiny_module, dataset=path, val_size=val_size, streaming=streaming)
+
+
+def test_val_size_one_is_refused_by_train_py_and_the_flag_exists(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write_jsonl(tmp_path / "train.jsonl", qa_rows(40))
+    message = fails(capsys, "--config", TEXT, f"--data.init_args.dataset={path}", "--data.init_args.val_size=1.0")
+    assert "1 query against 1 item to rank" in message and "raise --data.init_args.val_size" in message
+    for flag in ("--data.init_args.val_size=0.25", "--data.init_args.max_eval_rows=10",
+                 "--data.init_args.num_workers=0", "--data.init_args.eval_batch_size=8",
+                 "--data.init_args.max_train_rows=100", "--data.init_args.data_files={train: x.jsonl}"):
+        key, value = flag.removeprefix("--").split("=", 1)
+        assert builds(TEXT, flag).config[key] == yaml.safe_load(value)
+
+
+def test_a_small_evaluation_is_warned_about_with_its_numbers(tiny_module, tmp_path, caplog):
+    path = write_jsonl(tmp_path / "train.jsonl", qa_rows(40))
+    with caplog.at_level(logging.WARNING):
+        setup_dm(tiny_module, dataset=path, val_size=5)
+    assert ("(validation rows held out of the train split by --data.init_args.val_size): 5 queries against 5 items to "
+            "rank: each query moves its metrics by 1/5; for steadier numbers raise --data.init_args.val_size") \
+        in caplog.text
