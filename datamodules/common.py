@@ -214,8 +214,7 @@ class Where:
         """``positions`` (``__row__`` values) as a user finds them: ``"lines 70, 91 of data/train.jsonl"``. A jsonl's
         or csv's rows are named by the file's line (blank lines, which HF skips, and a csv's header and line breaks
         inside quoted cells counted); other rows count from 1: a parquet's, or the split's where no local file holds
-        it. ``total``: rows the positions were
-        taken from; those not named are counted."""
+        it. ``total``: rows the positions were taken from; those not named are counted."""
         positions = sorted(positions)
         files = self.files()
         places = (_file_rows(files, positions) if files else None) or [
@@ -574,11 +573,13 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         if problems:
             raise DataFileError("\n".join(problems))
         self._files_checked = True
+        if self.rank()[0] != 0:
+            return
         if unread:
             log.warning("%s: %d data file(s) match no split name (train, validation, test, and HF's other "
                         "spellings) and are not read: %s. Rename them (e.g. train-2.jsonl) or name every split's "
                         "files with --data.init_args.data_files", h.dataset, len(unread), ", ".join(unread))
-        if lines and self.rank()[0] == 0:
+        if lines:
             rank_zero_info(f"Data files of {h.dataset} (checked in {took:.1f} s):\n" + "\n".join(lines))
 
     def prepare_data(self) -> None:
