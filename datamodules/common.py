@@ -19,7 +19,7 @@ from datasets.exceptions import DatasetGenerationError
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from datamodules.files import DataFileError, folder_files, scan_file
+from datamodules.files import DataFileError, folder_files, is_table, scan_file
 from datamodules.sampler import NoDuplicatesBatchSampler
 from datamodules.sources import BadRow, EpochReport, MapStyleSource, StreamingSource, TrainSource
 
@@ -133,7 +133,7 @@ def count_rows(source: str, split: str, data_files: dict[str, str] | None = None
     if builder.info.splits and split in builder.info.splits and builder.info.splits[split].num_examples:
         return builder.info.splits[split].num_examples
     files = _local_files(builder, split)
-    return None if files is None else sum(scan_file(path).rows for path in files)
+    return sum(scan_file(path).rows for path in files) if files and all(map(is_table, files)) else None
 
 
 def split_files(source: str, split: str, data_files: dict[str, str] | None = None) -> list[str] | None:
@@ -230,7 +230,9 @@ class Where:
 
 def _file_rows(files: list[str], positions: list[int]) -> list[tuple[str, str, int]] | None:
     """(file, "line" or "row", number) of each of the sorted 0-based ``positions`` in the split that ``files`` make,
-    in order; None when a position lies beyond their rows."""
+    in order; None when a file holds no table (images) or a position lies beyond their rows."""
+    if not all(map(is_table, files)):
+        return None
     places, start, wanted = [], 0, iter(positions)
     position = next(wanted, None)
     for path in files:
@@ -557,7 +559,7 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         started, problems, lines = time.monotonic(), [], []
         for split in data_files:
             files = _local_files(builder, split)
-            if not files:
+            if not files or not all(map(is_table, files)):
                 continue
             if split not in roles:
                 lines.append(f"  {split} split (not used): {', '.join(files)}")

@@ -14,7 +14,6 @@ other) are refused, and a data file whose name matches no split is named.
 import bisect
 import csv
 import json
-import logging
 import os
 import re
 from array import array
@@ -24,8 +23,6 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets.data_files import DataFilesDict, get_data_patterns
-
-log = logging.getLogger(__name__)
 
 TABLE_FORMATS = (".jsonl", ".json", ".csv", ".parquet")
 SHOWN = 10  # faults a message names per file; it counts the others
@@ -116,6 +113,11 @@ def scan_file(path: str, text_columns: Sequence[str] = ()) -> FileScan:
     scan = readers[ext](path, text_columns)
     _scans[key] = (checked | set(text_columns), scan)
     return scan
+
+
+def is_table(path: str) -> bool:
+    """Whether ``scan_file`` reads ``path`` (an imagefolder's split without metadata.jsonl is image files)."""
+    return os.path.splitext(path)[1].lower() in TABLE_FORMATS
 
 
 def not_text(column: str, value) -> str | None:
