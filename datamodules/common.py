@@ -3,6 +3,7 @@
 import itertools
 import logging
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -13,10 +14,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset
-import pyarrow.parquet as pq
 import torch
+from datasets.exceptions import DatasetGenerationError
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from datamodules.files import DataFileError, folder_files, is_table, scan_file
 from datamodules.sampler import NoDuplicatesBatchSampler
 from datamodules.sources import BadRow, EpochReport, MapStyleSource, StreamingSource, TrainSource
 
@@ -24,7 +27,12 @@ log = logging.getLogger(__name__)
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 ROW = "__row__"  # each row's position as loaded, kept for messages
+# Invisible format characters that editors and scrapers leave (zero-width space, non-joiner and joiner, word joiner,
+# byte-order mark): a text of only these and whitespace is empty, though str.strip() keeps them
+INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+_DROP_INVISIBLE = str.maketrans("", "", INVISIBLE)
 SHOWN_ROWS = 10  # rows a message names by file and line; it counts the others
+FEW_QUERIES = 10  # an evaluation of fewer queries is warned about: one query moves its metrics by more than 0.1
 
 
 @dataclass(frozen=True)
@@ -52,11 +60,12 @@ def load_splits(
     files as they are, row by row, instead of downloading and converting every split to Arrow first (built-ins are
     generated in memory either way).
     """
-    if streaming and not source.startswith("builtin:"):
-        options = stream_read_options(source, data_files)
-        if options:
-            return _load_splits(source, builtins, data_files, streaming, **options)
-    return _load_splits(source, builtins, data_files, streaming)
+    options = stream_read_options(source, data_files) if streaming and not source.startswith("builtin:") else {}
+    try:
+        return _load_splits(source, builtins, data_files, streaming, **options)
+    except DatasetGenerationError as err:  # local files were read first (check_files): this is a hub dataset's fault
+        raise ValueError(f"--data.init_args.dataset {source!r}: HF datasets could not read it "
+                         f"({type(err.__cause__ or err).__name__}: {err.__cause__ or err})") from None
 
 
 # How a stream reads parquet. HF's reader decodes a whole row group per Arrow batch by default and datasets 5 writes
@@ -115,26 +124,16 @@ def _load_splits(
 
 
 def count_rows(source: str, split: str, data_files: dict[str, str] | None = None) -> int | None:
-    """Rows of a split without reading it: the hub metadata's count, parquet footers, or newlines of jsonl/csv files
-    (an imagefolder's metadata.jsonl). None when neither tells (e.g. a .json array)."""
+    """Rows of a split without loading it: the hub metadata's count, else one read of its local files
+    (:func:`~datamodules.files.scan_file`: csv records, non-blank JSON lines, parquet footers). None when neither
+    tells (a hub dataset without counts)."""
     builder = _builder(source, data_files)
     if builder is None:
         return None
     if builder.info.splits and split in builder.info.splits and builder.info.splits[split].num_examples:
         return builder.info.splits[split].num_examples
     files = _local_files(builder, split)
-    if files is None:
-        return None
-    total = 0
-    for path in files:
-        ext = os.path.splitext(path)[1].lower()
-        if ext == ".parquet":
-            total += pq.ParquetFile(path).metadata.num_rows
-        elif ext in (".jsonl", ".csv"):
-            total += _count_lines(path) - (ext == ".csv")
-        else:
-            return None
-    return total
+    return sum(scan_file(path).rows for path in files) if files and all(map(is_table, files)) else None
 
 
 def split_files(source: str, split: str, data_files: dict[str, str] | None = None) -> list[str] | None:
@@ -160,16 +159,6 @@ def _local_files(builder: datasets.DatasetBuilder, split: str) -> list[str] | No
     metadata = [f for f in files if os.path.basename(f) == "metadata.jsonl"]
     files = metadata or files
     return files if files and all(os.path.isfile(f) for f in files) else None
-
-
-def _count_lines(path: str) -> int:
-    """Non-empty lines, read in 16 MiB blocks (about 0.1 s per 150 MB)."""
-    lines, last = 0, b"\n"
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            lines += block.count(b"\n") - block.count(b"\n\n")
-            last = block[-1:]
-    return lines + (last != b"\n")
 
 
 def select_split(
@@ -223,9 +212,9 @@ class Where:
 
     def rows(self, positions: Sequence[int], total: int | None = None) -> str:
         """``positions`` (``__row__`` values) as a user finds them: ``"lines 70, 91 of data/train.jsonl"``. A jsonl's
-        rows are its lines (blank lines, which HF skips, counted); other rows count from 1: a parquet's or csv's
-        (the header not counted), or the split's where no local file holds it. ``total``: rows the positions were
-        taken from; those not named are counted."""
+        or csv's rows are named by the file's line (blank lines, which HF skips, and a csv's header and line breaks
+        inside quoted cells counted); other rows count from 1: a parquet's, or the split's where no local file holds
+        it. ``total``: rows the positions were taken from; those not named are counted."""
         positions = sorted(positions)
         files = self.files()
         places = (_file_rows(files, positions) if files else None) or [
@@ -241,35 +230,17 @@ class Where:
 
 def _file_rows(files: list[str], positions: list[int]) -> list[tuple[str, str, int]] | None:
     """(file, "line" or "row", number) of each of the sorted 0-based ``positions`` in the split that ``files`` make,
-    in order; None when a file's rows cannot be counted (a .json array) or a position lies beyond them."""
+    in order; None when a file holds no table (images) or a position lies beyond their rows."""
+    if not all(map(is_table, files)):
+        return None
     places, start, wanted = [], 0, iter(positions)
     position = next(wanted, None)
     for path in files:
-        if position is None:
-            break
-        ext = os.path.splitext(path)[1].lower()
-        if ext == ".jsonl":  # read on error paths only: the line numbers of the rows HF kept
-            with open(path, "rb") as f:
-                for line_number, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    while position == start:
-                        places.append((path, "line", line_number))
-                        position = next(wanted, None)
-                    start += 1
-                    if position is None:
-                        break
-            continue
-        if ext == ".parquet":
-            count = pq.ParquetFile(path).metadata.num_rows
-        elif ext == ".csv":
-            count = _count_lines(path) - 1
-        else:
-            return None
-        while position is not None and position < start + count:
-            places.append((path, "row", position - start + 1))
+        scan = scan_file(path)
+        while position is not None and position < start + scan.rows:
+            places.append((path, *scan.place(position - start)))
             position = next(wanted, None)
-        start += count
+        start += scan.rows
     return places if position is None else None
 
 
@@ -292,6 +263,7 @@ def pick_splits(
     if val_split is not None and val_split in raw:
         val = select_split(raw, val_split, source, "--data.init_args.val_split", max_eval_rows)
     elif val_size:
+        check_val_size(val_size, len(train), train_split)
         parts = train.train_test_split(test_size=val_size, seed=seed, shuffle=True)
         train, val = parts["train"], parts["test"]
         val = val.select(range(min(max_eval_rows or len(val), len(val))))
@@ -305,6 +277,13 @@ def pick_splits(
         train = train.select(range(min(max_train_rows, len(train))))
     test = select_split(raw, test_split, source, "--data.init_args.test_split", max_eval_rows)
     return train, val and with_row_numbers(val), test and with_row_numbers(test)
+
+
+def check_val_size(val_size: int | float, rows: int, split: str) -> None:
+    """Refuse a held-out row count that leaves no training row."""
+    if isinstance(val_size, int) and val_size >= rows:
+        raise ValueError(f"--data.init_args.val_size {val_size}: the {split} split has {rows} rows, so none would be "
+                         f"left to train on; hold out fewer (a count below {rows}, or a fraction between 0 and 1)")
 
 
 def materialize(stream: datasets.IterableDataset, max_rows: int | None) -> datasets.Dataset:
@@ -340,8 +319,9 @@ def arrow_columns(split: datasets.Dataset, columns: Sequence[str]) -> pa.Table:
 
 
 def check_texts(split: datasets.Dataset, columns: Sequence[str], where: Where) -> None:
-    """Raise on None or blank texts, such a row would train on nothing: for every such column, how many rows and the
-    first ``SHOWN_ROWS`` of them by file and line.
+    """Raise on None or blank texts (whitespace and ``INVISIBLE`` characters only), such a row would train on nothing,
+    and on non-text values: for every such column, how many rows and the first ``SHOWN_ROWS`` of them by file and
+    line.
 
     Column-wise in Arrow (about 1 s per million rows and column), not row by row in Python.
     """
@@ -350,29 +330,37 @@ def check_texts(split: datasets.Dataset, columns: Sequence[str], where: Where) -
     for column in columns:
         values = table.column(column)
         if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-            blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0)
-            bad = pc.indices_nonzero(pc.fill_null(blank, True))
-        elif pa.types.is_null(values.type):  # None in every row
-            bad = pa.array(range(len(values)))
-        else:
-            problems.append(f"{column!r} holds {values.type} values, not text")
-            bad_columns.append(column)
-            continue
-        if len(bad):
-            rows = np.sort(table.column(ROW).take(bad).to_numpy())
-            first = values.take(bad[:1]).to_pylist()[0]
-            problems.append(f"{len(bad)} row{'s have' if len(bad) > 1 else ' has'} an empty or missing {column!r} "
-                            f"(e.g. {first!r}): {where.rows(rows[:SHOWN_ROWS].tolist(), len(bad))}")
-            bad_columns.append(column)
+            visible = pc.utf8_trim_whitespace(pc.replace_substring_regex(values, f"[{INVISIBLE}]", ""))
+            found = {"an empty or missing": pc.indices_nonzero(pc.fill_null(pc.equal(pc.utf8_length(visible), 0),
+                                                                           True)).to_numpy()}
+        else:  # None in every row, or values of several types (HF's JSON column): each row's value, in Python
+            decoded = split.select_columns([column])[column]
+            found = {kind: np.array([i for i, value in enumerate(decoded) if test(value)], dtype=np.int64)
+                     for kind, test in (("an empty or missing", lambda v: v is None or isinstance(v, str) and
+                                         is_blank(v)),
+                                        ("a non-text", lambda v: v is not None and not isinstance(v, str)))}
+        for kind, bad in found.items():
+            if len(bad):
+                rows = np.sort(table.column(ROW).take(bad).to_numpy())
+                first = split.select_columns([column])[int(bad[0])][column]
+                example = f"{first!r}, of type {type(first).__name__}" if kind == "a non-text" else repr(first)
+                problems.append(f"{len(bad)} row{'s have' if len(bad) > 1 else ' has'} {kind} {column!r} (e.g. "
+                                f"{example}): {where.rows(rows[:SHOWN_ROWS].tolist(), len(bad))}")
+                bad_columns.append(column)
     if problems:
         raise ValueError(f"{where}: " + ";\n  ".join(problems) + f".\nFill or remove those rows, or name other "
                          f"columns with {where.flags(bad_columns)}.")
 
 
+def is_blank(text: str) -> bool:
+    """Whether ``text`` holds nothing but whitespace and ``INVISIBLE`` characters."""
+    return not text.translate(_DROP_INVISIBLE).strip()
+
+
 def text_value(row: dict, column: str, where: str) -> str:
     """A stream row's text, or :class:`BadRow` naming the row by its other values."""
     value = row.get(column)
-    if isinstance(value, str) and value.strip():
+    if isinstance(value, str) and not is_blank(value):
         return value
     others = {k: (v[:60] + "…" if isinstance(v, str) and len(v) > 60 else v) for k, v in row.items()
               if k != column and isinstance(v, (str, int))}
@@ -462,9 +450,20 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
             # a row count given as 500.0 (in YAML, or as jsonargparse parses `int | float` once some libraries are
             # imported): HF's splitter reads floats as fractions only
             val_size = int(val_size)
-        if streaming and val_size is not None and not (isinstance(val_size, int) and val_size > 0):
+        if val_size is not None and not (isinstance(val_size, int) and val_size > 0 or 0 < val_size < 1):
+            raise ValueError(f"--data.init_args.val_size must be a row count ≥ 1 or a fraction between 0 and 1 (null: "
+                             f"hold out nothing), got {val_size}")
+        if streaming and val_size is not None and not isinstance(val_size, int):
             raise ValueError(f"--data.init_args.val_size must be a row count with streaming (a fraction needs the "
                              f"stream's length), got {val_size}")
+        for flag, value in (("max_train_rows", max_train_rows), ("max_eval_rows", max_eval_rows),
+                            ("eval_batch_size", eval_batch_size), ("shuffle_buffer", shuffle_buffer)):
+            if value is not None and value < 1:
+                raise ValueError(f"--data.init_args.{flag} must be ≥ 1, got {value}"
+                                 + (" (null: no cap)" if flag.startswith("max_") else ""))
+        if num_workers is not None and num_workers < 0:
+            raise ValueError(f"--data.init_args.num_workers must be ≥ 0 (0: batches are prepared in the main process; "
+                             f"null: chosen per device), got {num_workers}")
         self.save_hyperparameters()  # with the subclass's own arguments
         self.hparams.val_size = val_size  # as normalised above (the saved value is the caller's)
         self.splits: dict[str, datasets.Dataset] = {}
@@ -476,6 +475,7 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         self._eval_loader_cache: dict[tuple, list[DataLoader]] = {}
         self._epoch_report = EpochReport()
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches of it already trained), from a checkpoint
+        self._files_checked = False  # prepare_data and setup both need the local files read before HF loads them
 
     def builtins(self) -> dict[str, Callable[[], datasets.DatasetDict]]:
         """``builtin:<name>`` datasets this datamodule can generate."""
@@ -534,9 +534,60 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
             return list(itertools.islice(stream, rows)), self.train_source.rows
         return None
 
+    def text_columns(self, name: str) -> list[str]:
+        """The columns of split ``name`` that hold texts (a local file's values there are checked to be strings)."""
+        return self.split_columns(name)
+
+    def check_files(self) -> None:
+        """Read every local file of the splits in use once, before HF datasets does (``datamodules.files``), and
+        raise one error for the faults of all of them, each by file and 1-based line; refuse a folder whose split
+        has files of two formats. Rank 0 prints one line per split with the files feeding it (and the data files
+        that feed none). A stream's files are all read here too, so a bad line fails the run at start-up, not when
+        a worker reaches it."""
+        h = self.hparams
+        if self._files_checked or h.dataset.startswith("builtin:"):
+            return
+        builder = _builder(h.dataset, h.data_files)
+        if builder is None:  # a hub name that cannot be reached: loading it says so
+            return
+        data_files = {str(split): [str(f) for f in files] for split, files in (builder.config.data_files or {}).items()}
+        unread = []
+        if os.path.isdir(h.dataset) and h.data_files is None and builder.name in ("json", "csv", "parquet"):
+            unread = folder_files(h.dataset, data_files)
+        roles = {split: name for name, split in (("test", h.test_split), ("validation", h.val_split),
+                                                 ("train", h.train_split)) if split is not None}
+        started, problems, lines = time.monotonic(), [], []
+        for split in data_files:
+            files = _local_files(builder, split)
+            if not files or not all(map(is_table, files)):
+                continue
+            if split not in roles:
+                lines.append(f"  {split} split (not used): {', '.join(files)}")
+                continue
+            rows = []
+            for path in files:
+                try:
+                    rows.append(f"{path} ({scan_file(path, self.text_columns(roles[split])).rows} rows)")
+                except DataFileError as err:
+                    problems.append(str(err))
+            lines.append(f"  {split} split: {', '.join(rows)}")
+        took = time.monotonic() - started
+        if problems:
+            raise DataFileError("\n".join(problems))
+        self._files_checked = True
+        if self.rank()[0] != 0:
+            return
+        if unread:
+            log.warning("%s: %d data file(s) match no split name (train, validation, test, and HF's other "
+                        "spellings) and are not read: %s. Rename them (e.g. train-2.jsonl) or name every split's "
+                        "files with --data.init_args.data_files", h.dataset, len(unread), ", ".join(unread))
+        if lines:
+            rank_zero_info(f"Data files of {h.dataset} (checked in {took:.1f} s):\n" + "\n".join(lines))
+
     def prepare_data(self) -> None:
         """Download and convert the data once per node (local rank 0): every rank's ``setup`` then reads the cache."""
         h = self.hparams
+        self.check_files()
         if not h.streaming and not h.dataset.startswith("builtin:"):
             load_splits(h.dataset, self.builtins(), h.data_files)
 
@@ -546,6 +597,7 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         if self.splits:  # idempotent: fit, validate and test share the prepared data
             return
         h = self.hparams
+        self.check_files()
         raw = load_splits(h.dataset, self.builtins(), h.data_files, streaming=h.streaming)
         self.where = self._where(raw)
         if isinstance(raw, datasets.IterableDatasetDict):
@@ -566,6 +618,7 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         for stage_name, split_name in (("val", "validation"), ("test", "test")):
             if split_name in self.splits:
                 self.streams[stage_name], self.tasks[stage_name] = self.retrieval(stage_name, split_name)
+                self._check_eval_size(split_name, self.streams[stage_name], self.tasks[stage_name])
         self.before_collation()
         if isinstance(train, datasets.Dataset):
             train = self.splits["train"]
@@ -579,6 +632,28 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
                 self._check_batches(train, codes)
         else:
             self.train_source = self._streaming_source(*train)
+
+    def _check_eval_size(self, split_name: str, streams: dict[str, list], tasks: list[RetrievalTask]) -> None:
+        """Refuse an evaluation of fewer than 2 queries or documents: against one document every ranking is right,
+        so every metric is 1.0 whatever the model (``val_size 1.0`` holds out one row); warn (rank 0) under
+        ``FEW_QUERIES`` queries, where one query moves a metric by more than 0.1."""
+        h, where = self.hparams, self.where[split_name]
+        held_out = split_name == "validation" and bool(h.val_size) and where.file_split == h.train_split
+        flags = (["--data.init_args.val_size (a row count, or a fraction between 0 and 1; 1.0 is one row)"] if held_out
+                 else [f"--data.init_args.{'val' if split_name == 'validation' else 'test'}_split (a bigger split)"])
+        flags += ["--data.init_args.max_eval_rows"] if h.max_eval_rows is not None else []
+        for task in tasks:
+            queries, documents = len(task.relevant), len(streams[task.corpus_stream])
+            task_name = f" ({task.name})" if task.name else ""
+            counts = (f"{where}{task_name}: {queries} quer{'ies' if queries != 1 else 'y'} against {documents} "
+                      f"item{'s' * (documents != 1)} to rank")
+            if min(queries, documents) < 2:
+                raise ValueError(f"{counts}: with fewer than 2 of either a retrieval metric says nothing (against one "
+                                 f"item every ranking is right: 1.0 whatever the model). Evaluate on more rows: raise "
+                                 f"{' or '.join(flags)}.")
+            if queries < FEW_QUERIES and self.rank()[0] == 0:
+                log.warning("%s: each query moves its metrics by 1/%d; for steadier numbers raise %s", counts, queries,
+                            " or ".join(flags))
 
     def _where(self, raw: datasets.DatasetDict | datasets.IterableDatasetDict) -> dict[str, Where]:
         """How messages name each split, its rows (by file and line) and the options naming its columns."""
@@ -659,6 +734,8 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         if h.val_split is not None and h.val_split in raw:
             val = materialize(self.encoded(raw[h.val_split]), h.max_eval_rows)
         elif h.val_size:
+            if rows is not None:
+                check_val_size(h.val_size, rows, h.train_split)
             val = materialize(train, min(h.val_size, h.max_eval_rows or h.val_size))
             train = train.skip(h.val_size)
             rows = rows - h.val_size if rows is not None else None

@@ -259,6 +259,9 @@ class ImageCaptionDataModule(RetrievalDataModule):
     def split_columns(self, name: str) -> list[str]:
         return self.columns
 
+    def text_columns(self, name: str) -> list[str]:
+        return [self.hparams.caption_column]  # the image column holds paths, bytes or structs
+
     def encoded(self, split):
         column = self.hparams.image_column
         if isinstance((split.features or {}).get(column), datasets.Image):  # keep bytes or paths; decode in workers

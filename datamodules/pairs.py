@@ -64,6 +64,10 @@ class PairDataModule(RetrievalDataModule):
     ) -> None:
         if len(columns) < 2:
             raise ValueError(f"--data.init_args.columns needs at least an anchor and a positive column, got {columns}")
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        if repeated:
+            raise ValueError(f"--data.init_args.columns names {repeated} more than once, got {columns}: a column is "
+                             f"one role (anchor, positive, or a hard negative); name each once")
         if corpus_from_train and kwargs.get("streaming"):
             raise ValueError("--data.init_args.corpus_from_train needs the whole training split in memory; it cannot be "
                              "combined with --data.init_args.streaming true")
