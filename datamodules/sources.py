@@ -125,8 +125,8 @@ class StreamingSource(TrainSource):
                  collate: Callable, where: str) -> None:
         if rows is None and max_steps < 0:
             raise ValueError(
-                f"{where}: the stream's length is unknown (no row count in its metadata, not a local parquet, jsonl or "
-                f"csv file), so an epoch has no end: set --data.init_args.max_train_rows (rows per epoch) or "
+                f"{where}: the stream's length is unknown (no row count in its metadata, not a local parquet, json, "
+                f"jsonl or csv file), so an epoch has no end: set --data.init_args.max_train_rows (rows per epoch) or "
                 f"--trainer.max_steps (the run is then one epoch of that many optimizer steps, validated at its end)")
         self.stream, self.rows, self.max_steps, self.accumulate = stream, rows, max_steps, accumulate
         self.batch_size, self.seed, self.buffer_size = batch_size, seed, buffer_size
