@@ -7,7 +7,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from callbacks.export import ExportModel, untrained_fit
-from callbacks.final_validation import ValidateFinalStep
+from callbacks.validation import ValidatedFit
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.resume import ResumableCheckpoint, resolve_resume
 from callbacks.throughput import SamplesPerSecond
@@ -69,8 +69,8 @@ class LitEmbedCLI(ShortErrorsCLI):
                 callbacks.append(ResumableCheckpoint(config.checkpoint_every_n_steps))
             if not _has(callbacks, SamplesPerSecond):
                 callbacks.append(SamplesPerSecond())
-            if not _has(callbacks, ValidateFinalStep):
-                callbacks.append(ValidateFinalStep())
+            if not _has(callbacks, ValidatedFit):
+                callbacks.append(ValidatedFit())
             if loggers and not _has(callbacks, LearningRateMonitor):
                 callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.subcommand == "predict" and not _has(callbacks, PredictionWriter):

@@ -241,19 +241,23 @@ class EmbeddingModule(L.LightningModule):
         for task in tasks:
             ids, corpus, size = shards[task.corpus_stream]
             for dim in self.eval_dims:
-                name = "_".join(p for p in (task.name, f"dim_{dim}" if dim else "") if p)
                 values = information_retrieval_metrics(queries[task.query_stream], corpus, task.relevant,
                                                        truncate_dim=dim, corpus_ids=ids, corpus_size=size,
                                                        gather=gather)
-                metrics.update({f"{stage}/{name + '_' if name else ''}{k}": v for k, v in values.items()})
+                metrics.update({_metric_key(stage, task.name, dim, k): v for k, v in values.items()})
         return metrics
 
     def main_metric(self, stage: str) -> str:
         """The progress-bar metric: nDCG@10 of the first task at the largest dim."""
-        task = self.trainer.datamodule.retrieval_tasks(stage)[0]
-        dim = self.eval_dims[0]
-        name = "_".join(p for p in (task.name, f"dim_{dim}" if dim else "") if p)
-        return f"{stage}/{name + '_' if name else ''}cosine_ndcg@10"
+        return _metric_key(stage, self.trainer.datamodule.retrieval_tasks(stage)[0].name, self.eval_dims[0],
+                           "cosine_ndcg@10")
+
+    def metric_keys(self, stage: str) -> list[str]:
+        """Every key an evaluation of ``stage`` logs, known before any evaluation runs (to check monitors)."""
+        one = torch.eye(2)  # the metric names come from the function that computes them, on two items
+        names = information_retrieval_metrics(one, one, [[0], [1]]).keys()
+        return [_metric_key(stage, task.name, dim, name) for task in self.trainer.datamodule.retrieval_tasks(stage)
+                for dim in self.eval_dims for name in names]
 
     @torch.no_grad()
     def _evaluate_now(self) -> dict[str, float]:
@@ -308,3 +312,9 @@ class EmbeddingModule(L.LightningModule):
         if self.logger is not None:
             self.logger.log_metrics({f"{k}_base": v for k, v in metrics.items()}, step=0)
         rank_zero_info(format_table({"base model": metrics}, "val"))
+
+
+def _metric_key(stage: str, task: str, dim: int | None, metric: str) -> str:
+    """``val/dim_384_cosine_ndcg@10``, ``val/shapes-eval_cosine_ndcg@10`` or ``val/cosine_ndcg@10``."""
+    name = "_".join(p for p in (task, f"dim_{dim}" if dim else "") if p)
+    return f"{stage}/{name + '_' if name else ''}{metric}"

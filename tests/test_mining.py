@@ -334,6 +334,7 @@ def test_the_printed_command_trains_on_the_mined_folder(mined_dir, tiny_export, 
     assert command[:3] == ["python", "train.py", "fit"]
     tiny = [f"--model.init_args.encoder.init_args.model_name_or_path={tiny_export}",
             "--model.init_args.loss.init_args.dims=[32, 16]", "--model.init_args.evaluate_before_training=false",
+            "--trainer.callbacks.init_args.monitor=val/dim_32_cosine_ndcg@10",
             "--trainer.max_steps=2", "--trainer.log_every_n_steps=1", "--data.init_args.batch_size=4",
             "--data.init_args.num_workers=0", f"--trainer.logger.init_args.save_dir={tmp_path}",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--test_after_fit=false"]

@@ -252,6 +252,20 @@ def test_max_steps_inside_an_epoch_validates_and_exports_the_final_weights(tmp_p
     assert (report["exported_step"], report["exported_evaluation"]) == (2, 0)  # the card shows that validation
 
 
+def test_a_monitor_the_run_never_logs_is_refused_before_training(tmp_path, pairs_dir, tiny_bert_dir):
+    """Lightning stopped at the end of the first validation, an epoch in; the monitor is known at the start."""
+    args = text_args(pairs_dir, tiny_bert_dir, ["--trainer.callbacks.init_args.monitor=val/dim_384_cosine_ndcg@10"])
+    done = run_fit(args, cwd=str(tmp_path), returncode=2)
+    assert done.stderr.splitlines()[-1] == (
+        "error: the monitor 'val/dim_384_cosine_ndcg@10' of trainer.callbacks' ModelCheckpoint is not a metric this run "
+        "logs, so the first validation would stop the run: its validation logs 30 metrics, the closest "
+        "val/dim_8_cosine_ndcg@10, val/dim_32_cosine_ndcg@10, val/dim_8_cosine_mrr@10; set the callback's monitor to "
+        "one of them (init_args.monitor in the config file; --trainer.callbacks.init_args.monitor sets the last "
+        "callback listed), e.g. val/dim_32_cosine_ndcg@10")
+    assert "Traceback" not in done.stderr
+    assert not glob.glob(str(tmp_path / "runs" / "text" / "*" / "checkpoints" / "*"))  # not one step trained
+
+
 def test_tensorboard_logs_into_the_run_folder(tmp_path, tiny_bert_dir):
     pytest.importorskip("tensorboard")
     from conftest import write_pairs_dir
