@@ -143,17 +143,33 @@ class ResumableCheckpoint(ModelCheckpoint):
         self._after_logging(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        loop = trainer.fit_loop.epoch_loop
+        # A step an evaluation follows is saved when the evaluation ends (on_validation_end), not here: Lightning
+        # resumes a checkpoint written here as if the evaluation had run, so a kill during it would lose its metrics
+        # and best checkpoint. A kill then resumes from the checkpoint before, whose steps are trained again exactly.
+        evaluation_follows = self._evaluation_follows(trainer)
         saved = self._last_global_step_saved
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if not evaluation_follows:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self._flush_logs |= self._last_global_step_saved != saved
-        if trainer.fit_loop.epoch_loop._should_accumulate():
+        if loop._should_accumulate():
             return  # mid-accumulation: a checkpoint cannot hold the gradients summed so far
         if self._preempted(trainer):
-            if self._last_global_step_saved != trainer.global_step:
+            if self._last_global_step_saved != trainer.global_step and not evaluation_follows:
                 self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
                 self._last_global_step_saved = trainer.global_step
             # exit once Lightning has logged this step (next batch, evaluation, or the epoch's end)
             self._stop_after_logging = self._flush_logs = True
+
+    @staticmethod
+    def _evaluation_follows(trainer) -> bool:
+        """Whether Lightning evaluates after this training batch (on every rank alike): a validation is due and there
+        is something to validate (a datamodule without a validation split still has a ``val_dataloader``)."""
+        loop = trainer.fit_loop.epoch_loop
+        if not loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            return False
+        loop.val_loop.setup_data()  # the validation loaders, which Lightning's first evaluation would ask for now
+        return not loop.val_loop.skip
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._after_logging(trainer, evaluation_follows=True)
@@ -165,9 +181,10 @@ class ResumableCheckpoint(ModelCheckpoint):
         # always, even at a step a periodic checkpoint was written: this one holds the evaluation's results
         if trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit":
             return
+        # the evaluation's metrics on disk first: a checkpoint that holds it is never resumed without its row
+        self._flush(trainer)
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         self._last_global_step_saved = trainer.global_step
-        self._flush_logs = True
         self._after_logging(trainer)
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
@@ -187,11 +204,14 @@ class ResumableCheckpoint(ModelCheckpoint):
         flag = torch.tensor(float(self._sigterm), device=trainer.strategy.root_device)
         return bool(trainer.strategy.reduce(flag, reduce_op="max").item())
 
+    def _flush(self, trainer) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+        self._flush_logs = False
+
     def _after_logging(self, trainer, evaluation_follows: bool = False) -> None:
         if self._flush_logs:
-            for logger in trainer.loggers:
-                logger.save()
-            self._flush_logs = False
+            self._flush(trainer)
         if self._stop_after_logging and not evaluation_follows:
             self._stop_after_logging = False
             rank_zero_info(f"Preempted at step {trainer.global_step}: saved {self.last_model_path}\nResume with:\n  "

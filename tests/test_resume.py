@@ -253,3 +253,36 @@ def test_a_model_with_a_non_finite_weight_is_never_exported(tmp_path, tiny_bert_
     with pytest.raises(RuntimeError, match=r"not exporting: 1 weight tensor\(s\) are not finite \(encoder\."):
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert not glob.glob(str(tmp_path / "**" / "model"), recursive=True)
+
+
+MONITOR = '--trainer.callbacks=[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": ' \
+          '{"monitor": "val/dim_32_cosine_ndcg@10", "mode": "max", "save_top_k": 1}}]'
+
+
+def signal_at(*signals: tuple[int, str, int]) -> str:
+    """The ``--trainer.callbacks`` of a run with the best-checkpoint monitor that signals itself at (step, hook,
+    signal) (``tests/signals_at.py``)."""
+    killers = ", ".join(f'{{"class_path": "tests.signals_at.SignalAt", "init_args": {{"step": {step}, '
+                        f'"hook": "{hook}", "signal": {int(sig)}}}}}' for step, hook, sig in signals)
+    return MONITOR.removesuffix("]") + ", " + killers + "]"
+
+
+@pytest.mark.parametrize("signals", [
+    [(10, "on_validation_start", signal.SIGKILL)],  # step 10 ends epoch 0: killed before its evaluation ends
+    # preempted at that step with a grace period shorter than the evaluation
+    pytest.param([(10, "on_train_batch_end", signal.SIGTERM), (10, "on_validation_start", signal.SIGKILL)],
+                 marks=pytest.mark.slow),
+])
+def test_a_kill_before_an_evaluation_ends_repeats_it_on_resume(tmp_path, tiny_bert_dir, data, signals):
+    every = "--checkpoint_every_n_steps=5"  # one falls on step 10, the evaluating step
+    reference = tmp_path / "reference"
+    run(command(tiny_bert_dir, data, reference, every, MONITOR))
+    args = command(tiny_bert_dir, data, tmp_path / "killed", every)
+    run_dir = str(tmp_path / "killed" / "run" / "version_0")
+    killed = subprocess.run(args + [signal_at(*signals)], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                            timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run(args + [MONITOR, "--ckpt_path", "last"])
+    assert_same_run(run_dir, str(reference / "run" / "version_0"))  # the step-10 evaluation's row and the export
+    checkpoints = [sorted(os.listdir(os.path.join(d, "checkpoints"))) for d in (run_dir, reference / "run" / "version_0")]
+    assert checkpoints[0] == checkpoints[1]  # the same best checkpoint (epoch and step in its name) beside last.ckpt
