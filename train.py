@@ -24,6 +24,10 @@ class LitEmbedCLI(ShortErrorsCLI):
         parser.add_argument("--checkpoint_every_n_steps", type=int, default=500,
                             help="fit writes <run>/checkpoints/last.ckpt every this many optimizer steps (0: never), "
                                  "after every evaluation and on SIGTERM; --ckpt_path last (or the run folder) resumes")
+        parser.add_argument("--resume_epoch_from_start", type=bool, default=False,
+                            help="with --ckpt_path, train the epoch the checkpoint stopped in again from its first "
+                                 "batch, in this run's batch order: the way to resume with another batch size, data "
+                                 "or seed (otherwise refused inside an epoch)")
         # fit's export step (the best weights, the model card, the plots); --card.title etc. fill the card
         parser.add_lightning_class_args(ExportModel, "card")
         parser.add_argument("--tensorboard", type=bool, default=False,
@@ -63,7 +67,8 @@ class LitEmbedCLI(ShortErrorsCLI):
         loggers = self._loggers(trainer.get("logger"), config.tensorboard)
         if self.subcommand in (None, "fit"):
             if trainer.get("enable_checkpointing") is not False and not _has(callbacks, ResumableCheckpoint):
-                callbacks.append(ResumableCheckpoint(config.checkpoint_every_n_steps))
+                callbacks.append(ResumableCheckpoint(config.checkpoint_every_n_steps,
+                                                     epoch_from_start=config.resume_epoch_from_start))
             if not _has(callbacks, SamplesPerSecond):
                 callbacks.append(SamplesPerSecond())
             if loggers and not _has(callbacks, LearningRateMonitor):

@@ -62,13 +62,20 @@ class ResumableCheckpoint(ModelCheckpoint):
     ``train.py`` adds one to every fit (``--checkpoint_every_n_steps``); list it under ``trainer.callbacks`` only to
     change where it writes.
 
+    A checkpoint written inside an epoch resumes only with the batch order it was written with (the datamodule's
+    ``batch_order``: batch size, data, seed…); with another, resuming is refused, naming what changed, unless
+    ``epoch_from_start`` trains that epoch again from its first batch.
+
     Args:
         every_n_train_steps: optimizer steps between checkpoints (0: only after evaluations and on SIGTERM). Writing
             one costs about the time to copy the weights and the optimiser state (3× the model size) to disk.
         dirpath: default ``<run folder>/checkpoints``, where ``--ckpt_path last`` looks.
+        epoch_from_start: resuming a checkpoint written inside an epoch, train that epoch from its first batch in
+            this run's batch order (weights, optimiser, schedule, epoch number and logging step go on).
     """
 
-    def __init__(self, every_n_train_steps: int = 500, dirpath: str | None = None) -> None:
+    def __init__(self, every_n_train_steps: int = 500, dirpath: str | None = None,
+                 epoch_from_start: bool = False) -> None:
         if every_n_train_steps < 0:
             raise ValueError(f"--checkpoint_every_n_steps must be ≥ 0 (0: only after evaluations), got "
                              f"{every_n_train_steps}")
@@ -81,6 +88,7 @@ class ResumableCheckpoint(ModelCheckpoint):
         self._flush_logs = False
         self._previous_handler = None
         self._kept_metrics: list[dict] | None = None
+        self.epoch_from_start = epoch_from_start
 
     # what a checkpoint carries beyond Lightning's loops, weights, optimiser and schedule
     def state_dict(self) -> dict:
@@ -90,6 +98,37 @@ class ResumableCheckpoint(ModelCheckpoint):
         state = dict(state_dict)
         self._rng_to_restore = state.pop("rng", None)
         super().load_state_dict(state)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # before Lightning restores its loops from the checkpoint, after the datamodule's position
+        datamodule = trainer.datamodule
+        state = checkpoint.get(type(datamodule).__qualname__) if datamodule is not None else None
+        if not state or "order" not in state:
+            return
+        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+        if progress["is_last_batch"] or not state["batches"]:
+            return  # at an epoch's start or end: the next batches are an epoch's first, in any order
+        epoch, trained = state["epoch"], state["batches"]
+        if self.epoch_from_start:
+            # Lightning counts a checkpoint written in the batch's end hooks (completed = processed - 1) as one more
+            # batch completed when it resumes: -1 then becomes 0
+            total = progress["total"]
+            progress["current"].update(ready=0, started=0, processed=0,
+                                       completed=-1 if total["completed"] < total["processed"] else 0)
+            datamodule.load_state_dict({**state, "batches": 0})
+            rank_zero_info(f"--resume_epoch_from_start true: epoch {epoch} trains again from its first batch "
+                           f"({trained} of its batches were trained before the checkpoint)")
+            return
+        now = datamodule.batch_order()
+        changed = [f"{flag} {state['order'].get(flag)!r} → {value!r}" for flag, value in now.items()
+                   if state["order"].get(flag) != value]
+        if changed:
+            raise ValueError(
+                f"--ckpt_path {trainer.ckpt_path}: the checkpoint was written after {trained} batches of epoch {epoch}, "
+                f"and this run's batch order differs from the one they were taken from (checkpoint → now): "
+                + "; ".join(changed) + ". Resuming would skip other rows than those trained. Resume with the values "
+                f"the checkpoint was written with, or add --resume_epoch_from_start true to train epoch {epoch} again "
+                f"from its first batch in the new order (weights, optimiser, schedule and epoch number go on).")
 
     def keep_metrics(self, trainer, checkpoint: str) -> None:
         """Before ``trainer.fit(ckpt_path=checkpoint)`` into the checkpoint's run folder: the CSV logger deletes

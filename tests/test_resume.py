@@ -286,3 +286,29 @@ def test_a_kill_before_an_evaluation_ends_repeats_it_on_resume(tmp_path, tiny_be
     assert_same_run(run_dir, str(reference / "run" / "version_0"))  # the step-10 evaluation's row and the export
     checkpoints = [sorted(os.listdir(os.path.join(d, "checkpoints"))) for d in (run_dir, reference / "run" / "version_0")]
     assert checkpoints[0] == checkpoints[1]  # the same best checkpoint (epoch and step in its name) beside last.ckpt
+
+
+def test_resuming_inside_an_epoch_in_another_batch_order_is_refused_unless_the_epoch_starts_over(tmp_path,
+                                                                                                 tiny_bert_dir, data):
+    args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_steps=3", "--checkpoint_every_n_steps=3")
+    run(args)  # stops after 3 of epoch 0's 10 batches
+    other = tmp_path / "other-data"
+    other.mkdir()
+    write_jsonl(other / "train.jsonl", qa_rows(80))
+    for split in ("validation.jsonl", "test.jsonl"):
+        os.link(os.path.join(data, split), other / split)
+    for changed, difference in (("--data.init_args.batch_size=32", "--data.init_args.batch_size 16 → 32"),
+                                (f"--data.init_args.dataset={other}", "--data.init_args.dataset (training rows) 160 → 80")):
+        refused = subprocess.run(args + [changed, "--ckpt_path", "last"], cwd=ROOT, env=ENV, capture_output=True,
+                                 text=True, timeout=300)
+        assert refused.returncode != 0
+        assert "the checkpoint was written after 3 batches of epoch 0" in refused.stderr and difference in refused.stderr
+        assert "add --resume_epoch_from_start true to train epoch 0 again from its first batch" in refused.stderr
+    resumed = run(args + ["--data.init_args.batch_size=32", "--trainer.max_steps=-1", "--trainer.max_epochs=1",
+                          "--resume_epoch_from_start=true", "--ckpt_path", "last"])
+    assert "epoch 0 trains again from its first batch (3 of its batches were trained" in resumed.stdout + resumed.stderr
+    run_dir = str(tmp_path / "run" / "version_0")
+    steps = [row["step"] for row in logged(run_dir) if row.get("train/loss")]
+    assert steps == [str(step) for step in range(3 + 5)]  # then all 5 batches of 32 of epoch 0
+    assert any(row.get("val/dim_32_cosine_ndcg@10") for row in logged(run_dir))
+
