@@ -10,6 +10,7 @@ run folder into that file and the run folder to log into, so the metrics log goe
 """
 
 import csv
+import fcntl
 import glob
 import os
 import random
@@ -19,6 +20,7 @@ import shutil
 import signal
 import sys
 import warnings
+from typing import IO
 
 import numpy as np
 import torch
@@ -256,6 +258,38 @@ class ResumableCheckpoint(ModelCheckpoint):
             rank_zero_info(f"Preempted at step {trainer.global_step}: saved {self.last_model_path}\nResume with:\n  "
                            f"{resume_command(run_folder(self.last_model_path) or self.last_model_path)}")
             raise SystemExit(PREEMPTED_EXIT_CODE)
+
+
+RUN_LOCK = "fit.lock"
+
+
+def lock_run_folder(folder: str) -> IO[str]:
+    """Hold ``<folder>/fit.lock`` while the returned file is open (at most this process's life), so that no other fit
+    logs into the run folder meanwhile: two would interleave ``metrics.csv`` rows and overwrite each other's
+    ``last.ckpt``.
+
+    ``flock`` is released by the operating system when the process ends, however it ends: a lock file left by a
+    killed run blocks nothing.
+
+    Raises:
+        ValueError: another process holds the lock, named by the pid it wrote into the file.
+    """
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, RUN_LOCK)
+    file = open(path, "a+")
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        holder = file.read().strip() or "unknown"
+        file.close()
+        raise ValueError(f"{folder} is in use by another train.py fit (pid {holder}, which holds {path}): two runs "
+                         f"logging into one folder would interleave metrics.csv and overwrite each other's "
+                         f"checkpoints. Wait for it to end (or stop it), then resume with --ckpt_path {folder}.")
+    file.truncate(0)
+    file.write(str(os.getpid()))
+    file.flush()
+    return file
 
 
 def run_folder(checkpoint: str) -> str | None:

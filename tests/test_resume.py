@@ -8,6 +8,7 @@ off by one step changes them.
 """
 
 import csv
+import fcntl
 import glob
 import os
 import signal
@@ -259,12 +260,12 @@ MONITOR = '--trainer.callbacks=[{"class_path": "lightning.pytorch.callbacks.Mode
           '{"monitor": "val/dim_32_cosine_ndcg@10", "mode": "max", "save_top_k": 1}}]'
 
 
-def signal_at(*signals: tuple[int, str, int]) -> str:
-    """The ``--trainer.callbacks`` of a run with the best-checkpoint monitor that signals itself at (step, hook,
+def signal_at(*signals: tuple[int, str, int], monitor: bool = True) -> str:
+    """The ``--trainer.callbacks`` of a run (with the best-checkpoint monitor) that signals itself at (step, hook,
     signal) (``tests/signals_at.py``)."""
     killers = ", ".join(f'{{"class_path": "tests.signals_at.SignalAt", "init_args": {{"step": {step}, '
                         f'"hook": "{hook}", "signal": {int(sig)}}}}}' for step, hook, sig in signals)
-    return MONITOR.removesuffix("]") + ", " + killers + "]"
+    return (MONITOR.removesuffix("]") + ", " if monitor else "--trainer.callbacks=[") + killers + "]"
 
 
 @pytest.mark.parametrize("signals", [
@@ -311,4 +312,36 @@ def test_resuming_inside_an_epoch_in_another_batch_order_is_refused_unless_the_e
     steps = [row["step"] for row in logged(run_dir) if row.get("train/loss")]
     assert steps == [str(step) for step in range(3 + 5)]  # then all 5 batches of 32 of epoch 0
     assert any(row.get("val/dim_32_cosine_ndcg@10") for row in logged(run_dir))
+
+
+def test_a_second_fit_into_a_run_folder_in_use_is_refused_and_a_killed_ones_lock_blocks_nothing(tmp_path,
+                                                                                               tiny_bert_dir, data):
+    args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_steps=3", "--checkpoint_every_n_steps=3")
+    run(args)
+    run_dir = str(tmp_path / "run" / "version_0")
+    resume = args + ["--trainer.max_steps=-1", "--ckpt_path", "last"]
+    # the first resume stops itself (SIGSTOP) at step 4, holding the folder and writing no checkpoint after step 3's
+    first = subprocess.Popen(resume + [signal_at((4, "on_train_batch_end", signal.SIGSTOP), monitor=False)],
+                             cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with open(os.path.join(run_dir, "fit.lock")) as lock:
+            deadline = time.time() + 300
+            while True:  # until the first resume holds the run folder
+                assert first.poll() is None and time.time() < deadline
+                try:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+                except BlockingIOError:
+                    break
+                time.sleep(0.05)
+        second = subprocess.run(resume, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+        assert second.returncode != 0
+        assert f"{run_dir} is in use by another train.py fit (pid {first.pid}," in second.stderr
+        assert f"resume with --ckpt_path {run_dir}" in second.stderr
+    finally:
+        first.kill()  # SIGKILL (stopped or not): the lock goes with the process
+        first.wait()
+    run(args[:-2] + ["--trainer.max_steps=5", "--ckpt_path", "last"])  # from step 3 again
+    steps = [int(row["step"]) for row in logged(run_dir) if row.get("train/loss")]
+    assert steps == list(range(5))  # each step logged once
 
