@@ -9,6 +9,7 @@ and the evaluation history (the module's ``on_save_checkpoint``). ``resolve_resu
 run folder into that file and the run folder to log into, so the metrics log goes on where it stopped.
 """
 
+import contextlib
 import csv
 import fcntl
 import glob
@@ -24,6 +25,9 @@ from typing import IO
 
 import numpy as np
 import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -55,6 +59,36 @@ def set_rng_states(states: dict) -> None:
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+PARTIAL = ".partial"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing a local file as ``<file>.partial`` beside it and renaming it when whole.
+
+    Lightning's own writes it to a file in the system temporary folder (fsspec's transaction) and moves it over: a
+    process killed meanwhile left a full-size file there for good, and the move copies it across filesystems. Here a
+    failed write (disk full, an unpicklable state) removes its ``.partial`` and a killed one leaves it beside the
+    checkpoint, where ``ResumableCheckpoint`` removes it when the next fit starts. Other filesystems keep Lightning's.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+        partial = os.fspath(path) + PARTIAL
+        try:
+            with open(partial, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())  # on disk before the rename makes it the checkpoint
+            os.replace(partial, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(partial)
+            raise
 
 
 class ResumableCheckpoint(ModelCheckpoint):
@@ -228,14 +262,17 @@ class ResumableCheckpoint(ModelCheckpoint):
         self._last_global_step_saved = trainer.global_step
         self._after_logging(trainer)
 
-    def _save_checkpoint(self, trainer, filepath: str) -> None:
-        # written aside, then renamed: a process killed while writing leaves the previous last.ckpt whole
-        partial = filepath + ".partial"
-        super()._save_checkpoint(trainer, partial)
-        if trainer.is_global_zero:
-            os.replace(partial, filepath)
-        self._last_checkpoint_saved = filepath
-        trainer.strategy.barrier("ResumableCheckpoint")
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one a strategy or the user chose
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if trainer.is_global_zero and self.dirpath and os.path.isdir(self.dirpath):
+            # what a process killed while writing left (this folder is the run's: no other fit writes in it now)
+            stale = sorted(glob.glob(os.path.join(self.dirpath, "*" + PARTIAL)))
+            for path in stale:
+                os.remove(path)
+            if stale:
+                rank_zero_info(f"Removed {len(stale)} partly written checkpoint(s) left by a killed run: {stale}")
 
     def _preempted(self, trainer) -> bool:
         """Whether any rank received SIGTERM: every rank stops at the same step (one small all-reduce per step

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -21,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from callbacks.resume import AtomicCheckpointIO
 from conftest import qa_rows, write_jsonl
 from datamodules.sampler import NoDuplicatesBatchSampler
 from lightning_modules.nonfinite import NonFiniteGuard
@@ -341,7 +343,37 @@ def test_a_second_fit_into_a_run_folder_in_use_is_refused_and_a_killed_ones_lock
     finally:
         first.kill()  # SIGKILL (stopped or not): the lock goes with the process
         first.wait()
-    run(args[:-2] + ["--trainer.max_steps=5", "--ckpt_path", "last"])  # from step 3 again
+    stale = os.path.join(run_dir, "checkpoints", "last.ckpt.partial")  # as a kill while writing leaves it
+    with open(stale, "wb") as file:
+        file.write(b"\0" * 4096)
+    resumed = run(args[:-2] + ["--trainer.max_steps=5", "--ckpt_path", "last"])  # from step 3 again
+    assert not os.path.exists(stale) and "Removed 1 partly written checkpoint(s) left by a killed run" in \
+        resumed.stdout + resumed.stderr
     steps = [int(row["step"]) for row in logged(run_dir) if row.get("train/loss")]
     assert steps == list(range(5))  # each step logged once
 
+
+class _Unwritable:
+    def __reduce__(self):
+        raise OSError(28, "No space left on device")  # as a full disk fails a write
+
+
+def test_a_checkpoint_is_written_beside_its_file_and_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    system_temp = tmp_path / "system-temp"
+    system_temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_temp))  # where fsspec's transaction writes Lightning's
+    target = str(tmp_path / "checkpoints" / "last.ckpt")
+    seen, replace = [], os.replace
+
+    def rename(source, destination):  # the moment the checkpoint is whole: where was it written?
+        seen.append((source, os.listdir(system_temp)))
+        replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", rename)
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": torch.arange(1000)}, target)
+    assert seen == [(target + ".partial", [])] and torch.equal(torch.load(target)["step"], torch.arange(1000))
+    with pytest.raises(OSError, match="No space left on device"):
+        io.save_checkpoint({"step": torch.arange(5), "state": _Unwritable()}, target)
+    assert os.listdir(tmp_path / "checkpoints") == ["last.ckpt"] and not os.listdir(system_temp)
+    assert torch.equal(torch.load(target)["step"], torch.arange(1000))  # the previous checkpoint, whole
