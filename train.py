@@ -1,6 +1,7 @@
 """litembed command line: ``python train.py fit --config configs/<recipe>.yaml`` (also validate, test, predict)."""
 
 import os
+from typing import IO
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -9,7 +10,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from callbacks.export import ExportModel, untrained_fit
 from callbacks.validation import ValidatedFit
 from callbacks.prediction_writer import PredictionWriter
-from callbacks.resume import ResumableCheckpoint, resolve_resume
+from callbacks.resume import ResumableCheckpoint, lock_run_folder, resolve_resume
 from callbacks.throughput import SamplesPerSecond
 from cli_errors import ShortErrorsCLI, fail
 from lightning_modules.base import EmbeddingModule
@@ -19,12 +20,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisation runs in
 
 
 class LitEmbedCLI(ShortErrorsCLI):
+    _run_lock: IO[str] | None = None  # held by rank 0 from before fit to the end of after_fit (lock_run_folder)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="after fit, evaluate the best checkpoint on the datamodule's test split, if it has one")
         parser.add_argument("--checkpoint_every_n_steps", type=int, default=500,
                             help="fit writes <run>/checkpoints/last.ckpt every this many optimizer steps (0: never), "
                                  "after every evaluation and on SIGTERM; --ckpt_path last (or the run folder) resumes")
+        parser.add_argument("--resume_epoch_from_start", type=bool, default=False,
+                            help="with --ckpt_path, train the epoch the checkpoint stopped in again from its first "
+                                 "batch, in this run's batch order: the way to resume with another batch size, data "
+                                 "or seed (otherwise refused inside an epoch)")
         # fit's export step (the best weights, the model card, the plots); --card.title etc. fill the card
         parser.add_lightning_class_args(ExportModel, "card")
         parser.add_argument("--tensorboard", type=bool, default=False,
@@ -54,6 +61,11 @@ class LitEmbedCLI(ShortErrorsCLI):
 
     def before_fit(self) -> None:
         ckpt_path = self.config.get(self.subcommand).ckpt_path
+        if self.trainer.log_dir and self.trainer.is_global_zero:
+            try:  # before anything in the folder is touched; held until the process ends
+                self._run_lock = lock_run_folder(self.trainer.log_dir)
+            except ValueError as err:
+                fail(str(err))
         resumable = [c for c in self.trainer.callbacks if isinstance(c, ResumableCheckpoint)]
         if ckpt_path and resumable:
             resumable[0].keep_metrics(self.trainer, ckpt_path)
@@ -66,7 +78,8 @@ class LitEmbedCLI(ShortErrorsCLI):
         loggers = self._loggers(trainer.get("logger"), config.tensorboard)
         if self.subcommand in (None, "fit"):
             if trainer.get("enable_checkpointing") is not False and not _has(callbacks, ResumableCheckpoint):
-                callbacks.append(ResumableCheckpoint(config.checkpoint_every_n_steps))
+                callbacks.append(ResumableCheckpoint(config.checkpoint_every_n_steps,
+                                                     epoch_from_start=config.resume_epoch_from_start))
             if not _has(callbacks, SamplesPerSecond):
                 callbacks.append(SamplesPerSecond())
             if not _has(callbacks, ValidatedFit):
@@ -101,6 +114,8 @@ class LitEmbedCLI(ShortErrorsCLI):
         exporters = [c for c in self.trainer.callbacks if isinstance(c, ExportModel)]
         if exporters and self.trainer.is_global_zero and exporters[0].summary():
             print("\n" + exporters[0].summary(), flush=True)
+        if self._run_lock is not None:
+            self._run_lock.close()  # the run folder is free for a resume
 
 
 def _has(callbacks: list, kind: type) -> bool:

@@ -9,7 +9,9 @@ and the evaluation history (the module's ``on_save_checkpoint``). ``resolve_resu
 run folder into that file and the run folder to log into, so the metrics log goes on where it stopped.
 """
 
+import contextlib
 import csv
+import fcntl
 import glob
 import os
 import random
@@ -19,9 +21,13 @@ import shutil
 import signal
 import sys
 import warnings
+from typing import IO
 
 import numpy as np
 import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -55,6 +61,36 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+PARTIAL = ".partial"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing a local file as ``<file>.partial`` beside it and renaming it when whole.
+
+    Lightning's own writes it to a file in the system temporary folder (fsspec's transaction) and moves it over: a
+    process killed meanwhile left a full-size file there for good, and the move copies it across filesystems. Here a
+    failed write (disk full, an unpicklable state) removes its ``.partial`` and a killed one leaves it beside the
+    checkpoint, where ``ResumableCheckpoint`` removes it when the next fit starts. Other filesystems keep Lightning's.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+        partial = os.fspath(path) + PARTIAL
+        try:
+            with open(partial, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())  # on disk before the rename makes it the checkpoint
+            os.replace(partial, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(partial)
+            raise
+
+
 class ResumableCheckpoint(ModelCheckpoint):
     """``last.ckpt`` every ``every_n_train_steps`` optimizer steps and after every evaluation; on SIGTERM, one at the
     next optimizer-step boundary, then the command that resumes, then exit code 143.
@@ -62,13 +98,20 @@ class ResumableCheckpoint(ModelCheckpoint):
     ``train.py`` adds one to every fit (``--checkpoint_every_n_steps``); list it under ``trainer.callbacks`` only to
     change where it writes.
 
+    A checkpoint written inside an epoch resumes only with the batch order it was written with (the datamodule's
+    ``batch_order``: batch size, data, seed…); with another, resuming is refused, naming what changed, unless
+    ``epoch_from_start`` trains that epoch again from its first batch.
+
     Args:
         every_n_train_steps: optimizer steps between checkpoints (0: only after evaluations and on SIGTERM). Writing
             one costs about the time to copy the weights and the optimiser state (3× the model size) to disk.
         dirpath: default ``<run folder>/checkpoints``, where ``--ckpt_path last`` looks.
+        epoch_from_start: resuming a checkpoint written inside an epoch, train that epoch from its first batch in
+            this run's batch order (weights, optimiser, schedule, epoch number and logging step go on).
     """
 
-    def __init__(self, every_n_train_steps: int = 500, dirpath: str | None = None) -> None:
+    def __init__(self, every_n_train_steps: int = 500, dirpath: str | None = None,
+                 epoch_from_start: bool = False) -> None:
         if every_n_train_steps < 0:
             raise ValueError(f"--checkpoint_every_n_steps must be ≥ 0 (0: only after evaluations), got "
                              f"{every_n_train_steps}")
@@ -81,6 +124,7 @@ class ResumableCheckpoint(ModelCheckpoint):
         self._flush_logs = False
         self._previous_handler = None
         self._kept_metrics: list[dict] | None = None
+        self.epoch_from_start = epoch_from_start
 
     # what a checkpoint carries beyond Lightning's loops, weights, optimiser and schedule
     def state_dict(self) -> dict:
@@ -90,6 +134,37 @@ class ResumableCheckpoint(ModelCheckpoint):
         state = dict(state_dict)
         self._rng_to_restore = state.pop("rng", None)
         super().load_state_dict(state)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # before Lightning restores its loops from the checkpoint, after the datamodule's position
+        datamodule = trainer.datamodule
+        state = checkpoint.get(type(datamodule).__qualname__) if datamodule is not None else None
+        if not state or "order" not in state:
+            return
+        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+        if progress["is_last_batch"] or not state["batches"]:
+            return  # at an epoch's start or end: the next batches are an epoch's first, in any order
+        epoch, trained = state["epoch"], state["batches"]
+        if self.epoch_from_start:
+            # Lightning counts a checkpoint written in the batch's end hooks (completed = processed - 1) as one more
+            # batch completed when it resumes: -1 then becomes 0
+            total = progress["total"]
+            progress["current"].update(ready=0, started=0, processed=0,
+                                       completed=-1 if total["completed"] < total["processed"] else 0)
+            datamodule.load_state_dict({**state, "batches": 0})
+            rank_zero_info(f"--resume_epoch_from_start true: epoch {epoch} trains again from its first batch "
+                           f"({trained} of its batches were trained before the checkpoint)")
+            return
+        now = datamodule.batch_order()
+        changed = [f"{flag} {state['order'].get(flag)!r} → {value!r}" for flag, value in now.items()
+                   if state["order"].get(flag) != value]
+        if changed:
+            raise ValueError(
+                f"--ckpt_path {trainer.ckpt_path}: the checkpoint was written after {trained} batches of epoch {epoch}, "
+                f"and this run's batch order differs from the one they were taken from (checkpoint → now): "
+                + "; ".join(changed) + ". Resuming would skip other rows than those trained. Resume with the values "
+                f"the checkpoint was written with, or add --resume_epoch_from_start true to train epoch {epoch} again "
+                f"from its first batch in the new order (weights, optimiser, schedule and epoch number go on).")
 
     def keep_metrics(self, trainer, checkpoint: str) -> None:
         """Before ``trainer.fit(ckpt_path=checkpoint)`` into the checkpoint's run folder: the CSV logger deletes
@@ -143,17 +218,33 @@ class ResumableCheckpoint(ModelCheckpoint):
         self._after_logging(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        loop = trainer.fit_loop.epoch_loop
+        # A step an evaluation follows is saved when the evaluation ends (on_validation_end), not here: Lightning
+        # resumes a checkpoint written here as if the evaluation had run, so a kill during it would lose its metrics
+        # and best checkpoint. A kill then resumes from the checkpoint before, whose steps are trained again exactly.
+        evaluation_follows = self._evaluation_follows(trainer)
         saved = self._last_global_step_saved
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if not evaluation_follows:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self._flush_logs |= self._last_global_step_saved != saved
-        if trainer.fit_loop.epoch_loop._should_accumulate():
+        if loop._should_accumulate():
             return  # mid-accumulation: a checkpoint cannot hold the gradients summed so far
         if self._preempted(trainer):
-            if self._last_global_step_saved != trainer.global_step:
+            if self._last_global_step_saved != trainer.global_step and not evaluation_follows:
                 self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
                 self._last_global_step_saved = trainer.global_step
             # exit once Lightning has logged this step (next batch, evaluation, or the epoch's end)
             self._stop_after_logging = self._flush_logs = True
+
+    @staticmethod
+    def _evaluation_follows(trainer) -> bool:
+        """Whether Lightning evaluates after this training batch (on every rank alike): a validation is due and there
+        is something to validate (a datamodule without a validation split still has a ``val_dataloader``)."""
+        loop = trainer.fit_loop.epoch_loop
+        if not loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            return False
+        loop.val_loop.setup_data()  # the validation loaders, which Lightning's first evaluation would ask for now
+        return not loop.val_loop.skip
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._after_logging(trainer, evaluation_follows=True)
@@ -165,19 +256,23 @@ class ResumableCheckpoint(ModelCheckpoint):
         # always, even at a step a periodic checkpoint was written: this one holds the evaluation's results
         if trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit":
             return
+        # the evaluation's metrics on disk first: a checkpoint that holds it is never resumed without its row
+        self._flush(trainer)
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         self._last_global_step_saved = trainer.global_step
-        self._flush_logs = True
         self._after_logging(trainer)
 
-    def _save_checkpoint(self, trainer, filepath: str) -> None:
-        # written aside, then renamed: a process killed while writing leaves the previous last.ckpt whole
-        partial = filepath + ".partial"
-        super()._save_checkpoint(trainer, partial)
-        if trainer.is_global_zero:
-            os.replace(partial, filepath)
-        self._last_checkpoint_saved = filepath
-        trainer.strategy.barrier("ResumableCheckpoint")
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one a strategy or the user chose
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if trainer.is_global_zero and self.dirpath and os.path.isdir(self.dirpath):
+            # what a process killed while writing left (this folder is the run's: no other fit writes in it now)
+            stale = sorted(glob.glob(os.path.join(self.dirpath, "*" + PARTIAL)))
+            for path in stale:
+                os.remove(path)
+            if stale:
+                rank_zero_info(f"Removed {len(stale)} partly written checkpoint(s) left by a killed run: {stale}")
 
     def _preempted(self, trainer) -> bool:
         """Whether any rank received SIGTERM: every rank stops at the same step (one small all-reduce per step
@@ -187,16 +282,51 @@ class ResumableCheckpoint(ModelCheckpoint):
         flag = torch.tensor(float(self._sigterm), device=trainer.strategy.root_device)
         return bool(trainer.strategy.reduce(flag, reduce_op="max").item())
 
+    def _flush(self, trainer) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+        self._flush_logs = False
+
     def _after_logging(self, trainer, evaluation_follows: bool = False) -> None:
         if self._flush_logs:
-            for logger in trainer.loggers:
-                logger.save()
-            self._flush_logs = False
+            self._flush(trainer)
         if self._stop_after_logging and not evaluation_follows:
             self._stop_after_logging = False
             rank_zero_info(f"Preempted at step {trainer.global_step}: saved {self.last_model_path}\nResume with:\n  "
                            f"{resume_command(run_folder(self.last_model_path) or self.last_model_path)}")
             raise SystemExit(PREEMPTED_EXIT_CODE)
+
+
+RUN_LOCK = "fit.lock"
+
+
+def lock_run_folder(folder: str) -> IO[str]:
+    """Hold ``<folder>/fit.lock`` while the returned file is open (at most this process's life), so that no other fit
+    logs into the run folder meanwhile: two would interleave ``metrics.csv`` rows and overwrite each other's
+    ``last.ckpt``.
+
+    ``flock`` is released by the operating system when the process ends, however it ends: a lock file left by a
+    killed run blocks nothing.
+
+    Raises:
+        ValueError: another process holds the lock, named by the pid it wrote into the file.
+    """
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, RUN_LOCK)
+    file = open(path, "a+")
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        holder = file.read().strip() or "unknown"
+        file.close()
+        raise ValueError(f"{folder} is in use by another train.py fit (pid {holder}, which holds {path}): two runs "
+                         f"logging into one folder would interleave metrics.csv and overwrite each other's "
+                         f"checkpoints. Wait for it to end (or stop it), then resume with --ckpt_path {folder}.")
+    file.truncate(0)
+    file.write(str(os.getpid()))
+    file.flush()
+    return file
 
 
 def run_folder(checkpoint: str) -> str | None:

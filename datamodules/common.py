@@ -1,5 +1,6 @@
 """Loading splits from a hub name, a local directory or file, or a built-in generator; eval task description."""
 
+import hashlib
 import itertools
 import logging
 import os
@@ -476,6 +477,7 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         self._epoch_report = EpochReport()
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches of it already trained), from a checkpoint
         self._files_checked = False  # prepare_data and setup both need the local files read before HF loads them
+        self._batch_order: dict[str, object] | None = None
 
     def builtins(self) -> dict[str, Callable[[], datasets.DatasetDict]]:
         """``builtin:<name>`` datasets this datamodule can generate."""
@@ -773,12 +775,41 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
                                             resume=resume)
 
     def state_dict(self) -> dict:
-        """Where the training batches stand, saved in every checkpoint: the epoch and how many of its batches were
-        trained (resuming serves the batches an uninterrupted run would have trained next, not the epoch's first)."""
+        """Where the training batches stand, saved in every checkpoint: the epoch, how many of its batches were
+        trained (resuming serves the batches an uninterrupted run would have trained next, not the epoch's first) and
+        what that order depends on (``batch_order``)."""
         if self.trainer is None or not self.trainer.training:
             return {}
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": self.trainer.current_epoch, "batches": progress.processed}
+        return {"epoch": self.trainer.current_epoch, "batches": progress.processed, "order": self.batch_order()}
+
+    def batch_order(self) -> dict[str, object]:
+        """What an epoch's training batches depend on, by the option that sets it: a resume inside an epoch serves the
+        batches after the ones trained, which are those batches only if none of this changed. The data is identified
+        by its rows: their count and a hash of up to 1,000 of them spread over the split (the train files' names and
+        sizes for a stream), so a moved copy of the same data still resumes."""
+        if self._batch_order is None:
+            h, source = self.hparams, self.train_source
+            options = self.loader_options() if self.trainer is not None else {"num_workers": h.num_workers}
+            order = {"--data.init_args.batch_size": h.batch_size, "--data.init_args.seed": h.seed,
+                     "--data.init_args.drop_last": h.drop_last, "--data.init_args.no_duplicates": h.no_duplicates,
+                     "--data.init_args.streaming": h.streaming,
+                     "--trainer.devices × --trainer.num_nodes (training processes)": self.rank()[1],
+                     self.where["train"].flags(self.train_columns) + " (training columns)": list(self.train_columns)}
+            if isinstance(source, StreamingSource):
+                # each worker reads its own shards: the number of workers is part of the order
+                files = self.where["train"].files()
+                order |= {"--data.init_args.num_workers": options["num_workers"],
+                          "--data.init_args.shuffle_buffer": h.shuffle_buffer,
+                          "--data.init_args.stream_window": h.stream_window,
+                          "--data.init_args.dataset (training rows)": source.rows,
+                          "--data.init_args.dataset (training files)": _file_sizes(files) if files else h.dataset}
+            else:
+                train = self.splits["train"]
+                order |= {"--data.init_args.dataset (training rows)": len(train),
+                          "--data.init_args.dataset (hash of training rows)": _rows_hash(train, self.train_columns)}
+            self._batch_order = order
+        return self._batch_order
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._resume_at = (state_dict["epoch"], state_dict["batches"]) if state_dict else None
@@ -879,6 +910,18 @@ def _most_repeated(codes: np.ndarray) -> tuple[int, int, int]:
     counts = np.bincount(codes[first])
     row, column = np.argwhere(codes == counts.argmax())[0]
     return int(counts.max()), int(row), int(column)
+
+
+def _rows_hash(split: datasets.Dataset, columns: Sequence[str], rows: int = 1000) -> str:
+    """A hash of ``columns`` in up to ``rows`` rows spread evenly over the split, its first and last included: rows
+    added, removed or reordered anywhere move the sampled positions onto other rows."""
+    positions = np.unique(np.linspace(0, len(split) - 1, min(rows, len(split))).round().astype(np.int64))
+    sample = arrow_columns(split, columns).take(pa.array(positions))
+    return hashlib.blake2b(repr(sample.to_pylist()).encode(), digest_size=8).hexdigest()
+
+
+def _file_sizes(files: Sequence[str]) -> list[str]:
+    return [f"{os.path.basename(f)} ({os.path.getsize(f)} bytes)" for f in files]
 
 
 def _distinct(row: dict) -> tuple:

@@ -8,11 +8,13 @@ off by one step changes them.
 """
 
 import csv
+import fcntl
 import glob
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -20,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from callbacks.resume import AtomicCheckpointIO
 from conftest import qa_rows, write_jsonl
 from datamodules.sampler import NoDuplicatesBatchSampler
 from lightning_modules.nonfinite import NonFiniteGuard
@@ -252,3 +255,124 @@ def test_a_model_with_a_non_finite_weight_is_never_exported(tmp_path, tiny_bert_
     with pytest.raises(RuntimeError, match=r"not exporting: 1 weight tensor\(s\) are not finite \(encoder\."):
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert not glob.glob(str(tmp_path / "**" / "model"), recursive=True)
+
+
+MONITOR = '--trainer.callbacks=[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": ' \
+          '{"monitor": "val/dim_32_cosine_ndcg@10", "mode": "max", "save_top_k": 1}}]'
+
+
+def signal_at(*signals: tuple[int, str, int], monitor: bool = True) -> str:
+    """The ``--trainer.callbacks`` of a run (with the best-checkpoint monitor) that signals itself at (step, hook,
+    signal) (``tests/signals_at.py``)."""
+    killers = ", ".join(f'{{"class_path": "tests.signals_at.SignalAt", "init_args": {{"step": {step}, '
+                        f'"hook": "{hook}", "signal": {int(sig)}}}}}' for step, hook, sig in signals)
+    return (MONITOR.removesuffix("]") + ", " if monitor else "--trainer.callbacks=[") + killers + "]"
+
+
+@pytest.mark.parametrize("signals", [
+    [(10, "on_validation_start", signal.SIGKILL)],  # step 10 ends epoch 0: killed before its evaluation ends
+    # preempted at that step with a grace period shorter than the evaluation
+    pytest.param([(10, "on_train_batch_end", signal.SIGTERM), (10, "on_validation_start", signal.SIGKILL)],
+                 marks=pytest.mark.slow),
+])
+def test_a_kill_before_an_evaluation_ends_repeats_it_on_resume(tmp_path, tiny_bert_dir, data, signals):
+    every = "--checkpoint_every_n_steps=5"  # one falls on step 10, the evaluating step
+    reference = tmp_path / "reference"
+    run(command(tiny_bert_dir, data, reference, every, MONITOR))
+    args = command(tiny_bert_dir, data, tmp_path / "killed", every)
+    run_dir = str(tmp_path / "killed" / "run" / "version_0")
+    killed = subprocess.run(args + [signal_at(*signals)], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                            timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run(args + [MONITOR, "--ckpt_path", "last"])
+    assert_same_run(run_dir, str(reference / "run" / "version_0"))  # the step-10 evaluation's row and the export
+    checkpoints = [sorted(os.listdir(os.path.join(d, "checkpoints"))) for d in (run_dir, reference / "run" / "version_0")]
+    assert checkpoints[0] == checkpoints[1]  # the same best checkpoint (epoch and step in its name) beside last.ckpt
+
+
+def test_resuming_inside_an_epoch_in_another_batch_order_is_refused_unless_the_epoch_starts_over(tmp_path,
+                                                                                                 tiny_bert_dir, data):
+    args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_steps=3", "--checkpoint_every_n_steps=3")
+    run(args)  # stops after 3 of epoch 0's 10 batches
+    other = tmp_path / "other-data"
+    other.mkdir()
+    write_jsonl(other / "train.jsonl", qa_rows(80))
+    for split in ("validation.jsonl", "test.jsonl"):
+        os.link(os.path.join(data, split), other / split)
+    for changed, difference in (("--data.init_args.batch_size=32", "--data.init_args.batch_size 16 → 32"),
+                                (f"--data.init_args.dataset={other}", "--data.init_args.dataset (training rows) 160 → 80")):
+        refused = subprocess.run(args + [changed, "--ckpt_path", "last"], cwd=ROOT, env=ENV, capture_output=True,
+                                 text=True, timeout=300)
+        assert refused.returncode != 0
+        assert "the checkpoint was written after 3 batches of epoch 0" in refused.stderr and difference in refused.stderr
+        assert "add --resume_epoch_from_start true to train epoch 0 again from its first batch" in refused.stderr
+    resumed = run(args + ["--data.init_args.batch_size=32", "--trainer.max_steps=-1", "--trainer.max_epochs=1",
+                          "--resume_epoch_from_start=true", "--ckpt_path", "last"])
+    assert "epoch 0 trains again from its first batch (3 of its batches were trained" in resumed.stdout + resumed.stderr
+    run_dir = str(tmp_path / "run" / "version_0")
+    steps = [row["step"] for row in logged(run_dir) if row.get("train/loss")]
+    assert steps == [str(step) for step in range(3 + 5)]  # then all 5 batches of 32 of epoch 0
+    assert any(row.get("val/dim_32_cosine_ndcg@10") for row in logged(run_dir))
+
+
+def test_a_second_fit_into_a_run_folder_in_use_is_refused_and_a_killed_ones_lock_blocks_nothing(tmp_path,
+                                                                                               tiny_bert_dir, data):
+    args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_steps=3", "--checkpoint_every_n_steps=3")
+    run(args)
+    run_dir = str(tmp_path / "run" / "version_0")
+    resume = args + ["--trainer.max_steps=-1", "--ckpt_path", "last"]
+    # the first resume stops itself (SIGSTOP) at step 4, holding the folder and writing no checkpoint after step 3's
+    first = subprocess.Popen(resume + [signal_at((4, "on_train_batch_end", signal.SIGSTOP), monitor=False)],
+                             cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with open(os.path.join(run_dir, "fit.lock")) as lock:
+            deadline = time.time() + 300
+            while True:  # until the first resume holds the run folder
+                assert first.poll() is None and time.time() < deadline
+                try:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+                except BlockingIOError:
+                    break
+                time.sleep(0.05)
+        second = subprocess.run(resume, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+        assert second.returncode != 0
+        assert f"{run_dir} is in use by another train.py fit (pid {first.pid}," in second.stderr
+        assert f"resume with --ckpt_path {run_dir}" in second.stderr
+    finally:
+        first.kill()  # SIGKILL (stopped or not): the lock goes with the process
+        first.wait()
+    stale = os.path.join(run_dir, "checkpoints", "last.ckpt.partial")  # as a kill while writing leaves it
+    with open(stale, "wb") as file:
+        file.write(b"\0" * 4096)
+    resumed = run(args[:-2] + ["--trainer.max_steps=5", "--ckpt_path", "last"])  # from step 3 again
+    assert not os.path.exists(stale) and "Removed 1 partly written checkpoint(s) left by a killed run" in \
+        resumed.stdout + resumed.stderr
+    steps = [int(row["step"]) for row in logged(run_dir) if row.get("train/loss")]
+    assert steps == list(range(5))  # each step logged once
+
+
+class _Unwritable:
+    def __reduce__(self):
+        raise OSError(28, "No space left on device")  # as a full disk fails a write
+
+
+def test_a_checkpoint_is_written_beside_its_file_and_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    system_temp = tmp_path / "system-temp"
+    system_temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_temp))  # where fsspec's transaction writes Lightning's
+    target = str(tmp_path / "checkpoints" / "last.ckpt")
+    seen, replace = [], os.replace
+
+    def rename(source, destination):  # the moment the checkpoint is whole: where was it written?
+        seen.append((source, os.listdir(system_temp)))
+        replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", rename)
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": torch.arange(1000)}, target)
+    assert seen == [(target + ".partial", [])] and torch.equal(torch.load(target)["step"], torch.arange(1000))
+    with pytest.raises(OSError, match="No space left on device"):
+        io.save_checkpoint({"step": torch.arange(5), "state": _Unwritable()}, target)
+    assert os.listdir(tmp_path / "checkpoints") == ["last.ckpt"] and not os.listdir(system_temp)
+    assert torch.equal(torch.load(target)["step"], torch.arange(1000))  # the previous checkpoint, whole
