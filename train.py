@@ -1,6 +1,8 @@
 """litembed command line: ``python train.py fit --config configs/<recipe>.yaml`` (also validate, test, predict)."""
 
 import os
+import signal
+import sys
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -8,7 +10,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from callbacks.export import ExportModel
 from callbacks.prediction_writer import PredictionWriter
-from callbacks.resume import ResumableCheckpoint, resolve_resume
+from callbacks.resume import STOP_SIGNALS, ResumableCheckpoint, exit_code, resolve_resume, resume_command, run_folder, \
+    signal_name
 from callbacks.throughput import SamplesPerSecond
 from cli_errors import ShortErrorsCLI, fail
 from lightning_modules.base import EmbeddingModule
@@ -54,6 +57,32 @@ class LitEmbedCLI(ShortErrorsCLI):
         resumable = [c for c in self.trainer.callbacks if isinstance(c, ResumableCheckpoint)]
         if ckpt_path and resumable:
             resumable[0].keep_metrics(self.trainer, ckpt_path)
+        # SIGTERM and Ctrl-C from here to the end of fit's export and test; during training ResumableCheckpoint's
+        # handler takes over (a checkpoint at the next step boundary). Installed before any DataLoader worker forks:
+        # the workers inherit it and leave the signal, which a terminal's Ctrl-C sends them too, to this process
+        self._pid = os.getpid()
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._stop_outside_training)
+
+    def _stop_outside_training(self, signum: int, frame) -> None:
+        """SIGTERM or Ctrl-C before training or after it (the export, the test): say what stopped and the command
+        that completes the run, and exit with 128 + the signal."""
+        if os.getpid() != self._pid:
+            return
+        signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
+        trainer = self.trainer
+        saved = next((c.last_model_path for c in trainer.callbacks if isinstance(c, ResumableCheckpoint)), "")
+        saved = saved or self.config.get(self.subcommand).ckpt_path  # a resume stopped before it restored
+        if trainer.testing or any(isinstance(c, ExportModel) and c.trained for c in trainer.callbacks):
+            stage = "the test of the exported model" if trainer.testing else "the export of the model"
+            stopped = (f"during {stage}: stopped. Training is complete ({saved}); resuming goes straight to the export"
+                       f" and the test" if saved else f"during {stage}: stopped; nothing was saved to resume from")
+        else:
+            stopped = "before training started: stopped" + ("" if saved else "; nothing was saved: rerun the command")
+        if trainer.is_global_zero:
+            resume = f"\nResume with:\n  {resume_command(run_folder(saved) or saved)}" if saved else ""
+            print(f"{signal_name(signum)} received {stopped}{resume}", file=sys.stderr, flush=True)
+        raise SystemExit(exit_code(signum))
 
     def instantiate_trainer(self, **kwargs):
         config = self.config.get(self.subcommand) if self.subcommand else self.config
