@@ -13,7 +13,7 @@ from callbacks.prediction_writer import PredictionWriter
 from callbacks.resume import STOP_SIGNALS, ResumableCheckpoint, exit_code, resolve_resume, resume_command, run_folder, \
     signal_name
 from callbacks.throughput import SamplesPerSecond
-from cli_errors import ShortErrorsCLI, fail
+from cli_errors import ShortErrorsCLI, checkpoint_problem, fail
 from lightning_modules.base import EmbeddingModule
 from reporting.console import quiet
 
@@ -33,11 +33,37 @@ class LitEmbedCLI(ShortErrorsCLI):
                             help="also log to TensorBoard, in the run folder beside metrics.csv "
                                  "(pip install tensorboard; then: tensorboard --logdir <run folder>)")
 
+    def _parse_ckpt_path(self) -> None:
+        # before LightningCLI's own, which loads the file (unsafely advised, at length) and puts the model class and
+        # hyperparameters it holds in the config: a checkpoint of another model would then fail in a dump of its own
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and subcommand != "fit" and ckpt_path not in ("best", "last", "hpc", "registry") \
+                and not os.path.isfile(ckpt_path):
+            fail(f"--ckpt_path {ckpt_path}: no such file; {checkpoint_advice(subcommand)}")
+        if ckpt_path and os.path.isfile(ckpt_path):
+            self._check_checkpoint(subcommand, ckpt_path)
+        super()._parse_ckpt_path()
+
+    def _check_checkpoint(self, subcommand: str, ckpt_path: str) -> None:
+        """Refuse ``--ckpt_path`` in one line if the file is no checkpoint of this recipe's model: before the data
+        loads, in the first minute."""
+        model = self.config[subcommand].get("model")
+        problem = checkpoint_problem(ckpt_path, model.class_path if model else None, checkpoint_advice(subcommand))
+        if problem:
+            fail(problem)
+
     def before_instantiate_classes(self) -> None:
-        # --ckpt_path last / a run folder / a file in <run>/checkpoints: resume that file and log into its run folder
         config = self.config.get(self.subcommand) if self.subcommand else None
         if self.subcommand != "fit" or not config.ckpt_path:
             return
+        given = config.ckpt_path
+        self._resolve_resume(config)
+        if config.ckpt_path != given and os.path.isfile(config.ckpt_path):  # last or a run folder: its last.ckpt
+            self._check_checkpoint(self.subcommand, config.ckpt_path)
+
+    def _resolve_resume(self, config) -> None:
+        # --ckpt_path last / a run folder / a file in <run>/checkpoints: resume that file and log into its run folder
         logger = config.trainer.logger
         args = getattr(logger, "init_args", None) if not isinstance(logger, (list, bool, type(None))) else None
         if args is not None and "save_dir" not in args:
@@ -125,6 +151,11 @@ class LitEmbedCLI(ShortErrorsCLI):
         exporters = [c for c in self.trainer.callbacks if isinstance(c, ExportModel)]
         if exporters and self.trainer.is_global_zero and exporters[0].summary():
             print("\n" + exporters[0].summary(), flush=True)
+
+
+def checkpoint_advice(subcommand: str) -> str:
+    return ("pass <run folder>/checkpoints/last.ckpt or the run folder of a train.py fit run"
+            + (", or drop --ckpt_path to start a new run" if subcommand == "fit" else ""))
 
 
 def _has(callbacks: list, kind: type) -> bool:
