@@ -238,14 +238,14 @@ def checkpoint_problem(path: str, model_class: str | None, what_to_do: str) -> s
         return (f"--ckpt_path {path} is not a checkpoint train.py wrote: it holds Python objects that loading would "
                 f"have to run, not only tensors and plain values; {what_to_do}")
     except (zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
-        return (f"--ckpt_path {path} is truncated or corrupt ({size:,} bytes: {str(err).splitlines()[0]}), e.g. a copy "
-                f"cut short or a disk that filled up while it was written; use an intact copy, or {what_to_do}")
+        return (f"--ckpt_path {path} is truncated or corrupt ({size:,} bytes: {str(err).splitlines()[0]}), e.g. a "
+                f"copy cut short or a disk that filled up while it was written; use an intact copy, or {what_to_do}")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         return (f"--ckpt_path {path} is not a Lightning checkpoint (a {'zip archive' if checkpoint is None else 'torch'}"
                 f" file without a state_dict); {what_to_do}")
     trained = checkpoint.get("hyper_parameters", {}).get("_class_path")
     if model_class and trained and trained != model_class:
         return (f"--ckpt_path {path} is a checkpoint of {trained} while the recipe builds {model_class} "
-                f"(--model); pass a checkpoint of a {model_class.rsplit('.', 1)[-1]} run, or the recipe that trained this "
-                f"one")
+                f"(--model); pass a checkpoint of a {model_class.rsplit('.', 1)[-1]} run, or the recipe that trained "
+                f"this one")
     return None

@@ -1,8 +1,10 @@
 """litembed command line: ``python train.py fit --config configs/<recipe>.yaml`` (also validate, test, predict)."""
 
+import errno
 import os
 import signal
 import sys
+import tempfile
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -18,6 +20,10 @@ from lightning_modules.base import EmbeddingModule
 from reporting.console import quiet
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisation runs in DataLoader workers instead
+# what a full disk, a quota or a folder one cannot write raises: the machine's state, not a bug (which keeps its
+# traceback)
+MACHINE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EIO}
+SAVE_DIR = "--trainer.logger.init_args.save_dir"
 
 
 class LitEmbedCLI(ShortErrorsCLI):
@@ -26,7 +32,8 @@ class LitEmbedCLI(ShortErrorsCLI):
                             help="after fit, evaluate the best checkpoint on the datamodule's test split, if it has one")
         parser.add_argument("--checkpoint_every_n_steps", type=int, default=500,
                             help="fit writes <run>/checkpoints/last.ckpt every this many optimizer steps (0: never), "
-                                 "after every evaluation and on SIGTERM; --ckpt_path last (or the run folder) resumes")
+                                 "after every evaluation, when training ends and on SIGTERM or Ctrl-C; --ckpt_path last "
+                                 "(or the run folder) resumes")
         # fit's export step (the best weights, the model card, the plots); --card.title etc. fill the card
         parser.add_lightning_class_args(ExportModel, "card")
         parser.add_argument("--tensorboard", type=bool, default=False,
@@ -79,6 +86,7 @@ class LitEmbedCLI(ShortErrorsCLI):
             print(f"Resuming {checkpoint} into {os.path.join(*run.values())}", flush=True)
 
     def before_fit(self) -> None:
+        self._check_writable()
         ckpt_path = self.config.get(self.subcommand).ckpt_path
         resumable = [c for c in self.trainer.callbacks if isinstance(c, ResumableCheckpoint)]
         if ckpt_path and resumable:
@@ -89,6 +97,42 @@ class LitEmbedCLI(ShortErrorsCLI):
         self._pid = os.getpid()
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._stop_outside_training)
+
+    def _check_writable(self) -> None:
+        """The folder the run folder goes in must take files: said in the first minute, not at the first checkpoint
+        hours later."""
+        logger = self.trainer.logger
+        if logger is None or logger.save_dir is None:
+            return
+        try:
+            os.makedirs(logger.root_dir, exist_ok=True)
+            with tempfile.TemporaryFile(dir=logger.root_dir):
+                pass
+        except OSError as err:
+            fail(f"{SAVE_DIR} {logger.save_dir}: cannot write the run folder there ({err.strerror}: {err.filename}); "
+                 f"pass a folder you can write to")
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except OSError as err:
+            if os.environ.get("JSONARGPARSE_DEBUG") or err.errno not in MACHINE_ERRORS:
+                raise
+            fail(self._machine_error(err), 1)
+
+    def _machine_error(self, err: OSError) -> str:
+        """A full disk or an unwritable file during a run: the file, the OS's reason, what to do and the command that
+        goes on from the last checkpoint."""
+        where = f"{err.filename}: " if err.filename else ""
+        space = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        todo = "free space there" if space else "make it writable"
+        run_root = self.trainer.logger.root_dir if self.trainer.logger is not None else None
+        if run_root and err.filename and os.path.abspath(err.filename).startswith(os.path.abspath(run_root) + os.sep):
+            todo += f", or write the run to another {'disk' if space else 'folder'} with {SAVE_DIR}"
+        saved = next((c.last_model_path for c in self.trainer.callbacks if isinstance(c, ResumableCheckpoint)), "")
+        if saved and os.path.isfile(saved):
+            todo += f"; then resume with: {resume_command(run_folder(saved) or saved)}"
+        return f"{where}{err.strerror}; {todo}"
 
     def _stop_outside_training(self, signum: int, frame) -> None:
         """SIGTERM or Ctrl-C before training or after it (the export, the test): say what stopped and the command

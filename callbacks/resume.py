@@ -74,8 +74,9 @@ class ResumableCheckpoint(ModelCheckpoint):
     change where it writes.
 
     Args:
-        every_n_train_steps: optimizer steps between checkpoints (0: only after evaluations and on SIGTERM). Writing
-            one costs about the time to copy the weights and the optimiser state (3× the model size) to disk.
+        every_n_train_steps: optimizer steps between checkpoints (0: only after evaluations, at the end of training
+            and on SIGTERM or Ctrl-C). Writing one costs about the time to copy the weights and the optimiser state
+            (3× the model size) to disk.
         dirpath: default ``<run folder>/checkpoints``, where ``--ckpt_path last`` looks.
     """
 
@@ -210,7 +211,10 @@ class ResumableCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         # written aside, then renamed: a process killed while writing leaves the previous last.ckpt whole
         partial = filepath + ".partial"
-        super()._save_checkpoint(trainer, partial)
+        try:
+            super()._save_checkpoint(trainer, partial)
+        except OSError as err:  # a full disk says so without a file name: name the checkpoint
+            raise OSError(err.errno, err.strerror, filepath) from err
         if trainer.is_global_zero:
             os.replace(partial, filepath)
         self._last_checkpoint_saved = filepath

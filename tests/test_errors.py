@@ -27,11 +27,11 @@ def in_tmp_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a run that should have failed writes nothing into the checkout
 
 
-def fails(capsys, *args: str, subcommand: str = "fit") -> str:
+def fails(capsys, *args: str, subcommand: str = "fit", fast_dev_run: bool = True) -> str:
     """``train.py <subcommand> *args`` must exit with code 2 and a short message and no traceback; returns the
-    message."""
+    message. ``fast_dev_run``: in a run that writes nothing (no logger, no checkpoint)."""
     with pytest.raises(SystemExit) as exit_info:
-        cli_main([subcommand, *args, "--trainer.fast_dev_run=1", "--data.init_args.num_workers=0"])
+        cli_main([subcommand, *args, f"--trainer.fast_dev_run={int(fast_dev_run)}", "--data.init_args.num_workers=0"])
     out, err = capsys.readouterr()
     assert exit_info.value.code == 2, out + err
     assert len((out + err).strip().splitlines()) < 15 and "Traceback" not in err, out + err
@@ -197,3 +197,13 @@ def test_a_ckpt_path_of_the_recipes_model_passes_the_check(clip_checkpoint):
 
     cli_main(["validate", *clip_args(), "--ckpt_path", clip_checkpoint, "--trainer.accelerator=cpu",
               "--trainer.logger=false", "--trainer.enable_progress_bar=false"])
+
+
+def test_a_save_dir_that_cannot_hold_the_run_folder_is_refused_at_start_up(capsys, tmp_path):
+    (tmp_path / "afile").write_text("")  # a folder below a file: not writable even for root, unlike a chmod
+    save_dir = tmp_path / "afile" / "runs"
+    message = fails(capsys, "--config", TEXT, f"--trainer.logger.init_args.save_dir={save_dir}", fast_dev_run=False)
+    assert message == (f"--trainer.logger.init_args.save_dir {save_dir}: cannot write the run folder there (Not a "
+                       f"directory: {save_dir}); pass a folder you can write to")
+    config = printed_config(capsys, "--config", TEXT, f"--trainer.logger.init_args.save_dir={tmp_path}")
+    assert config["trainer"]["logger"]["init_args"]["save_dir"] == str(tmp_path)

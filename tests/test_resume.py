@@ -224,6 +224,22 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path, tiny_bert_dir, d
     assert torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), weights_only=True)["global_step"] == 2
 
 
+def test_a_full_disk_mid_run_is_one_error_naming_the_checkpoint_and_the_resume(tmp_path, tiny_bert_dir, data):
+    full_disk = "--trainer.plugins=tests.failing_io.FullDisk"  # the second checkpoint write fails: ENOSPC
+    args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_epochs=1", "--checkpoint_every_n_steps=2", full_disk)
+    run_dir = tmp_path / "run" / "version_0"
+    result = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and error[0].startswith(
+        f"error: {run_dir / 'checkpoints' / 'last.ckpt'}: No space left on device; free space there, or write the run "
+        f"to another disk with --trainer.logger.init_args.save_dir; then resume with: python ")
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2  # the last whole
+    # once there is space again (the injected fault dropped), the printed command finishes the run
+    run_printed_resume("Resume with:\n" + error[0].split("then resume with: ", 1)[1].replace(f" {full_disk}", ""))
+    assert os.path.exists(run_dir / "model" / "model.safetensors")
+
+
 def test_ckpt_path_last_without_a_run_to_resume_says_so(tmp_path, tiny_bert_dir, data):
     result = subprocess.run(command(tiny_bert_dir, data, tmp_path, "--ckpt_path", "last"), cwd=ROOT, env=ENV,
                             capture_output=True, text=True, timeout=300)
