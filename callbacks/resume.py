@@ -166,8 +166,7 @@ class ResumableCheckpoint(ModelCheckpoint):
         if not self._signal:
             again = " (Ctrl-C again stops at once, without it)" if signum == signal.SIGINT else ""
             print(f"{signal_name(signum)} received: saving a checkpoint after the current optimizer step (or the "
-                  f"evaluation under way){again}",
-                  file=sys.stderr, flush=True)
+                  f"evaluation under way){again}", file=sys.stderr, flush=True)
         self._signal = max(self._signal, signum)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:

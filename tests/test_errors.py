@@ -3,12 +3,14 @@
 Every flag a message names is typed back in with a good value, to prove the CLI accepts it.
 """
 
+import argparse
 import os
 import re
 import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from cli_errors import constructor_error
@@ -185,6 +187,15 @@ def test_a_ckpt_path_that_is_not_a_checkpoint_is_named_before_anything_runs(caps
     message = fails(capsys, "--config", TEXT, "--ckpt_path", str(cut), subcommand=subcommand)
     assert message.startswith(f"--ckpt_path {cut} is truncated or corrupt ({len(data) // 2:,} bytes: ")
     assert "use an intact copy, or pass <run folder>/checkpoints/last.ckpt" in message
+    pickled = tmp_path / "model.pt"  # torch.save of Python objects: torch would advise loading with weights_only=False
+    torch.save(argparse.Namespace(weights=torch.ones(2)), pickled)
+    assert fails(capsys, "--config", TEXT, "--ckpt_path", str(pickled), subcommand=subcommand).startswith(
+        f"--ckpt_path {pickled} is not a checkpoint train.py wrote: it holds Python objects that loading would have to "
+        f"run, not only tensors and plain values; pass <run folder>/checkpoints/last.ckpt")
+    weights = tmp_path / "weights.pt"
+    torch.save({"encoder.weight": torch.ones(2)}, weights)
+    assert fails(capsys, "--config", TEXT, "--ckpt_path", str(weights), subcommand=subcommand).startswith(
+        f"--ckpt_path {weights} is not a Lightning checkpoint (a torch file without a state_dict); pass <run folder>/")
     assert fails(capsys, "--config", TEXT, "--ckpt_path", clip_checkpoint, subcommand=subcommand) == (
         f"--ckpt_path {clip_checkpoint} is a checkpoint of lightning_modules.clip.CLIPEmbeddingModule while the recipe "
         f"builds lightning_modules.text.TextEmbeddingModule (--model); pass a checkpoint of a TextEmbeddingModule run, "
