@@ -58,9 +58,11 @@ def run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     return result
 
 
-def interrupt(args: list[str], run_dir: str, after_step: int, sig: int, timeout: int = 300):
-    """Start `args`, wait for a checkpoint at or after `after_step` (and the metrics flushed with it), signal it."""
-    process = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def interrupt(args: list[str], run_dir: str, after_step: int, sig: int, timeout: int = 300, group: bool = False):
+    """Start `args`, wait for a checkpoint at or after `after_step` (and the metrics flushed with it), signal it (with
+    `group`, its whole process group, DataLoader workers included, as a terminal's Ctrl-C does)."""
+    process = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=group)
     checkpoint, log = os.path.join(run_dir, "checkpoints", "last.ckpt"), os.path.join(run_dir, "metrics.csv")
     deadline = time.time() + timeout
     while True:
@@ -73,7 +75,10 @@ def interrupt(args: list[str], run_dir: str, after_step: int, sig: int, timeout:
         except (OSError, RuntimeError, EOFError):  # not written yet
             pass
         time.sleep(0.01)
-    process.send_signal(sig)
+    if group:
+        os.killpg(process.pid, sig)
+    else:
+        process.send_signal(sig)
     out, err = process.communicate(timeout=timeout)
     return process.returncode, out, err
 
@@ -200,11 +205,13 @@ def test_sigterm_after_the_last_step_stops_and_the_printed_command_exports_and_t
 
 
 def test_ctrl_c_saves_at_the_step_boundary_prints_the_command_and_resumes(tmp_path, tiny_bert_dir, data):
-    args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_epochs=1", "--checkpoint_every_n_steps=2")
+    # 2 DataLoader workers, which the terminal's Ctrl-C reaches too: they must go on serving the step's next batch
+    args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_epochs=1", "--checkpoint_every_n_steps=2",
+                   "--data.num_workers=2")
     run_dir = str(tmp_path / "run" / "version_0")
-    code, out, err = interrupt(args, run_dir, 2, signal.SIGINT)  # mid-training
+    code, out, err = interrupt(args, run_dir, 2, signal.SIGINT, group=True)  # mid-training
     assert code == 130, err[-3000:]
-    assert "Ctrl-C (SIGINT) received: saving a checkpoint after the current optimizer step" in err
+    assert err.count("Ctrl-C (SIGINT) received: saving a checkpoint after the current optimizer step") == 1
     step = torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), weights_only=True)["global_step"]
     assert 2 <= step < 10 and f"Interrupted at step {step}: saved " in out + err
     resume, _ = run_printed_resume(out + err)
