@@ -8,7 +8,9 @@ losses' own ``loss``), 70–110 lines in all. ``ShortErrorsCLI`` lets the parser
 - a value of the wrong type: the flag and jsonargparse's reason;
 - a ValueError from a litembed constructor: its message alone. A message that starts with an argument's name (the
   losses, which sit at different depths: ``--model.init_args.loss`` or ``--model.init_args.loss.init_args.loss``)
-  gets the flag prefix of the object that raised it.
+  gets the flag prefix of the object that raised it;
+- a ``--ckpt_path`` file that is not a checkpoint, is cut short or holds another kind of model (``checkpoint_problem``,
+  before anything runs: torch would say it after the data is loaded, in a traceback, or advise an unsafe load).
 
 Anything else (a bug) keeps its traceback, as does every error with ``JSONARGPARSE_DEBUG=1``.
 """
@@ -17,11 +19,14 @@ import difflib
 import importlib
 import inspect
 import os
+import pickle
 import re
 import sys
+import zipfile
 from argparse import ArgumentError
 from typing import NoReturn
 
+import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 PACKAGES = ("lightning_modules", "losses", "datamodules", "callbacks")  # ValueErrors raised here are bad input
@@ -209,3 +214,38 @@ def class_paths(node, cls: type, path: str = ""):
             yield path
         for key, value in node.items():
             yield from class_paths(value, cls, f"{path}.{key}" if path else key)
+
+
+def checkpoint_problem(path: str, model_class: str | None, what_to_do: str) -> str | None:
+    """What makes the file ``--ckpt_path path`` unusable for a recipe whose model is ``model_class``, or None.
+
+    A checkpoint is the zip archive ``torch.save`` writes, holding plain values and tensors only (what
+    ``torch.load(weights_only=True)`` reads, without running code from the file), with Lightning's ``state_dict`` and
+    the module's class path among its hyperparameters. The archive's index is at its end, so a copy cut short (a full
+    disk, a killed copy) fails to open. Opened memory-mapped: the tensors are not read.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as file:
+        zipped = file.read(4) == b"PK\x03\x04"
+    if not zipped:
+        return (f"--ckpt_path {path} is not a checkpoint ({size:,} bytes, not the zip archive torch.save writes); "
+                f"{what_to_do}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            torch_file = any(name.endswith("/data.pkl") for name in archive.namelist())
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True) if torch_file else None
+    except pickle.UnpicklingError:  # torch's advice here would be weights_only=False: running code from the file
+        return (f"--ckpt_path {path} is not a checkpoint train.py wrote: it holds Python objects that loading would "
+                f"have to run, not only tensors and plain values; {what_to_do}")
+    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
+        return (f"--ckpt_path {path} is truncated or corrupt ({size:,} bytes: {str(err).splitlines()[0]}), e.g. a "
+                f"copy cut short or a disk that filled up while it was written; use an intact copy, or {what_to_do}")
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        return (f"--ckpt_path {path} is not a Lightning checkpoint (a {'zip archive' if checkpoint is None else 'torch'}"
+                f" file without a state_dict); {what_to_do}")
+    trained = checkpoint.get("hyper_parameters", {}).get("_class_path")
+    if model_class and trained and trained != model_class:
+        return (f"--ckpt_path {path} is a checkpoint of {trained} while the recipe builds {model_class} "
+                f"(--model); pass a checkpoint of a {model_class.rsplit('.', 1)[-1]} run, or the recipe that trained "
+                f"this one")
+    return None

@@ -1,6 +1,10 @@
 """litembed command line: ``python train.py fit --config configs/<recipe>.yaml`` (also validate, test, predict)."""
 
+import errno
 import os
+import signal
+import sys
+import tempfile
 from typing import IO
 
 from lightning.pytorch import LightningDataModule
@@ -10,13 +14,18 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from callbacks.export import ExportModel, untrained_fit
 from callbacks.validation import ValidatedFit
 from callbacks.prediction_writer import PredictionWriter
-from callbacks.resume import ResumableCheckpoint, lock_run_folder, resolve_resume
+from callbacks.resume import STOP_SIGNALS, ResumableCheckpoint, exit_code, lock_run_folder, resolve_resume, \
+    resume_command, run_folder, signal_name
 from callbacks.throughput import SamplesPerSecond
-from cli_errors import ShortErrorsCLI, fail
+from cli_errors import ShortErrorsCLI, checkpoint_problem, fail
 from lightning_modules.base import EmbeddingModule
 from reporting.console import quiet
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisation runs in DataLoader workers instead
+# what a full disk, a quota or a folder one cannot write raises: the machine's state, not a bug (which keeps its
+# traceback)
+MACHINE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EIO}
+SAVE_DIR = "--trainer.logger.init_args.save_dir"
 
 
 class LitEmbedCLI(ShortErrorsCLI):
@@ -27,7 +36,8 @@ class LitEmbedCLI(ShortErrorsCLI):
                             help="after fit, evaluate the best checkpoint on the datamodule's test split, if it has one")
         parser.add_argument("--checkpoint_every_n_steps", type=int, default=500,
                             help="fit writes <run>/checkpoints/last.ckpt every this many optimizer steps (0: never), "
-                                 "after every evaluation and on SIGTERM; --ckpt_path last (or the run folder) resumes")
+                                 "after every evaluation, when training ends and on SIGTERM or Ctrl-C; --ckpt_path last "
+                                 "(or the run folder) resumes")
         parser.add_argument("--resume_epoch_from_start", type=bool, default=False,
                             help="with --ckpt_path, train the epoch the checkpoint stopped in again from its first "
                                  "batch, in this run's batch order: the way to resume with another batch size, data "
@@ -38,6 +48,26 @@ class LitEmbedCLI(ShortErrorsCLI):
                             help="also log to TensorBoard, in the run folder beside metrics.csv "
                                  "(pip install tensorboard; then: tensorboard --logdir <run folder>)")
 
+    def _parse_ckpt_path(self) -> None:
+        # before LightningCLI's own, which loads the file (unsafely advised, at length) and puts the model class and
+        # hyperparameters it holds in the config: a checkpoint of another model would then fail in a dump of its own
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and subcommand != "fit" and ckpt_path not in ("best", "last", "hpc", "registry") \
+                and not os.path.isfile(ckpt_path):
+            fail(f"--ckpt_path {ckpt_path}: no such file; {checkpoint_advice(subcommand)}")
+        if ckpt_path and os.path.isfile(ckpt_path):
+            self._check_checkpoint(subcommand, ckpt_path)
+        super()._parse_ckpt_path()
+
+    def _check_checkpoint(self, subcommand: str, ckpt_path: str) -> None:
+        """Refuse ``--ckpt_path`` in one line if the file is no checkpoint of this recipe's model: before the data
+        loads, in the first minute."""
+        model = self.config[subcommand].get("model")
+        problem = checkpoint_problem(ckpt_path, model.class_path if model else None, checkpoint_advice(subcommand))
+        if problem:
+            fail(problem)
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else None
         if self.subcommand == "fit" and (refusal := untrained_fit(config.trainer)):
@@ -45,6 +75,13 @@ class LitEmbedCLI(ShortErrorsCLI):
         # --ckpt_path last / a run folder / a file in <run>/checkpoints: resume that file and log into its run folder
         if self.subcommand != "fit" or not config.ckpt_path:
             return
+        given = config.ckpt_path
+        self._resolve_resume(config)
+        if config.ckpt_path != given and os.path.isfile(config.ckpt_path):  # last or a run folder: its last.ckpt
+            self._check_checkpoint(self.subcommand, config.ckpt_path)
+
+    def _resolve_resume(self, config) -> None:
+        # --ckpt_path last / a run folder / a file in <run>/checkpoints: resume that file and log into its run folder
         logger = config.trainer.logger
         args = getattr(logger, "init_args", None) if not isinstance(logger, (list, bool, type(None))) else None
         if args is not None and "save_dir" not in args:
@@ -60,6 +97,7 @@ class LitEmbedCLI(ShortErrorsCLI):
             print(f"Resuming {checkpoint} into {os.path.join(*run.values())}", flush=True)
 
     def before_fit(self) -> None:
+        self._check_writable()
         ckpt_path = self.config.get(self.subcommand).ckpt_path
         if self.trainer.log_dir and self.trainer.is_global_zero:
             try:  # before anything in the folder is touched; held until the process ends
@@ -69,6 +107,68 @@ class LitEmbedCLI(ShortErrorsCLI):
         resumable = [c for c in self.trainer.callbacks if isinstance(c, ResumableCheckpoint)]
         if ckpt_path and resumable:
             resumable[0].keep_metrics(self.trainer, ckpt_path)
+        # SIGTERM and Ctrl-C from here to the end of fit's export and test; during training ResumableCheckpoint's
+        # handler takes over (a checkpoint at the next step boundary). Installed before any DataLoader worker forks:
+        # the workers inherit it and leave the signal, which a terminal's Ctrl-C sends them too, to this process
+        self._pid = os.getpid()
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._stop_outside_training)
+
+    def _check_writable(self) -> None:
+        """The folder the run folder goes in must take files: said in the first minute, not at the first checkpoint
+        hours later."""
+        logger = self.trainer.logger
+        if logger is None or logger.save_dir is None:
+            return
+        try:
+            os.makedirs(logger.root_dir, exist_ok=True)
+            with tempfile.TemporaryFile(dir=logger.root_dir):
+                pass
+        except OSError as err:
+            fail(f"{SAVE_DIR} {logger.save_dir}: cannot write the run folder there ({err.strerror}: {err.filename}); "
+                 f"pass a folder you can write to")
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except OSError as err:
+            if os.environ.get("JSONARGPARSE_DEBUG") or err.errno not in MACHINE_ERRORS:
+                raise
+            fail(self._machine_error(err), 1)
+
+    def _machine_error(self, err: OSError) -> str:
+        """A full disk or an unwritable file during a run: the file, the OS's reason, what to do and the command that
+        goes on from the last checkpoint."""
+        where = f"{err.filename}: " if err.filename else ""
+        space = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        todo = "free space there" if space else "make it writable"
+        run_root = self.trainer.logger.root_dir if self.trainer.logger is not None else None
+        if run_root and err.filename and os.path.abspath(err.filename).startswith(os.path.abspath(run_root) + os.sep):
+            todo += f", or write the run to another {'disk' if space else 'folder'} with {SAVE_DIR}"
+        saved = next((c.last_model_path for c in self.trainer.callbacks if isinstance(c, ResumableCheckpoint)), "")
+        if saved and os.path.isfile(saved):
+            todo += f"; then resume with: {resume_command(run_folder(saved) or saved)}"
+        return f"{where}{err.strerror}; {todo}"
+
+    def _stop_outside_training(self, signum: int, frame) -> None:
+        """SIGTERM or Ctrl-C before training or after it (the export, the test): say what stopped and the command
+        that completes the run, and exit with 128 + the signal."""
+        if os.getpid() != self._pid:
+            return
+        signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
+        trainer = self.trainer
+        saved = next((c.last_model_path for c in trainer.callbacks if isinstance(c, ResumableCheckpoint)), "")
+        saved = saved or self.config.get(self.subcommand).ckpt_path  # a resume stopped before it restored
+        if trainer.testing or any(isinstance(c, ExportModel) and c.trained for c in trainer.callbacks):
+            stage = "the test of the exported model" if trainer.testing else "the export of the model"
+            stopped = (f"during {stage}: stopped. Training is complete ({saved}); resuming goes straight to the export"
+                       f" and the test" if saved else f"during {stage}: stopped; nothing was saved to resume from")
+        else:
+            stopped = "before training started: stopped" + ("" if saved else "; nothing was saved: rerun the command")
+        if trainer.is_global_zero:
+            resume = f"\nResume with:\n  {resume_command(run_folder(saved) or saved)}" if saved else ""
+            print(f"{signal_name(signum)} received {stopped}{resume}", file=sys.stderr, flush=True)
+        raise SystemExit(exit_code(signum))
 
     def instantiate_trainer(self, **kwargs):
         config = self.config.get(self.subcommand) if self.subcommand else self.config
@@ -116,6 +216,11 @@ class LitEmbedCLI(ShortErrorsCLI):
             print("\n" + exporters[0].summary(), flush=True)
         if self._run_lock is not None:
             self._run_lock.close()  # the run folder is free for a resume
+
+
+def checkpoint_advice(subcommand: str) -> str:
+    return ("pass <run folder>/checkpoints/last.ckpt or the run folder of a train.py fit run"
+            + (", or drop --ckpt_path to start a new run" if subcommand == "fit" else ""))
 
 
 def _has(callbacks: list, kind: type) -> bool:

@@ -56,11 +56,16 @@ class ExportModel(Callback):
         self.written: dict[str, object] = {}
         self.best: tuple[str, float | None, str | None] | None = None  # (checkpoint, score, monitor)
         self._started: float | None = None
+        self.trained = False  # training has ended: what follows is the export (and train.py's test)
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._started = time.monotonic()
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.trained = True
+
     def on_fit_end(self, trainer, pl_module) -> None:
+        self.trained = True  # also where a resumed run had no training left (Lightning then skips on_train_end)
         # trainer.log_dir broadcasts rank 0's directory: every rank asks for it, not only the one that exports
         log_dir = trainer.log_dir
         exporting = pl_module.export_dir is not None and not trainer.fast_dev_run and log_dir is not None

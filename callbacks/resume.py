@@ -1,5 +1,5 @@
 """Runs that survive being killed: a resumable ``last.ckpt`` in the run folder, exact mid-epoch resume, and a clean
-stop on SIGTERM (what SLURM and cloud preemption send before they kill).
+stop on SIGTERM (what SLURM and cloud preemption send before they kill) and on Ctrl-C.
 
 ``ResumableCheckpoint`` writes ``<run>/checkpoints/last.ckpt`` every ``every_n_train_steps`` optimizer steps and after
 every evaluation (so the evaluation history and the best score travel with it). With it a checkpoint holds everything
@@ -39,7 +39,17 @@ warnings.filterwarnings("ignore", message="You're resuming from a checkpoint tha
                         category=PossibleUserWarning)
 
 LAST = "last.ckpt"
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a process killed by SIGTERM reports: schedulers read it as preempted
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def exit_code(signum: int) -> int:
+    """128 + the signal, what a process killed by it reports: 143 for SIGTERM (schedulers read it as preempted), 130
+    for SIGINT (Ctrl-C)."""
+    return 128 + signum
+
+
+def signal_name(signum: int) -> str:
+    return "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 def rng_states() -> dict:
@@ -92,8 +102,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class ResumableCheckpoint(ModelCheckpoint):
-    """``last.ckpt`` every ``every_n_train_steps`` optimizer steps and after every evaluation; on SIGTERM, one at the
-    next optimizer-step boundary, then the command that resumes, then exit code 143.
+    """``last.ckpt`` every ``every_n_train_steps`` optimizer steps, after every evaluation and when training ends; on
+    SIGTERM or Ctrl-C, one at the next optimizer-step boundary (or at the end of the evaluation under way), then the
+    command that resumes, then exit code 143 (SIGTERM) or 130 (Ctrl-C). A second Ctrl-C stops at once, saving nothing.
 
     ``train.py`` adds one to every fit (``--checkpoint_every_n_steps``); list it under ``trainer.callbacks`` only to
     change where it writes.
@@ -103,8 +114,9 @@ class ResumableCheckpoint(ModelCheckpoint):
     ``epoch_from_start`` trains that epoch again from its first batch.
 
     Args:
-        every_n_train_steps: optimizer steps between checkpoints (0: only after evaluations and on SIGTERM). Writing
-            one costs about the time to copy the weights and the optimiser state (3× the model size) to disk.
+        every_n_train_steps: optimizer steps between checkpoints (0: only after evaluations, at the end of training
+            and on SIGTERM or Ctrl-C). Writing one costs about the time to copy the weights and the optimiser state
+            (3× the model size) to disk.
         dirpath: default ``<run folder>/checkpoints``, where ``--ckpt_path last`` looks.
         epoch_from_start: resuming a checkpoint written inside an epoch, train that epoch from its first batch in
             this run's batch order (weights, optimiser, schedule, epoch number and logging step go on).
@@ -119,10 +131,11 @@ class ResumableCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_train_steps=every_n_train_steps or None,
                          save_on_train_epoch_end=False, enable_version_counter=False)
         self._rng_to_restore: dict | None = None
-        self._sigterm = False
+        self._signal = 0  # the stop signal received during training (0: none)
+        self._pid = os.getpid()  # the process that trains (DataLoader workers inherit the signal handler)
         self._stop_after_logging = False
         self._flush_logs = False
-        self._previous_handler = None
+        self._previous_handlers: dict[int, object] = {}
         self._kept_metrics: list[dict] | None = None
         self.epoch_from_start = epoch_from_start
 
@@ -190,25 +203,46 @@ class ResumableCheckpoint(ModelCheckpoint):
             trainer.logger.save()
             os.remove(os.path.join(trainer.log_dir, "metrics.csv.resuming"))
         self._kept_metrics = None
-        # after Lightning's own handler (registered when fit starts), which would only stop at the epoch's end
-        self._sigterm = False
-        self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        # after Lightning's own SIGTERM handler (registered when fit starts), which would only stop at the epoch's
+        # end, and Python's Ctrl-C (KeyboardInterrupt: Lightning then exits saving nothing)
+        self._signal, self._pid = 0, os.getpid()
+        self._previous_handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._restore_handler()
+        # the end of training is resumable too: a run stopped in its export or test resumes straight into them
+        if not trainer.fast_dev_run and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._last_global_step_saved = trainer.global_step
+            self._flush_logs = True
+        self._stop_after_logging = bool(self._preempted(trainer))  # a signal after the last step's check
+        self._after_logging(trainer)
+        self._restore_handlers()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._restore_handler()
+        self._restore_handlers()
 
-    def _restore_handler(self) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._previous_handler = None
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
 
-    def _on_sigterm(self, signum, frame) -> None:
-        if not self._sigterm:
-            print("SIGTERM received: saving a checkpoint after the current optimizer step", file=sys.stderr, flush=True)
-        self._sigterm = True
+    def _on_signal(self, signum: int, frame) -> None:
+        if os.getpid() != self._pid:
+            return  # a DataLoader worker forked with this handler (a terminal's Ctrl-C reaches it too): it goes on
+        if signum == signal.SIGINT and self._signal:
+            # the second Ctrl-C: the user will not wait for the step to end; die of SIGINT as an unhandled one would
+            print("Ctrl-C again: stopping now, without saving this step"
+                  + (f"; resume from the last checkpoint written ({self.last_model_path}) with:\n  "
+                     f"{resume_command(run_folder(self.last_model_path) or self.last_model_path)}"
+                     if self.last_model_path else ""), file=sys.stderr, flush=True)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+            return
+        if not self._signal:
+            again = " (Ctrl-C again stops at once, without it)" if signum == signal.SIGINT else ""
+            print(f"{signal_name(signum)} received: saving a checkpoint after the current optimizer step (or the "
+                  f"evaluation under way){again}", file=sys.stderr, flush=True)
+        self._signal = max(self._signal, signum)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self._rng_to_restore is not None:
@@ -260,7 +294,16 @@ class ResumableCheckpoint(ModelCheckpoint):
         self._flush(trainer)
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         self._last_global_step_saved = trainer.global_step
+        # a signal during the evaluation: it has finished, and this checkpoint holds its results (the resume does not
+        # redo it); stop here rather than train on to the next step boundary
+        self._stop_after_logging |= bool(self._preempted(trainer))
         self._after_logging(trainer)
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        except OSError as err:  # a full disk says so without a file name: name the checkpoint
+            raise OSError(err.errno, err.strerror, filepath) from err
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -274,13 +317,14 @@ class ResumableCheckpoint(ModelCheckpoint):
             if stale:
                 rank_zero_info(f"Removed {len(stale)} partly written checkpoint(s) left by a killed run: {stale}")
 
-    def _preempted(self, trainer) -> bool:
-        """Whether any rank received SIGTERM: every rank stops at the same step (one small all-reduce per step
-        under DDP, as Lightning's own SIGTERM broadcast)."""
+    def _preempted(self, trainer) -> int:
+        """The stop signal any rank received (0: none; SIGTERM over SIGINT): every rank stops at the same step, with
+        the same exit code (one small all-reduce per step under DDP, as Lightning's own SIGTERM broadcast)."""
         if trainer.world_size == 1:
-            return self._sigterm
-        flag = torch.tensor(float(self._sigterm), device=trainer.strategy.root_device)
-        return bool(trainer.strategy.reduce(flag, reduce_op="max").item())
+            return self._signal
+        flag = torch.tensor(float(self._signal), device=trainer.strategy.root_device)
+        self._signal = int(trainer.strategy.reduce(flag, reduce_op="max").item())
+        return self._signal
 
     def _flush(self, trainer) -> None:
         for logger in trainer.loggers:
@@ -292,9 +336,10 @@ class ResumableCheckpoint(ModelCheckpoint):
             self._flush(trainer)
         if self._stop_after_logging and not evaluation_follows:
             self._stop_after_logging = False
-            rank_zero_info(f"Preempted at step {trainer.global_step}: saved {self.last_model_path}\nResume with:\n  "
+            rank_zero_info(f"{'Interrupted' if self._signal == signal.SIGINT else 'Preempted'} at step "
+                           f"{trainer.global_step}: saved {self.last_model_path}\nResume with:\n  "
                            f"{resume_command(run_folder(self.last_model_path) or self.last_model_path)}")
-            raise SystemExit(PREEMPTED_EXIT_CODE)
+            raise SystemExit(exit_code(self._signal))
 
 
 RUN_LOCK = "fit.lock"

@@ -3,12 +3,14 @@
 Every flag a message names is typed back in with a good value, to prove the CLI accepts it.
 """
 
+import argparse
 import os
 import re
 import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from cli_errors import constructor_error
@@ -27,10 +29,11 @@ def in_tmp_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a run that should have failed writes nothing into the checkout
 
 
-def fails(capsys, *args: str) -> str:
-    """``train.py fit *args`` must exit with code 2 and a short message and no traceback; returns the message."""
+def fails(capsys, *args: str, subcommand: str = "fit", fast_dev_run: bool = True) -> str:
+    """``train.py <subcommand> *args`` must exit with code 2 and a short message and no traceback; returns the
+    message. ``fast_dev_run``: in a run that writes nothing (no logger, no checkpoint)."""
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", *args, "--trainer.fast_dev_run=1", "--data.init_args.num_workers=0"])
+        cli_main([subcommand, *args, f"--trainer.fast_dev_run={int(fast_dev_run)}", "--data.init_args.num_workers=0"])
     out, err = capsys.readouterr()
     assert exit_info.value.code == 2, out + err
     assert len((out + err).strip().splitlines()) < 15 and "Traceback" not in err, out + err
@@ -159,3 +162,59 @@ def test_a_bug_keeps_its_traceback():
             raise ValueError("Does not validate against any of the Union subtypes") from bug
     except ValueError as err:
         assert constructor_error(err, {}) is None
+
+
+@pytest.fixture(scope="module")
+def clip_checkpoint(tmp_path_factory) -> str:
+    """A checkpoint of a few CLIP steps (a tiny random CLIP), as train.py fit writes them."""
+    from test_predict import clip_args, fit_checkpoint
+
+    return fit_checkpoint(tmp_path_factory.mktemp("clip-fit"), clip_args())[1]
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "test", "predict"])
+def test_a_ckpt_path_that_is_not_a_checkpoint_is_named_before_anything_runs(capsys, tmp_path, clip_checkpoint,
+                                                                             subcommand):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not weights\n")
+    assert fails(capsys, "--config", TEXT, "--ckpt_path", str(notes), subcommand=subcommand) == (
+        f"--ckpt_path {notes} is not a checkpoint (12 bytes, not the zip archive torch.save writes); pass <run folder>/"
+        f"checkpoints/last.ckpt or the run folder of a train.py fit run"
+        + (", or drop --ckpt_path to start a new run" if subcommand == "fit" else ""))
+    cut = tmp_path / "cut.ckpt"  # a copy cut short: a full disk, a killed copy
+    data = open(clip_checkpoint, "rb").read()
+    cut.write_bytes(data[:len(data) // 2])
+    message = fails(capsys, "--config", TEXT, "--ckpt_path", str(cut), subcommand=subcommand)
+    assert message.startswith(f"--ckpt_path {cut} is truncated or corrupt ({len(data) // 2:,} bytes: ")
+    assert "use an intact copy, or pass <run folder>/checkpoints/last.ckpt" in message
+    pickled = tmp_path / "model.pt"  # torch.save of Python objects: torch would advise loading with weights_only=False
+    torch.save(argparse.Namespace(weights=torch.ones(2)), pickled)
+    assert fails(capsys, "--config", TEXT, "--ckpt_path", str(pickled), subcommand=subcommand).startswith(
+        f"--ckpt_path {pickled} is not a checkpoint train.py wrote: it holds Python objects that loading would have to "
+        f"run, not only tensors and plain values; pass <run folder>/checkpoints/last.ckpt")
+    weights = tmp_path / "weights.pt"
+    torch.save({"encoder.weight": torch.ones(2)}, weights)
+    assert fails(capsys, "--config", TEXT, "--ckpt_path", str(weights), subcommand=subcommand).startswith(
+        f"--ckpt_path {weights} is not a Lightning checkpoint (a torch file without a state_dict); pass <run folder>/")
+    assert fails(capsys, "--config", TEXT, "--ckpt_path", clip_checkpoint, subcommand=subcommand) == (
+        f"--ckpt_path {clip_checkpoint} is a checkpoint of lightning_modules.clip.CLIPEmbeddingModule while the recipe "
+        f"builds lightning_modules.text.TextEmbeddingModule (--model); pass a checkpoint of a TextEmbeddingModule run, "
+        f"or the recipe that trained this one")
+    assert not (tmp_path / "runs").exists()  # refused before the run folder
+
+
+def test_a_ckpt_path_of_the_recipes_model_passes_the_check(clip_checkpoint):
+    from test_predict import clip_args
+
+    cli_main(["validate", *clip_args(), "--ckpt_path", clip_checkpoint, "--trainer.accelerator=cpu",
+              "--trainer.logger=false", "--trainer.enable_progress_bar=false"])
+
+
+def test_a_save_dir_that_cannot_hold_the_run_folder_is_refused_at_start_up(capsys, tmp_path):
+    (tmp_path / "afile").write_text("")  # a folder below a file: not writable even for root, unlike a chmod
+    save_dir = tmp_path / "afile" / "runs"
+    message = fails(capsys, "--config", TEXT, f"--trainer.logger.init_args.save_dir={save_dir}", fast_dev_run=False)
+    assert message == (f"--trainer.logger.init_args.save_dir {save_dir}: cannot write the run folder there (Not a "
+                       f"directory: {save_dir}); pass a folder you can write to")
+    config = printed_config(capsys, "--config", TEXT, f"--trainer.logger.init_args.save_dir={tmp_path}")
+    assert config["trainer"]["logger"]["init_args"]["save_dir"] == str(tmp_path)

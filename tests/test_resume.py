@@ -10,6 +10,7 @@ off by one step changes them.
 import csv
 import fcntl
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -60,9 +61,11 @@ def run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     return result
 
 
-def interrupt(args: list[str], run_dir: str, after_step: int, sig: int, timeout: int = 300):
-    """Start `args`, wait for a checkpoint at or after `after_step` (and the metrics flushed with it), signal it."""
-    process = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def interrupt(args: list[str], run_dir: str, after_step: int, sig: int, timeout: int = 300, group: bool = False):
+    """Start `args`, wait for a checkpoint at or after `after_step` (and the metrics flushed with it), signal it (with
+    `group`, its whole process group, DataLoader workers included, as a terminal's Ctrl-C does)."""
+    process = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=group)
     checkpoint, log = os.path.join(run_dir, "checkpoints", "last.ckpt"), os.path.join(run_dir, "metrics.csv")
     deadline = time.time() + timeout
     while True:
@@ -75,9 +78,30 @@ def interrupt(args: list[str], run_dir: str, after_step: int, sig: int, timeout:
         except (OSError, RuntimeError, EOFError):  # not written yet
             pass
         time.sleep(0.01)
-    process.send_signal(sig)
+    if group:
+        os.killpg(process.pid, sig)
+    else:
+        process.send_signal(sig)
     out, err = process.communicate(timeout=timeout)
     return process.returncode, out, err
+
+
+def signal_at(hook: str, name: str = "SIGTERM", times: int = 1, at_step: int = 0) -> str:
+    """The flag that adds tests/send_signal.py's callback: ``name`` sent ``times`` times at ``hook`` from step
+    ``at_step`` on (in the run only, not in its resume)."""
+    return "--trainer.callbacks=" + json.dumps([{"class_path": "tests.send_signal.SendSignal", "init_args": {
+        "hook": hook, "name": name, "times": times, "at_step": at_step}}])
+
+
+def run_printed_resume(output: str) -> tuple[str, subprocess.CompletedProcess]:
+    """The command a stopped run printed after "Resume with:", typed into a shell in the directory the run was started
+    from with this interpreter as `python`, and its (successful) run."""
+    resume = output.split("Resume with:\n", 1)[1].splitlines()[0].strip()
+    assert resume.startswith("python "), resume
+    resumed = subprocess.run(sys.executable + resume.removeprefix("python"), shell=True, cwd=ROOT, env=ENV,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return resume, resumed
 
 
 WALL_CLOCK = {"train/samples_per_s"}  # a rate measured on the clock: never equal between two runs
@@ -150,13 +174,79 @@ def test_sigterm_saves_at_the_step_boundary_prints_the_command_and_resumes(tmp_p
     saved = torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), weights_only=True)
     assert 0 < saved["global_step"] < 10
     assert saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] % 2 == 1  # batch 2k-1 ended
-    resume = (out + err).split("Resume with:\n", 1)[1].splitlines()[0].strip()
-    assert resume.startswith("python ") and resume.endswith(f"--ckpt_path {os.path.relpath(run_dir)}")
-    # typed into a shell in the directory the run was started from, with this interpreter as `python`
-    resumed = subprocess.run(sys.executable + resume.removeprefix("python"), shell=True, cwd=ROOT, env=ENV,
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resume, _ = run_printed_resume(out + err)
+    assert resume.endswith(f"--ckpt_path {os.path.relpath(run_dir)}")
     assert_same_run(run_dir, str(reference / "run" / "version_0"))
+
+
+@pytest.mark.parametrize("hook, said", [
+    # the last evaluation finishes (its results go into last.ckpt: the resume does not redo it), then the run stops
+    ("on_validation_batch_start", "Preempted at step 10: saved "),
+    ("on_fit_end", "SIGTERM received during the export of the model: stopped. Training is complete ("),
+    ("on_test_batch_start", "SIGTERM received during the test of the exported model: stopped. Training is complete ("),
+])
+def test_sigterm_after_the_last_step_stops_and_the_printed_command_exports_and_tests(tmp_path, tiny_bert_dir, data,
+                                                                                     hook, said):
+    args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_epochs=1", "--checkpoint_every_n_steps=0",
+                   signal_at(hook, at_step=10))
+    run_dir = tmp_path / "run" / "version_0"
+    stopped = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert said in stopped.stdout + stopped.stderr
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+    assert not any(key.startswith("test/") and value for row in logged(str(run_dir)) for key, value in row.items())
+    trained = [row["step"] for row in logged(str(run_dir)) if row.get("train/loss")]
+    resume, resumed = run_printed_resume(stopped.stdout + stopped.stderr)
+    assert resume.endswith(f"--ckpt_path {os.path.relpath(run_dir)}")
+    rows = logged(str(run_dir))
+    assert [row["step"] for row in rows if row.get("train/loss")] == trained  # nothing trained again
+    assert [row["step"] for row in rows if row.get("val/dim_32_cosine_ndcg@10")] == ["9"]  # the last one, once
+    assert any(row.get("test/dim_32_cosine_ndcg@10") for row in rows)
+    assert os.path.exists(run_dir / "model" / "model.safetensors") and "Exported the model" in resumed.stdout + \
+        resumed.stderr
+
+
+def test_ctrl_c_saves_at_the_step_boundary_prints_the_command_and_resumes(tmp_path, tiny_bert_dir, data):
+    # 2 DataLoader workers, which the terminal's Ctrl-C reaches too: they must go on serving the step's next batch
+    args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_epochs=1", "--checkpoint_every_n_steps=2",
+                   "--data.num_workers=2")
+    run_dir = str(tmp_path / "run" / "version_0")
+    code, out, err = interrupt(args, run_dir, 2, signal.SIGINT, group=True)  # mid-training
+    assert code == 130, err[-3000:]
+    assert err.count("Ctrl-C (SIGINT) received: saving a checkpoint after the current optimizer step") == 1
+    step = torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), weights_only=True)["global_step"]
+    assert 2 <= step < 10 and f"Interrupted at step {step}: saved " in out + err
+    resume, _ = run_printed_resume(out + err)
+    assert resume.endswith(f"--ckpt_path {os.path.relpath(run_dir)}")
+    assert [row["step"] for row in logged(run_dir) if row.get("train/loss")] == [str(s) for s in range(10)]
+    assert os.path.exists(os.path.join(run_dir, "model", "model.safetensors"))
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path, tiny_bert_dir, data):
+    args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_epochs=1", "--checkpoint_every_n_steps=2",
+                   signal_at("on_train_batch_start", "SIGINT", times=2, at_step=3))
+    run_dir = str(tmp_path / "run" / "version_0")
+    result = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == -signal.SIGINT, result.stderr[-3000:]
+    assert ("Ctrl-C again: stopping now, without saving this step; resume from the last checkpoint written "
+            f"({os.path.join(run_dir, 'checkpoints', 'last.ckpt')}) with:") in result.stderr
+    assert torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), weights_only=True)["global_step"] == 2
+
+
+def test_a_full_disk_mid_run_is_one_error_naming_the_checkpoint_and_the_resume(tmp_path, tiny_bert_dir, data):
+    full_disk = "--trainer.plugins=tests.failing_io.FullDisk"  # the second checkpoint write fails: ENOSPC
+    args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_epochs=1", "--checkpoint_every_n_steps=2", full_disk)
+    run_dir = tmp_path / "run" / "version_0"
+    result = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and error[0].startswith(
+        f"error: {run_dir / 'checkpoints' / 'last.ckpt'}: No space left on device; free space there, or write the run "
+        f"to another disk with --trainer.logger.init_args.save_dir; then resume with: python ")
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2  # the last whole
+    # once there is space again (the injected fault dropped), the printed command finishes the run
+    run_printed_resume("Resume with:\n" + error[0].split("then resume with: ", 1)[1].replace(f" {full_disk}", ""))
+    assert os.path.exists(run_dir / "model" / "model.safetensors")
 
 
 def test_ckpt_path_last_without_a_run_to_resume_says_so(tmp_path, tiny_bert_dir, data):
