@@ -1,5 +1,6 @@
-"""A callback that sends its own process a real signal at one hook, so that a test stops a whole ``train.py fit`` in
-an exact phase (the last evaluation, the export, the test) however fast or slow the machine is."""
+"""A callback that sends its own process a real signal at one hook, so that a test stops a whole ``train.py`` process
+in an exact phase (before an evaluation ends, the last evaluation, the export, the test) however fast or slow the
+machine is: a poll from outside would hit such a window only by chance."""
 
 import os
 import signal
@@ -9,20 +10,22 @@ from lightning.pytorch import Callback
 
 
 class SendSignal(Callback):
-    """Sends ``name`` (``SIGTERM``, ``SIGINT``) ``times`` times in a row at the first call of ``hook`` (a Callback
-    hook) from optimizer step ``at_step`` on, outside the sanity check, in a run that does not resume: the printed
-    resume command, which repeats the flags, then runs to its end.
+    """Sends ``name`` (``SIGTERM``, ``SIGINT``, ``SIGKILL``, ``SIGSTOP``) ``times`` times in a row at the first call of
+    ``hook`` (a Callback hook) from optimizer step ``at_step`` on, outside the sanity check. By default only in a run
+    that does not resume, so that the printed resume command, which repeats the flags, runs to its end.
 
     Args:
-        hook: the Callback hook, e.g. ``on_validation_batch_start``, ``on_fit_end``, ``on_test_batch_start``.
+        hook: the Callback hook, e.g. ``on_validation_start``, ``on_train_batch_end``, ``on_fit_end``.
         name: the signal's name.
         times: how many to send (2 SIGINTs: the second Ctrl-C).
         at_step: the first optimizer step at which to send it.
+        when_resuming: send it in a run given ``--ckpt_path`` too.
     """
 
-    def __init__(self, hook: str, name: str = "SIGTERM", times: int = 1, at_step: int = 0) -> None:
+    def __init__(self, hook: str, name: str = "SIGTERM", times: int = 1, at_step: int = 0,
+                 when_resuming: bool = False) -> None:
         self.signum, self.times, self.at_step = signal.Signals[name], times, at_step
-        self.armed = "--ckpt_path" not in sys.argv
+        self.armed = when_resuming or "--ckpt_path" not in sys.argv
         setattr(self, hook, self._send)
 
     def _send(self, trainer, *args) -> None:

@@ -351,12 +351,13 @@ MONITOR = '--trainer.callbacks=[{"class_path": "lightning.pytorch.callbacks.Mode
           '{"monitor": "val/dim_32_cosine_ndcg@10", "mode": "max", "save_top_k": 1}}]'
 
 
-def signal_at(*signals: tuple[int, str, int], monitor: bool = True) -> str:
-    """The ``--trainer.callbacks`` of a run (with the best-checkpoint monitor) that signals itself at (step, hook,
-    signal) (``tests/signals_at.py``)."""
-    killers = ", ".join(f'{{"class_path": "tests.signals_at.SignalAt", "init_args": {{"step": {step}, '
-                        f'"hook": "{hook}", "signal": {int(sig)}}}}}' for step, hook, sig in signals)
-    return (MONITOR.removesuffix("]") + ", " if monitor else "--trainer.callbacks=[") + killers + "]"
+def signals_at(*signals: tuple[int, str, int], monitor: bool = True, when_resuming: bool = False) -> str:
+    """The ``--trainer.callbacks`` of a run (with the best-checkpoint monitor) that signals itself at each (step, hook,
+    signal) (``tests/send_signal.py``)."""
+    senders = ", ".join(json.dumps({"class_path": "tests.send_signal.SendSignal", "init_args": {
+        "hook": hook, "name": signal.Signals(sig).name, "at_step": step, "when_resuming": when_resuming}})
+        for step, hook, sig in signals)
+    return (MONITOR.removesuffix("]") + ", " if monitor else "--trainer.callbacks=[") + senders + "]"
 
 
 @pytest.mark.parametrize("signals", [
@@ -371,7 +372,7 @@ def test_a_kill_before_an_evaluation_ends_repeats_it_on_resume(tmp_path, tiny_be
     run(command(tiny_bert_dir, data, reference, every, MONITOR))
     args = command(tiny_bert_dir, data, tmp_path / "killed", every)
     run_dir = str(tmp_path / "killed" / "run" / "version_0")
-    killed = subprocess.run(args + [signal_at(*signals)], cwd=ROOT, env=ENV, capture_output=True, text=True,
+    killed = subprocess.run(args + [signals_at(*signals)], cwd=ROOT, env=ENV, capture_output=True, text=True,
                             timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run(args + [MONITOR, "--ckpt_path", "last"])
@@ -412,7 +413,8 @@ def test_a_second_fit_into_a_run_folder_in_use_is_refused_and_a_killed_ones_lock
     run_dir = str(tmp_path / "run" / "version_0")
     resume = args + ["--trainer.max_steps=-1", "--ckpt_path", "last"]
     # the first resume stops itself (SIGSTOP) at step 4, holding the folder and writing no checkpoint after step 3's
-    first = subprocess.Popen(resume + [signal_at((4, "on_train_batch_end", signal.SIGSTOP), monitor=False)],
+    stop = signals_at((4, "on_train_batch_end", signal.SIGSTOP), monitor=False, when_resuming=True)
+    first = subprocess.Popen(resume + [stop],
                              cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with open(os.path.join(run_dir, "fit.lock")) as lock:
