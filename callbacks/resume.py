@@ -143,6 +143,15 @@ class ResumableCheckpoint(ModelCheckpoint):
     def state_dict(self) -> dict:
         return {**super().state_dict(), "rng": rng_states()}
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        loop = trainer.fit_loop.epoch_loop
+        if trainer.state.fn == "fit" and trainer.validating and not trainer.sanity_checking \
+                and not loop.batch_progress.is_last_batch and not loop._should_accumulate():
+            # written when an evaluation inside an epoch ends, before Lightning counts the step that preceded it for
+            # the loggers; restoring such a checkpoint does not count it either (it does for one written in the
+            # step's own hooks), so the resumed run logged every later step one too low, repeating a step's row
+            checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] += 1
+
     def load_state_dict(self, state_dict: dict) -> None:
         state = dict(state_dict)
         self._rng_to_restore = state.pop("rng", None)

@@ -778,8 +778,10 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         """Where the training batches stand, saved in every checkpoint: the epoch, how many of its batches were
         trained (resuming serves the batches an uninterrupted run would have trained next, not the epoch's first) and
         what that order depends on (``batch_order``)."""
-        if self.trainer is None or not self.trainer.training:
+        if self.trainer is None or self.trainer.state.fn != "fit":
             return {}
+        # also in a checkpoint written when an evaluation inside fit ends (trainer.training is False then): the one
+        # written at a step an evaluation follows is that one
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
         return {"epoch": self.trainer.current_epoch, "batches": progress.processed, "order": self.batch_order()}
 
