@@ -39,6 +39,8 @@ warnings.filterwarnings("ignore", message="You're resuming from a checkpoint tha
                         category=PossibleUserWarning)
 
 LAST = "last.ckpt"
+# in a checkpoint written when an evaluation inside an epoch ends: the loggers' step count lacks the step before it
+STEP_AFTER_EVALUATION = "litembed_step_before_evaluation_uncounted"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -149,8 +151,17 @@ class ResumableCheckpoint(ModelCheckpoint):
                 and not loop.batch_progress.is_last_batch and not loop._should_accumulate():
             # written when an evaluation inside an epoch ends, before Lightning counts the step that preceded it for
             # the loggers; restoring such a checkpoint does not count it either (it does for one written in the
-            # step's own hooks), so the resumed run logged every later step one too low, repeating a step's row
-            checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] += 1
+            # step's own hooks), so on_load_checkpoint counts it: else the resumed run logs each later step one too
+            # low, repeating a step's row. The count itself stays as saved: keep_metrics reads it as the last step
+            checkpoint[STEP_AFTER_EVALUATION] = True
+
+    def _restarts_epoch(self, trainer, checkpoint: dict) -> bool:
+        """Whether ``--resume_epoch_from_start`` restarts the checkpoint's epoch (it was written inside one)."""
+        datamodule = trainer.datamodule
+        state = checkpoint.get(type(datamodule).__qualname__) if datamodule is not None else None
+        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+        return bool(self.epoch_from_start and state and "order" in state and state["batches"]
+                    and not progress["is_last_batch"])
 
     def load_state_dict(self, state_dict: dict) -> None:
         state = dict(state_dict)
@@ -159,6 +170,10 @@ class ResumableCheckpoint(ModelCheckpoint):
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         # before Lightning restores its loops from the checkpoint, after the datamodule's position
+        uncounted = checkpoint.pop(STEP_AFTER_EVALUATION, False)
+        if uncounted and not self._restarts_epoch(trainer, checkpoint):
+            # (with the epoch's progress rewritten below, Lightning's restore counts that step itself: tested)
+            checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] += 1
         datamodule = trainer.datamodule
         state = checkpoint.get(type(datamodule).__qualname__) if datamodule is not None else None
         if not state or "order" not in state:
@@ -167,7 +182,7 @@ class ResumableCheckpoint(ModelCheckpoint):
         if progress["is_last_batch"] or not state["batches"]:
             return  # at an epoch's start or end: the next batches are an epoch's first, in any order
         epoch, trained = state["epoch"], state["batches"]
-        if self.epoch_from_start:
+        if self._restarts_epoch(trainer, checkpoint):
             # Lightning counts a checkpoint written in the batch's end hooks (completed = processed - 1) as one more
             # batch completed when it resumes: -1 then becomes 0
             total = progress["total"]
