@@ -155,14 +155,6 @@ class ResumableCheckpoint(ModelCheckpoint):
             # low, repeating a step's row. The count itself stays as saved: keep_metrics reads it as the last step
             checkpoint[STEP_AFTER_EVALUATION] = True
 
-    def _restarts_epoch(self, trainer, checkpoint: dict) -> bool:
-        """Whether ``--resume_epoch_from_start`` restarts the checkpoint's epoch (it was written inside one)."""
-        datamodule = trainer.datamodule
-        state = checkpoint.get(type(datamodule).__qualname__) if datamodule is not None else None
-        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
-        return bool(self.epoch_from_start and state and "order" in state and state["batches"]
-                    and not progress["is_last_batch"])
-
     def load_state_dict(self, state_dict: dict) -> None:
         state = dict(state_dict)
         self._rng_to_restore = state.pop("rng", None)
@@ -170,19 +162,19 @@ class ResumableCheckpoint(ModelCheckpoint):
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         # before Lightning restores its loops from the checkpoint, after the datamodule's position
-        uncounted = checkpoint.pop(STEP_AFTER_EVALUATION, False)
-        if uncounted and not self._restarts_epoch(trainer, checkpoint):
-            # (with the epoch's progress rewritten below, Lightning's restore counts that step itself: tested)
-            checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] += 1
         datamodule = trainer.datamodule
         state = checkpoint.get(type(datamodule).__qualname__) if datamodule is not None else None
-        if not state or "order" not in state:
-            return
         progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
-        if progress["is_last_batch"] or not state["batches"]:
-            return  # at an epoch's start or end: the next batches are an epoch's first, in any order
+        # at an epoch's start or end the next batches are an epoch's first, in any order
+        inside = bool(state and "order" in state and state["batches"] and not progress["is_last_batch"])
+        restart = self.epoch_from_start and inside
+        if checkpoint.pop(STEP_AFTER_EVALUATION, False) and not restart:
+            # (with the epoch's progress rewritten below, Lightning's restore counts that step itself: tested)
+            checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] += 1
+        if not inside:
+            return
         epoch, trained = state["epoch"], state["batches"]
-        if self._restarts_epoch(trainer, checkpoint):
+        if restart:
             # Lightning counts a checkpoint written in the batch's end hooks (completed = processed - 1) as one more
             # batch completed when it resumes: -1 then becomes 0
             total = progress["total"]
