@@ -8,7 +8,6 @@ import tempfile
 from typing import IO
 
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from callbacks.export import ExportModel, untrained_fit
@@ -16,7 +15,7 @@ from callbacks.validation import ValidatedFit
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.resume import STOP_SIGNALS, ResumableCheckpoint, exit_code, lock_run_folder, resolve_resume, \
     resume_command, run_folder, signal_name
-from callbacks.throughput import SamplesPerSecond
+from callbacks.training_log import TrainingLog
 from cli_errors import ShortErrorsCLI, checkpoint_problem, fail
 from lightning_modules.base import EmbeddingModule
 from reporting.console import quiet
@@ -47,6 +46,14 @@ class LitEmbedCLI(ShortErrorsCLI):
         parser.add_argument("--tensorboard", type=bool, default=False,
                             help="also log to TensorBoard, in the run folder beside metrics.csv "
                                  "(pip install tensorboard; then: tensorboard --logdir <run folder>)")
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("validate", "test"):
+            # Lightning's results table lists every logged metric twice, cut at 80 columns; the module prints
+            # litembed's table of the headline metrics instead (--verbose true brings Lightning's back)
+            parser.set_defaults(verbose=False)
+        return parser
 
     def _parse_ckpt_path(self) -> None:
         # before LightningCLI's own, which loads the file (unsafely advised, at length) and puts the model class and
@@ -180,12 +187,10 @@ class LitEmbedCLI(ShortErrorsCLI):
             if trainer.get("enable_checkpointing") is not False and not _has(callbacks, ResumableCheckpoint):
                 callbacks.append(ResumableCheckpoint(config.checkpoint_every_n_steps,
                                                      epoch_from_start=config.resume_epoch_from_start))
-            if not _has(callbacks, SamplesPerSecond):
-                callbacks.append(SamplesPerSecond())
+            if not _has(callbacks, TrainingLog):
+                callbacks.append(TrainingLog())
             if not _has(callbacks, ValidatedFit):
                 callbacks.append(ValidatedFit())
-            if loggers and not _has(callbacks, LearningRateMonitor):
-                callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.subcommand == "predict" and not _has(callbacks, PredictionWriter):
             callbacks.append(PredictionWriter())  # <log_dir>/predictions/<stream>.npy and .parquet
         return super().instantiate_trainer(callbacks=callbacks, logger=loggers, **kwargs)
@@ -210,7 +215,7 @@ class LitEmbedCLI(ShortErrorsCLI):
     def after_fit(self) -> None:
         if self.config[self.subcommand].test_after_fit and self.datamodule.retrieval_tasks("test"):
             # the module holds the exported (best) weights: ExportModel loaded them at the end of fit
-            self.trainer.test(self.model, datamodule=self.datamodule)
+            self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
         exporters = [c for c in self.trainer.callbacks if isinstance(c, ExportModel)]
         if exporters and self.trainer.is_global_zero and exporters[0].summary():
             print("\n" + exporters[0].summary(), flush=True)

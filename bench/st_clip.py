@@ -14,7 +14,7 @@ What still differs: HF's Trainer puts the frozen tower back in train mode at eve
 norm, so the values are the same) and decays the logit scale (litembed decays no scalar); the process imports Lightning
 for litembed's data split (about 0.6 s).
 
-Training pairs/s is measured as litembed's ``SamplesPerSecond`` callback measures it: rows of the last 20 steps per
+Training pairs/s is measured as litembed's ``TrainingLog`` callback measures it: rows of the last 20 steps per
 wall-clock second at every 10th step (the recipe's ``log_every_n_steps``), reset at each epoch start. Prints one JSON
 line: the median of those rates, ST's own ``train_samples_per_second`` (the whole ``train()`` call) and the loss of
 every 10th step (what litembed logs as ``train/loss``).
@@ -37,7 +37,7 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 RECIPE = os.path.join(ROOT, "configs", "demo", "clip.yaml")
-WINDOW = 20  # steps per rate, as callbacks.throughput.SamplesPerSecond
+WINDOW = 20  # steps per rate, as callbacks.training_log.TrainingLog
 
 
 def recipe() -> dict:

@@ -96,8 +96,8 @@ class ExportModel(Callback):
 
     def _write_card(self, trainer, pl_module, log_dir: str, directory: str, step: int) -> None:
         seconds = time.monotonic() - self._started if self._started is not None else None
-        # which validation of metrics.csv evaluated these weights (its logged step can differ from the global step by
-        # one at an epoch's end): the history holds the run's evaluations in order, a resume's included
+        # which validation of metrics.csv evaluated these weights: the history holds the run's evaluations in order,
+        # a resume's included
         evaluated = [s for s, _ in pl_module.history if s >= 0]
         index = len(evaluated) - 1 - evaluated[::-1].index(step) if step in evaluated else None
         save_facts(log_dir, gather_facts(trainer, pl_module, trainer.datamodule, log_dir, directory, step, index,

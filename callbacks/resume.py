@@ -151,8 +151,8 @@ class ResumableCheckpoint(ModelCheckpoint):
                 and not loop.batch_progress.is_last_batch and not loop._should_accumulate():
             # written when an evaluation inside an epoch ends, before Lightning counts the step that preceded it for
             # the loggers; restoring such a checkpoint does not count it either (it does for one written in the
-            # step's own hooks), so on_load_checkpoint counts it: else the resumed run logs each later step one too
-            # low, repeating a step's row. The count itself stays as saved: keep_metrics reads it as the last step
+            # step's own hooks), so on_load_checkpoint counts it: else what a user's callback logs through Lightning
+            # in the resumed run lands one step too low
             checkpoint[STEP_AFTER_EVALUATION] = True
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -208,8 +208,8 @@ class ResumableCheckpoint(ModelCheckpoint):
             shutil.copyfile(path, path + ".resuming")
         else:
             return
-        loops = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["loops"]
-        last_step = loops["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"]
+        # rows are logged at the optimizer steps taken (reporting.metrics_log.log_row): those up to the checkpoint's
+        last_step = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["global_step"]
         with open(path, newline="") as file:
             self._kept_metrics = [row for row in csv.DictReader(file) if row.get("step") and int(row["step"]) <= last_step]
 

@@ -21,6 +21,7 @@ from lightning_modules.gradcache import cached_step
 from lightning_modules.nonfinite import NonFiniteGuard
 from lightning_modules.optim import build_optimizer
 from lightning_modules.retrieval import EmbeddingCollector, information_retrieval_metrics
+from reporting.metrics_log import log_row
 from reporting.tables import format_table
 
 # Retrieval metrics are computed from top-k lists merged across ranks: every rank logs the same value, so there is
@@ -106,6 +107,10 @@ class EmbeddingModule(L.LightningModule):
         """Embedding prefixes to evaluate (Matryoshka dims); None means the full embedding."""
         return [None]
 
+    def loss_parameters(self) -> dict:
+        """The loss's parameters as the card lists them (sentence-transformers' ``get_config_dict``)."""
+        return self.loss.get_config_dict() if hasattr(self.loss, "get_config_dict") else {}
+
     def loss_kwargs(self) -> dict:
         """Extra loss arguments, e.g. a learnable ``scale``."""
         return {}
@@ -118,9 +123,15 @@ class EmbeddingModule(L.LightningModule):
         else:
             loss = self.gradcache_loss(columns, 1 / self.trainer.accumulate_grad_batches)
         self.nonfinite.loss(loss, batch.get("rows"))
-        # not on the progress bar: showing it would copy the loss to the host (a device sync) every step
-        self.log("train/loss", loss, batch_size=next(iter(columns[0].values())).shape[0])
+        # for callbacks that monitor it (this batch's loss); the loggers get TrainingLog's mean over the logging window.
+        # Not on the progress bar: showing it would copy the loss to the host (a device sync) every step
+        self.log("train/loss", loss, batch_size=next(iter(columns[0].values())).shape[0], logger=False)
         return loss
+
+    def training_log_values(self) -> dict[str, Tensor]:
+        """Values logged with the training loss at every logging step (``callbacks.training_log.TrainingLog``), as
+        device tensors: read once per row."""
+        return {} if self.nonfinite.total is None else {"train/nonfinite_steps": self.nonfinite.total.squeeze()}
 
     def gradcache_loss(self, columns: list[dict[str, Tensor]], grad_factor: float) -> Tensor:
         """A GradCache step over the batch's columns: all chunks but each tower's last are backpropagated here, into
@@ -149,7 +160,7 @@ class EmbeddingModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if not self.trainer.fit_loop.epoch_loop._should_accumulate():
-            self.nonfinite.after_step(self.global_step, self.trainer, self.log)
+            self.nonfinite.after_step(self.global_step, self.trainer)
 
     def on_train_epoch_end(self) -> None:
         self.nonfinite.report(self.trainer)
@@ -208,17 +219,24 @@ class EmbeddingModule(L.LightningModule):
             return
         metrics = self._compute_retrieval("val")
         self.history.append((self.global_step, metrics))
-        main = self.main_metric("val")
-        for key, value in metrics.items():
-            self.log(key, value, prog_bar=key == main)
+        self._log_evaluation(metrics, "val")
+        if self.trainer.state.fn != "fit":  # train.py validate: fit prints its tables at the start and the end
+            rank_zero_info(format_table({"validation": metrics}, "val"))
 
     def on_test_epoch_end(self) -> None:
         if self._partial_pass():
             return
         metrics = self._compute_retrieval("test")
-        for key, value in metrics.items():
-            self.log(key, value)
+        self._log_evaluation(metrics, "test")
         rank_zero_info(format_table({"test": metrics}, "test"))
+
+    def _log_evaluation(self, metrics: dict[str, float], stage: str) -> None:
+        """For monitors and the progress bar through Lightning; for the loggers at the optimizer steps taken, the step
+        the training rows and the checkpoint's name carry (Lightning's own count lags one behind there)."""
+        main = self.main_metric(stage)
+        for key, value in metrics.items():
+            self.log(key, value, prog_bar=key == main, logger=False)
+        log_row(self.trainer, metrics)
 
     def _compute_retrieval(self, stage: str) -> dict[str, float]:
         """Every task's metrics at every dim. Under DDP the corpus is sharded, not gathered: each process scores the
@@ -309,8 +327,7 @@ class EmbeddingModule(L.LightningModule):
             return
         metrics = self._evaluate_now()
         self.history.append((-1, metrics))
-        if self.logger is not None:
-            self.logger.log_metrics({f"{k}_base": v for k, v in metrics.items()}, step=0)
+        log_row(self.trainer, {f"{k}_base": v for k, v in metrics.items()}, step=0)
         rank_zero_info(format_table({"base model": metrics}, "val"))
 
 

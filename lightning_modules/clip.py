@@ -131,9 +131,22 @@ class CLIPEmbeddingModule(EmbeddingModule):
         return {"scale": self.encoder.logit_scale.exp()} if self.learn_logit_scale else {}
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
         if self.learn_logit_scale:
             with torch.no_grad():
                 self.encoder.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+    def training_log_values(self) -> dict[str, Tensor]:
+        values = super().training_log_values()
+        if self.learn_logit_scale:  # the loss's scale (1/temperature), as open_clip logs it
+            values["train/logit_scale"] = self.encoder.logit_scale.detach().exp()
+        return values
+
+    def loss_parameters(self) -> dict:
+        parameters = super().loss_parameters()
+        if self.learn_logit_scale:  # not the loss's configured scale: the model's, learned
+            parameters.update(scale=round(self.encoder.logit_scale.exp().item(), 4), scale_learned=True)
+        return parameters
 
     def export(self, directory: str) -> None:
         self.encoder.save(directory)

@@ -36,7 +36,7 @@ class NonFiniteGuard:
         self._rows: list = []  # this step's rows (file rows where the data knows them)
         self._found: Tensor | None = None  # (1,) float 0/1: this step was skipped
         self._pending: list[tuple[int, Tensor, list]] = []  # (step, flag, rows) not yet read on the host
-        self._total: Tensor | None = None  # (1,) skipped steps on the device, for the log
+        self.total: Tensor | None = None  # (1,) skipped steps on the device, for the training log
 
     def loss(self, loss: Tensor, rows: list | None) -> None:
         bad = ~torch.isfinite(loss.detach()).reshape(1)
@@ -70,14 +70,13 @@ class NonFiniteGuard:
                 for p in group["params"]:
                     p.grad = None
 
-    def after_step(self, step: int, trainer, log_metric) -> None:
+    def after_step(self, step: int, trainer) -> None:
         """Queue the step's flag; every ``log_every_n_steps`` steps, report and maybe stop."""
         found, self._found = self._found, None
         rows, self._rows, self._loss_bad = self._rows, [], None
         if found is None:
             return
-        self._total = found if self._total is None else self._total + found
-        log_metric("train/nonfinite_steps", self._total.squeeze(), reduce_fx="max")
+        self.total = found if self.total is None else self.total + found
         self._pending.append((step, found, rows))
         if len(self._pending) >= max(1, trainer.log_every_n_steps):
             self.report(trainer)

@@ -69,7 +69,7 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
         "train_datasets": [train] if train else [],
         "eval_datasets": evals,
         "losses": losses,
-        "loss_parameters": module.loss.get_config_dict() if hasattr(module.loss, "get_config_dict") else {},
+        "loss_parameters": module.loss_parameters(),
         "hyperparameters": _hyperparameters(os.path.join(run_dir, "config.yaml")),
         "versions": _versions(clip),
         "hardware": _hardware(trainer, fit_seconds),

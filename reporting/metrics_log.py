@@ -1,16 +1,18 @@
-"""A run's ``metrics.csv`` (Lightning's CSVLogger) read back as training curve, learning rate and evaluations.
+"""A run's metrics log: the rows litembed writes to every logger, and ``metrics.csv`` (Lightning's CSVLogger) read
+back as training curve, learning rate and evaluations.
 
 CSVLogger writes one row per ``log_metrics`` call, so rows are sparse (one metric group per row, the other cells
 empty), and it sorts the header alphabetically. litembed logs:
 
-- ``train/loss`` every ``log_every_n_steps`` optimizer steps (``step`` is the global optimizer step);
-- ``lr-<Optimizer>[/pg<i>]`` from Lightning's ``LearningRateMonitor``;
+- ``train/loss`` (the mean since the previous row) every ``log_every_n_steps`` optimizer steps, with the learning
+  rates ``lr-<Optimizer>[/pg<i>]`` (``callbacks.training_log``);
 - ``val/<set>_<similarity>_<metric>``, where ``<set>`` is an evaluation set (``dim_384``, ``shapes-eval``,
   ``shapes-eval_dim_384``, or empty: ``val/cosine_ndcg@10``), and the model before training as the same keys with a
   ``_base`` suffix at step 0;
 - ``test/<set>_<similarity>_<metric>`` after fit.
 
-Columns other loggers add are ignored. A resumed run truncates the file to the checkpoint's step and appends, so steps
+Every row's ``step`` is the number of optimizer steps taken (:func:`log_row`), as in sentence-transformers' logs and
+the checkpoints' names. Columns other loggers add are ignored. A resumed run truncates the file to the checkpoint's step and appends, so steps
 increase; a step that still appears twice keeps its last value.
 """
 
@@ -223,3 +225,14 @@ class _Cells:
         if not math.isfinite(value) or value != int(value):
             raise ValueError(f"{self.path} line {self.line}, column {column!r}: {value!r} is not a whole number")
         return int(value)
+
+
+def log_row(trainer, metrics: dict[str, float], step: int | None = None) -> None:
+    """One row to every logger at ``step`` (default: the optimizer steps taken), with the epoch, on disk at once: a
+    checkpoint written after it is never resumed without it."""
+    if not metrics:
+        return
+    row = {**metrics, "epoch": trainer.current_epoch}
+    for logger in trainer.loggers:
+        logger.log_metrics(row, step=trainer.global_step if step is None else step)
+        logger.save()

@@ -132,6 +132,54 @@ def test_the_run_leaves_config_lr_and_throughput_logs_and_a_summary(text_run):
     assert "runs/text/version_0/model/README.md" in summary
 
 
+def logged_rows(run: str) -> list[dict[str, str]]:
+    with open(os.path.join(run, "metrics.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_logged_loss_is_the_mean_over_the_logging_window_as_in_sentence_transformers(text_run, tiny_bert_dir):
+    """The same run logged at every step: each row of the run logged every 2 steps is the mean of its 2 steps' losses
+    (ST's trainer logs ``loss`` so), and every row sits at the optimizer steps taken: 2, 4, …, not 1, 3, …"""
+    work, run, _ = text_run
+    every_step = os.path.join(str(work), "every-step")
+    os.makedirs(every_step)
+    run_fit(text_args(os.path.join(str(work), "data"), tiny_bert_dir, ["--trainer.log_every_n_steps=1",
+                                                                          "--test_after_fit=false",
+                                                                          "--model.export_dir=null"]),
+            cwd=every_step)
+    per_step = {int(r["step"]): float(r["train/loss"])
+                for r in logged_rows(os.path.join(every_step, "runs", "text", "version_0")) if r.get("train/loss")}
+    assert sorted(per_step) == list(range(1, 13))  # 6 steps an epoch, 2 epochs, numbered from 1
+    windowed = {int(r["step"]): float(r["train/loss"]) for r in logged_rows(run) if r.get("train/loss")}
+    assert sorted(windowed) == [2, 4, 6, 8, 10, 12]
+    for step, loss in windowed.items():
+        assert loss == pytest.approx((per_step[step - 1] + per_step[step]) / 2, rel=1e-6), step
+    assert len({round(v, 6) for v in windowed.values()}) > 1  # not one value repeated
+
+
+def test_one_step_numbering_in_checkpoint_console_metrics_card_and_plots(text_run):
+    """The step of the exported checkpoint is the same number in its file name, the console, metrics.csv, the card's
+    bold row and the curves the plots draw: the optimizer steps taken, as sentence-transformers numbers them."""
+    work, run, done = text_run
+    report = json.load(open(os.path.join(run, "report.json")))
+    step = report["exported_step"]
+    (checkpoint,) = glob.glob(os.path.join(run, "checkpoints", "epoch=*.ckpt"))
+    assert checkpoint.endswith(f"-step={step}.ckpt")
+    console = done.stdout + done.stderr
+    assert re.search(rf"^metric +base model +step {step}$", console, re.M), console[-2000:]
+    log = read_metrics(run)  # what the plots draw
+    validations = [e for e in log.evaluations if not e.base]
+    assert [e.step for e in validations] == [6, 12]  # at the end of each 6-step epoch: the steps taken
+    assert validations[report["exported_evaluation"]].step == step
+    assert {p.step for p in log.train} <= {e.step for e in validations} | {2, 4, 8, 10}
+    card = open(os.path.join(run, "model", "README.md")).read()
+    bold = re.findall(r"^\| \*\*[\d.]+\*\* +\| \*\*(\d+)\*\* ", card, re.M)
+    assert bold == [str(step)], card[card.index("### Training Logs"):][:1500]
+    # a step the loss and an evaluation share is one row of the card's table, not two
+    table = card[card.index("### Training Logs"):card.index("* The bold row")].splitlines()[3:]
+    assert [row.split("|")[2].strip(" *") for row in table].count(str(step)) == 1
+
+
 def test_the_card_and_plots_are_rebuilt_from_the_run_folder(text_run):
     work, run, done = text_run
     card_path = os.path.join(run, "model", "README.md")
@@ -276,6 +324,16 @@ def test_tensorboard_logs_into_the_run_folder(tmp_path, tiny_bert_dir):
     run = tmp_path / "runs" / "text" / "version_0"
     assert glob.glob(str(run / "events.out.tfevents.*")) and (run / "metrics.csv").is_file()
     assert not (tmp_path / "runs" / "text" / "version_1").exists()
+    # every logger gets what metrics.csv gets, at the same steps: the base model's metrics too
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run)).Reload()
+    tags = set(events.Tags()["scalars"])
+    columns = {k for row in logged_rows(str(run)) for k, v in row.items() if v and k not in ("step", "epoch")}
+    assert "val/dim_32_cosine_ndcg@10_base" in tags and columns <= tags
+    assert [e.step for e in events.Scalars("val/dim_32_cosine_ndcg@10_base")] == [0]
+    assert [e.step for e in events.Scalars("train/loss")] == [2]
+    assert [e.step for e in events.Scalars("val/dim_32_cosine_ndcg@10")] == [2]
 
 
 def test_a_clip_run_gets_a_card_too(tmp_path):
@@ -290,11 +348,18 @@ def test_a_clip_run_gets_a_card_too(tmp_path):
             f"--model.encoder.config={json.dumps(TINY_HF_CLIP_CONFIG)}",
             "--data=datamodules.image_captions.ImageCaptionDataModule", "--data.builtin_rows=48",
             "--data.image_size=32", "--data.val_size=16", "--data.val_name=shapes-eval", "--data.batch_size=8",
-            "--data.num_workers=0"]
+            "--data.num_workers=0", "--model.learn_logit_scale=true"]
     run_fit(args, cwd=str(tmp_path))
     run = tmp_path / "runs" / "clip" / "version_0"
-    SentenceTransformer(str(run / "model"), device="cpu")
+    model = SentenceTransformer(str(run / "model"), device="cpu")
     card = (run / "model" / "README.md").read_text()
+    # the loss's scale is the model's, learned: logged while training, and the exported value in the card
+    scales = [float(r["train/logit_scale"]) for r in logged_rows(str(run)) if r.get("train/logit_scale")]
+    assert len(scales) == 4 and scales[0] != scales[-1]  # 32 training pairs in batches of 8, logged at every step
+    learned = model[0].model.logit_scale.exp().item()
+    loss_block = card[card.index("with these parameters"):][:400]
+    assert f'"scale": {round(learned, 4)},' in loss_block and '"scale_learned": true' in loss_block
+    assert '"scale": 20.0' not in card
     check_no_absolute_paths(card)
     meta = front_matter(card)
     names = {r["dataset"]["name"] for r in meta["model-index"][0]["results"]}
