@@ -16,8 +16,8 @@ for litembed's data split (about 0.6 s).
 
 Training pairs/s is measured as litembed's ``TrainingLog`` callback measures it: rows of the last 20 steps per
 wall-clock second at every 10th step (the recipe's ``log_every_n_steps``), reset at each epoch start. Prints one JSON
-line: the median of those rates, ST's own ``train_samples_per_second`` (the whole ``train()`` call) and the loss of
-every 10th step (what litembed logs as ``train/loss``).
+line: the median of those rates, ST's own ``train_samples_per_second`` (the whole ``train()`` call) and, every 10th
+step, the mean loss since the previous one (what litembed logs as ``train/loss``).
 
     python bench/st_clip.py /tmp/clip-init --epochs 3    # builds the model into /tmp/clip-init first if it is missing
 """
@@ -80,7 +80,8 @@ def train(model_dir: str, epochs: int, dataset: str | None = None) -> dict:
         dataset: the recipe's data from elsewhere (``--data.init_args.dataset``), e.g. an imagefolder of JPEG files.
 
     Returns:
-        ``pairs_per_s`` (median rate), ``train_samples_per_second`` (ST's), ``losses`` (every 10th step's), ``steps``.
+        ``pairs_per_s`` (median rate), ``train_samples_per_second`` (ST's), ``losses`` (every 10th step's window
+        mean), ``steps``.
     """
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
                                        SentenceTransformerTrainingArguments)
@@ -106,20 +107,24 @@ def train(model_dir: str, epochs: int, dataset: str | None = None) -> dict:
             return loss
 
     class Log(TrainerCallback):
-        """Every ``every``-th step: the rate of the last ``WINDOW`` steps and the step's loss, as litembed logs."""
+        """Every ``every``-th step: the rate of the last ``WINDOW`` steps and the mean loss of the steps since the
+        last one, as litembed logs them."""
 
         def __init__(self, loss: LearnedTemperatureLoss, every: int) -> None:
             self.loss, self.every, self.rates, self.losses = loss, every, [], []
             self.times: deque[tuple[float, int]] = deque(maxlen=WINDOW + 1)
+            self.window_sum, self.window_steps = 0.0, 0  # summed on the device: no sync per step
 
         def on_epoch_begin(self, args, state, control, **kwargs) -> None:
             self.times.clear()
 
         def on_step_end(self, args, state, control, **kwargs) -> None:
             self.times.append((time.perf_counter(), self.loss.rows))
+            self.window_sum, self.window_steps = self.window_sum + self.loss.value, self.window_steps + 1
             if state.global_step % self.every:
                 return
-            self.losses.append(self.loss.value.item())
+            self.losses.append(float(self.window_sum) / self.window_steps)
+            self.window_sum, self.window_steps = 0.0, 0
             if len(self.times) > 1:
                 self.rates.append(sum(n for _, n in list(self.times)[1:]) / (self.times[-1][0] - self.times[0][0]))
 

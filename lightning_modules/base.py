@@ -131,7 +131,8 @@ class EmbeddingModule(L.LightningModule):
     def training_log_values(self) -> dict[str, Tensor]:
         """Values logged with the training loss at every logging step (``callbacks.training_log.TrainingLog``), as
         device tensors: read once per row."""
-        return {} if self.nonfinite.total is None else {"train/nonfinite_steps": self.nonfinite.total.squeeze()}
+        skipped = self.nonfinite.count()
+        return {} if skipped is None else {"train/nonfinite_steps": skipped.squeeze()}
 
     def gradcache_loss(self, columns: list[dict[str, Tensor]], grad_factor: float) -> Tensor:
         """A GradCache step over the batch's columns: all chunks but each tower's last are backpropagated here, into

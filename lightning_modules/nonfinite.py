@@ -36,7 +36,8 @@ class NonFiniteGuard:
         self._rows: list = []  # this step's rows (file rows where the data knows them)
         self._found: Tensor | None = None  # (1,) float 0/1: this step was skipped
         self._pending: list[tuple[int, Tensor, list]] = []  # (step, flag, rows) not yet read on the host
-        self.total: Tensor | None = None  # (1,) skipped steps on the device, for the training log
+        self._total: Tensor | None = None  # (1,) skipped steps of this process's flags, on the device
+        self._restored = 0  # skipped steps of the run before the checkpoint this process resumed
 
     def loss(self, loss: Tensor, rows: list | None) -> None:
         bad = ~torch.isfinite(loss.detach()).reshape(1)
@@ -76,10 +77,16 @@ class NonFiniteGuard:
         rows, self._rows, self._loss_bad = self._rows, [], None
         if found is None:
             return
-        self.total = found if self.total is None else self.total + found
+        self._total = found if self._total is None else self._total + found
         self._pending.append((step, found, rows))
         if len(self._pending) >= max(1, trainer.log_every_n_steps):
             self.report(trainer)
+
+    def count(self) -> Tensor | None:
+        """(1,) the run's skipped steps so far, this optimizer step's included (it is queued only when the module's
+        batch-end hook runs, after the callbacks'), on the device; None before the first step's flag."""
+        flags = [t for t in (self._total, self._found) if t is not None]
+        return sum(flags) + self._restored if flags else None
 
     def report(self, trainer) -> None:
         """Read the queued flags (one sync), warn about each skipped step, stop past ``max_steps``."""
@@ -112,7 +119,7 @@ class NonFiniteGuard:
         return {"skipped": self.skipped}
 
     def load_state_dict(self, state: dict) -> None:
-        self.skipped = state.get("skipped", 0)
+        self.skipped = self._restored = state.get("skipped", 0)
 
 
 HINT = ("Usual causes: a learning rate too high (lower --model.init_args.lr), fp16 overflow (--trainer.precision "

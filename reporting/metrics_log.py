@@ -12,8 +12,8 @@ empty), and it sorts the header alphabetically. litembed logs:
 - ``test/<set>_<similarity>_<metric>`` after fit.
 
 Every row's ``step`` is the number of optimizer steps taken (:func:`log_row`), as in sentence-transformers' logs and
-the checkpoints' names. Columns other loggers add are ignored. A resumed run truncates the file to the checkpoint's step and appends, so steps
-increase; a step that still appears twice keeps its last value.
+the checkpoints' names. Columns other loggers add are ignored. A resumed run truncates the file to the checkpoint's
+step and appends, so steps increase; a step that still appears twice keeps its last value.
 """
 
 import csv
