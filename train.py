@@ -2,6 +2,7 @@
 
 import errno
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -9,6 +10,7 @@ from typing import IO
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from callbacks.export import ExportModel, untrained_fit
 from callbacks.validation import ValidatedFit
@@ -25,10 +27,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisation runs in
 # traceback)
 MACHINE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EIO}
 SAVE_DIR = "--trainer.logger.init_args.save_dir"
+LIGHTNING_CHECKPOINTS = ("best", "last", "hpc", "registry")  # --ckpt_path names Lightning looks up itself
 
 
 class LitEmbedCLI(ShortErrorsCLI):
     _run_lock: IO[str] | None = None  # held by rank 0 from before fit to the end of after_fit (lock_run_folder)
+    _evaluation_folder: tuple[str, str] | None = None  # (save_dir, name) validate, test and predict log into
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=True,
@@ -60,9 +64,9 @@ class LitEmbedCLI(ShortErrorsCLI):
         # hyperparameters it holds in the config: a checkpoint of another model would then fail in a dump of its own
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and subcommand != "fit" and ckpt_path not in ("best", "last", "hpc", "registry") \
-                and not os.path.isfile(ckpt_path):
-            fail(f"--ckpt_path {ckpt_path}: no such file; {checkpoint_advice(subcommand)}")
+        if ckpt_path and subcommand != "fit" and ckpt_path not in LIGHTNING_CHECKPOINTS \
+                and not os.path.exists(ckpt_path):
+            fail(f"--ckpt_path {ckpt_path}: no such file or run folder; {checkpoint_advice(subcommand)}")
         if ckpt_path and os.path.isfile(ckpt_path):
             self._check_checkpoint(subcommand, ckpt_path)
         super()._parse_ckpt_path()
@@ -79,29 +83,48 @@ class LitEmbedCLI(ShortErrorsCLI):
         config = self.config.get(self.subcommand) if self.subcommand else None
         if self.subcommand == "fit" and (refusal := untrained_fit(config.trainer)):
             fail(refusal)  # before the model and the data load
-        # --ckpt_path last / a run folder / a file in <run>/checkpoints: resume that file and log into its run folder
-        if self.subcommand != "fit" or not config.ckpt_path:
+        if config is None:
             return
-        given = config.ckpt_path
-        self._resolve_resume(config)
-        if config.ckpt_path != given and os.path.isfile(config.ckpt_path):  # last or a run folder: its last.ckpt
-            self._check_checkpoint(self.subcommand, config.ckpt_path)
+        run = None
+        # --ckpt_path last / a run folder / a file in <run>/checkpoints: that file, and the run it belongs to (best,
+        # hpc and registry are Lightning's to look up when evaluating)
+        if config.ckpt_path and (self.subcommand == "fit" or config.ckpt_path not in LIGHTNING_CHECKPOINTS
+                                 or config.ckpt_path == "last"):
+            given = config.ckpt_path
+            run = self._resolve_checkpoint(config)
+            if config.ckpt_path != given and os.path.isfile(config.ckpt_path):  # last or a run folder: its last.ckpt
+                self._check_checkpoint(self.subcommand, config.ckpt_path)
+        if self.subcommand != "fit":
+            self._log_evaluation(config, run_folder(config.ckpt_path) if config.ckpt_path else None)
+        elif run is not None:  # a resume logs into its run folder, metrics.csv going on where it stopped
+            args = _logger_args(config.trainer.logger)
+            args.save_dir, args.name, args.version = run["save_dir"], run["name"], run["version"]
+            print(f"Resuming {config.ckpt_path} into {os.path.join(*run.values())}", flush=True)
 
-    def _resolve_resume(self, config) -> None:
-        # --ckpt_path last / a run folder / a file in <run>/checkpoints: resume that file and log into its run folder
-        logger = config.trainer.logger
-        args = getattr(logger, "init_args", None) if not isinstance(logger, (list, bool, type(None))) else None
-        if args is not None and "save_dir" not in args:
-            args = None
+    def _resolve_checkpoint(self, config) -> dict | None:
+        args = _logger_args(config.trainer.logger)
         try:
             checkpoint, run = resolve_resume(config.ckpt_path, None if args is None else {
                 "save_dir": args.save_dir, "name": args.get("name")})
         except ValueError as err:
             fail(str(err))
         config.ckpt_path = checkpoint
-        if run is not None:
-            args.save_dir, args.name, args.version = run["save_dir"], run["name"], run["version"]
-            print(f"Resuming {checkpoint} into {os.path.join(*run.values())}", flush=True)
+        return run
+
+    def _log_evaluation(self, config, evaluated_run: str | None) -> None:
+        """validate, test and predict log into ``<run>/<subcommand>/version_N`` of the fit run whose checkpoint they
+        evaluate, else (the base model, a checkpoint outside a run) into ``<save_dir>/<name>/<subcommand>/version_N``:
+        never into a ``version_N`` beside the fit runs, which ``--ckpt_path last`` and a reader would take for one,
+        nor into the run folder itself, whose metrics.csv the CSV logger would replace."""
+        args = _logger_args(config.trainer.logger)
+        folder = evaluated_run
+        if folder is None:
+            save_dir, name = (args.save_dir or ".", args.get("name") or "") if args is not None else (
+                ".", "lightning_logs")  # what _loggers' default CSVLogger logs into
+            folder = os.path.join(save_dir, name)
+        if args is not None:
+            args.save_dir, args.name, args.version = folder, self.subcommand, None
+        self._evaluation_folder = (folder, self.subcommand)
 
     def before_fit(self) -> None:
         self._check_writable()
@@ -136,10 +159,18 @@ class LitEmbedCLI(ShortErrorsCLI):
                  f"pass a folder you can write to")
 
     def _run_subcommand(self, subcommand: str) -> None:
+        # Lightning makes the log folder when the run starts, before the data, the model and the checkpoint are set
+        # up (the loggers' experiment, then config.yaml): an evaluation that fails removes what it made, so its
+        # folder (and any folder above it that it made) exists only with its results in it
+        logger = self.trainer.logger
+        made = _first_missing(logger.log_dir) if subcommand != "fit" and rank_zero_only.rank == 0 \
+            and logger is not None and logger.log_dir else None
         try:
             super()._run_subcommand(subcommand)
-        except OSError as err:
-            if os.environ.get("JSONARGPARSE_DEBUG") or err.errno not in MACHINE_ERRORS:
+        except BaseException as err:
+            if made:
+                shutil.rmtree(made, ignore_errors=True)
+            if not isinstance(err, OSError) or os.environ.get("JSONARGPARSE_DEBUG") or err.errno not in MACHINE_ERRORS:
                 raise
             fail(self._machine_error(err), 1)
 
@@ -182,7 +213,7 @@ class LitEmbedCLI(ShortErrorsCLI):
         trainer = self._get(self.config_init, "trainer", default={})
         callbacks = trainer.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
-        loggers = self._loggers(trainer.get("logger"), config.tensorboard)
+        loggers = self._loggers(trainer.get("logger"), config.tensorboard, self._evaluation_folder)
         if self.subcommand in (None, "fit"):
             if trainer.get("enable_checkpointing") is not False and not _has(callbacks, ResumableCheckpoint):
                 callbacks.append(ResumableCheckpoint(config.checkpoint_every_n_steps,
@@ -196,15 +227,17 @@ class LitEmbedCLI(ShortErrorsCLI):
         return super().instantiate_trainer(callbacks=callbacks, logger=loggers, **kwargs)
 
     @staticmethod
-    def _loggers(logger, tensorboard: bool):
+    def _loggers(logger, tensorboard: bool, evaluation_folder: tuple[str, str] | None = None):
         """The configured loggers, with a CSVLogger first (the card and plots read its metrics.csv; Lightning's
-        default would be TensorBoard's binary log) and, with ``--tensorboard true``, TensorBoard in the same folder."""
+        default would be TensorBoard's binary log) and, with ``--tensorboard true``, TensorBoard in the same folder.
+        Without a configured logger the CSVLogger logs into ``evaluation_folder`` (save_dir, name) if given."""
         if logger is False:
             return False
         loggers = [] if logger in (None, True) else list(logger) if isinstance(logger, list) else [logger]
         if not any(isinstance(x, CSVLogger) for x in loggers):
-            loggers.insert(0, CSVLogger(save_dir=loggers[0].save_dir if loggers and loggers[0].save_dir else ".",
-                                        name="lightning_logs" if not loggers else loggers[0].name or ""))
+            save_dir, name = (loggers[0].save_dir or ".", loggers[0].name or "") if loggers else \
+                evaluation_folder or (".", "lightning_logs")
+            loggers.insert(0, CSVLogger(save_dir=save_dir, name=name))
         if tensorboard and not any(isinstance(x, TensorBoardLogger) for x in loggers):
             csv = next(x for x in loggers if isinstance(x, CSVLogger))
             # the CSV logger's resolved version: both write into <save_dir>/<name>/version_N
@@ -226,6 +259,21 @@ class LitEmbedCLI(ShortErrorsCLI):
 def checkpoint_advice(subcommand: str) -> str:
     return ("pass <run folder>/checkpoints/last.ckpt or the run folder of a train.py fit run"
             + (", or drop --ckpt_path to start a new run" if subcommand == "fit" else ""))
+
+
+def _logger_args(logger):
+    """The init_args of a configured logger that writes into ``save_dir/name/version`` (CSV, TensorBoard), else
+    None."""
+    args = getattr(logger, "init_args", None) if not isinstance(logger, (list, bool, type(None))) else None
+    return args if args is not None and "save_dir" in args else None
+
+
+def _first_missing(path: str) -> str | None:
+    """The outermost folder of ``path`` that does not exist yet (``path`` itself, or one above it), or None."""
+    missing = None
+    while path and not os.path.exists(path):
+        missing, path = path, os.path.dirname(path)
+    return missing
 
 
 def _has(callbacks: list, kind: type) -> bool:

@@ -410,7 +410,8 @@ def resume_command(target: str) -> str:
 
 
 def resolve_resume(ckpt_path: str, logger_args: dict | None) -> tuple[str, dict | None]:
-    """``--ckpt_path`` as given → (the checkpoint file, logger arguments that log into its run folder or None).
+    """``--ckpt_path`` as given → (the checkpoint file, logger arguments that log into its run folder or None): what
+    fit resumes, and what validate, test and predict evaluate.
 
     ``last``: the newest run under the logger's ``save_dir/name`` that has ``checkpoints/last.ckpt``. A folder: that
     run's ``checkpoints/last.ckpt``. A file inside ``<run>/checkpoints``: that file, logging into ``<run>``.
@@ -421,8 +422,9 @@ def resolve_resume(ckpt_path: str, logger_args: dict | None) -> tuple[str, dict 
             return ckpt_path, None  # no run folders to search: Lightning's own lookup
         found = glob.glob(os.path.join(where, "*", "checkpoints", LAST))
         if not found:
-            raise ValueError(f"--ckpt_path last: no run under {where}/ has checkpoints/{LAST} to resume from. Drop "
-                             f"--ckpt_path to start a new run, or pass the run folder or checkpoint file to resume.")
+            raise ValueError(f"--ckpt_path last: no run under {where}/ has checkpoints/{LAST}. Pass the run folder or "
+                             f"checkpoint file, or drop --ckpt_path (fit then starts a new run; validate, test and "
+                             f"predict evaluate the base model).")
         checkpoint = max(found, key=lambda f: (_version_number(run_folder(f)), os.path.getmtime(f)))
     elif os.path.isdir(ckpt_path):
         checkpoint = os.path.join(ckpt_path, "checkpoints", LAST)

@@ -313,6 +313,11 @@ class EmbeddingModule(L.LightningModule):
         checkpoint["litembed"] = {"history": self.history, "nonfinite": self.nonfinite.state_dict(self.trainer)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.trainer.state.fn != "fit":
+            # the callbacks' states (where fit writes its checkpoints, which is best, the RNGs to go on with) only
+            # serve a fit that goes on; an evaluation has no use for them, and Lightning, restoring them, warns that
+            # it lacks fit's callbacks and that the ModelCheckpoint's folder moved
+            checkpoint.pop("callbacks", None)
         state = checkpoint.get("litembed", {})
         self.history = list(state.get("history", []))
         self.nonfinite.load_state_dict(state.get("nonfinite", {}))

@@ -126,11 +126,14 @@ def facts_from_run_folder(run_dir: str) -> dict:
     model = config.get("model") or {}
     args = model.get("init_args") or {}
     if args.get("export_dir") is None:
-        raise ValueError(f"{run_dir} exported no model (--model.init_args.export_dir null): there is no card to write")
+        raise ValueError(f"{run_dir} exported no model (--model.init_args.export_dir null): there is no card to write; "
+                         f"pass the folder of a fit run that exported (runs/<name>/version_<n>)")
     export_dir = os.path.join(run_dir, args["export_dir"])  # an absolute export_dir stays itself
     if not os.path.isdir(export_dir):
         raise ValueError(f"{run_dir} holds no export {export_dir} and no {REPORT}: the fit did not reach its export "
-                         f"(stopped, failed or --trainer.fast_dev_run); there is no card to write")
+                         f"(stopped, failed or --trainer.fast_dev_run); there is no card to write; pass the folder of "
+                         f"a fit run that exported (runs/<name>/version_<n>), or finish this one with train.py fit "
+                         f"--ckpt_path {run_dir}")
     from inference.models import load_model  # torch and the model libraries, for this rebuild only
 
     library = "sentence-transformers" if os.path.isfile(os.path.join(export_dir, "modules.json")) else "open_clip"

@@ -6,6 +6,7 @@
 
 import json
 import os
+import re
 import shutil
 
 from reporting.card import render_card
@@ -14,6 +15,21 @@ from reporting.metrics_log import MetricsLog, metrics_path, read_metrics
 from reporting.plots import write_plots
 
 CARD = "README.md"
+# train.py validate, test and predict log into <run>/<subcommand>/version_N (or <save_dir>/<name>/<subcommand>/…)
+EVALUATIONS = ("validate", "test", "predict")
+
+
+def evaluation_problem(folder: str) -> str | None:
+    """What ``python -m reporting`` says of a folder an evaluation wrote (a report is a fit run's), or None."""
+    parent, version = os.path.split(os.path.normpath(folder))
+    evaluated, subcommand = os.path.split(parent)
+    if subcommand not in EVALUATIONS or not re.fullmatch(r"version_\d+", version):
+        return None
+    if os.path.isdir(os.path.join(evaluated, "checkpoints")):
+        return (f"{folder} is the folder of a train.py {subcommand} of the fit run {evaluated}, not a fit run; pass "
+                f"{evaluated}")
+    return (f"{folder} is the folder of a train.py {subcommand} (of no fit run's checkpoint), not a fit run; pass the "
+            f"folder of a fit run (runs/<name>/version_<n>)")
 
 
 def save_facts(run_dir: str, facts: dict) -> str:
@@ -33,10 +49,13 @@ def write_report(run_dir: str) -> dict[str, object]:
     ``"not_recorded"`` what the card lacks when ``report.json`` was missing and was rebuilt from the folder (and saved).
 
     Raises:
-        ValueError: ``run_dir`` is not a run folder, or holds no export (the message says what it should hold).
+        ValueError: ``run_dir`` is not a run folder (an evaluation's, say), or holds no export (the message says
+            what it should hold).
     """
     if not os.path.isdir(run_dir):
         raise ValueError(f"{run_dir}: no such folder; pass a run folder (runs/<name>/version_<n>)")
+    if problem := evaluation_problem(run_dir):
+        raise ValueError(problem)
     if os.path.isfile(os.path.join(run_dir, REPORT)):
         with open(os.path.join(run_dir, REPORT)) as f:
             facts = json.load(f)

@@ -278,9 +278,9 @@ def test_the_refusal_s_advice_evaluates_the_base_model(tmp_path, pairs_dir, tiny
     done = run_fit(text_args(pairs_dir, tiny_bert_dir, ["--trainer.max_epochs=0"]), cwd=str(tmp_path),
                    subcommand="validate")
     assert "Validate metric" in done.stdout
-    with open(tmp_path / "runs" / "text" / "version_0" / "metrics.csv") as f:
+    with open(tmp_path / "runs" / "text" / "validate" / "version_0" / "metrics.csv") as f:  # not a fit run's folder
         assert "val/dim_32_cosine_ndcg@10" in f.readline().split(",")
-    assert not os.path.exists(tmp_path / "runs" / "text" / "version_0" / "model")
+    assert os.listdir(tmp_path / "runs" / "text") == ["validate"]
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])
