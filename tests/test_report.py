@@ -211,7 +211,7 @@ def test_the_card_counts_an_unreadable_image_training_skipped_instead_of_failing
         def split_columns(self, split):
             return ["image", "caption"]
 
-    info = _dataset_info(Data(), "train")
+    info = _dataset_info(Data(), "train", Data().head("train", 2))
     assert info["types"]["image"] == "image (PNG)"
     assert info["details"]["image"][:2] == ["unreadable (skipped in training): 1 of 2", "mode: RGB (1)"]
     assert [row["image"] for row in info["samples"]] == ["<PNG image mode=RGB size=8x6>", "<unreadable image>"]
