@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
@@ -108,6 +109,12 @@ def test_the_text_card_loads_parses_and_says_what_was_logged(text_run):
     for (name, metric), value in expected.items():
         shown = [v for (n, m), v in numbers.items() if m == metric and n.replace(" ", "_") == name.replace(" ", "_")]
         assert shown == [pytest.approx(value, abs=1e-12)], (name, metric)
+    # each the float32 it was logged as, spelt shortest (0.708), not the float64 CSVLogger widened it to
+    with open(os.path.join(run, "metrics.csv"), newline="") as f:
+        logged = {np.float32(float(v)) for row in csv.DictReader(f) for k, v in row.items()
+                  if k.startswith(("val/", "test/")) and v}
+    assert {np.float32(v) for v in numbers.values()} <= logged
+    assert all(repr(v) == str(np.float32(v)) for v in numbers.values()), numbers
     # the markdown table shows them rounded
     best = at_step["dim_32_cosine_ndcg@10"]
     assert re.search(rf"\| \*\*cosine_ndcg@10\*\*\s*\| \*\*{round(best, 4)}\*\*", card)
