@@ -57,7 +57,8 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
     infos = {split: _dataset_info(datamodule, split, head) for split, head in heads.items()}
     train = infos["train"]
     # both may come from one dataset: say which split
-    evals = [{**info, "name": f"{info['name']} ({split})"} for split in ("validation", "test") if (info := infos[split])]
+    evals = [{**info, "name": f"{info['name']} ({split})"} for split in ("validation", "test")
+             if (info := infos[split])]
     widget_split = "validation" if infos["validation"] else "train"  # sentence-transformers': eval, else train data
     return {
         **_model_facts(getattr(encoder, "name", None), clip, library, losses, options),

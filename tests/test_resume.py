@@ -470,8 +470,7 @@ def test_a_checkpoint_is_written_beside_its_file_and_a_failed_write_leaves_no_pa
     assert torch.equal(torch.load(target)["step"], torch.arange(1000))  # the previous checkpoint, whole
 
 
-def test_the_best_checkpoint_is_last_ckpt_hard_linked_at_its_step_and_stays_when_last_ckpt_moves_on(tmp_path,
-                                                                                                    tiny_bert_dir, data):
+def test_the_best_checkpoint_is_a_hard_link_to_last_ckpt_of_its_step_and_keeps_it(tmp_path, tiny_bert_dir, data):
     """Evaluations at steps 10 and 20; two recipe ModelCheckpoints monitor the step: `first` keeps step 10 (then a
     non-best evaluation), `latest` keeps step 20 (and removes its step-10 file, a name of the same file)."""
     callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
