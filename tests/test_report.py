@@ -85,6 +85,8 @@ def test_the_text_card_loads_parses_and_says_what_was_logged(text_run):
     assert {"sentence-transformers", "loss:MatryoshkaLoss", "loss:MultipleNegativesRankingLoss",
             "dataset_size:48"} <= set(meta["tags"])
     assert "base_model" not in meta  # a local directory is not a hub model
+    # sentence-transformers' 5 widget examples from the validation split (20 rows), 4 texts each
+    assert len(meta["widget"]) == 5 and all(len(w["sentences"]) == 3 for w in meta["widget"])
     check_no_absolute_paths(card)
     assert str(work) not in card and "site-packages" not in card
 
