@@ -139,6 +139,8 @@ class ResumableCheckpoint(ModelCheckpoint):
         self._flush_logs = False
         self._previous_handlers: dict[int, object] = {}
         self._kept_metrics: list[dict] | None = None
+        self._saved_before_evaluation: dict[int, int] = {}  # each ModelCheckpoint's last saved step, by id
+        self._evaluated_step = -1  # the step of the last.ckpt written when an evaluation ended
         self.epoch_from_start = epoch_from_start
 
     # what a checkpoint carries beyond Lightning's loops, weights, optimiser and schedule
@@ -297,9 +299,12 @@ class ResumableCheckpoint(ModelCheckpoint):
         return not loop.val_loop.skip
 
     def on_validation_start(self, trainer, pl_module) -> None:
+        self._saved_before_evaluation = {id(c): c._last_global_step_saved for c in trainer.checkpoint_callbacks}
         self._after_logging(trainer, evaluation_follows=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # after the recipe's ModelCheckpoints, which save here when the evaluation runs once, at the epoch's end
+        self._share_file_with_best(trainer)
         self._after_logging(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -309,11 +314,39 @@ class ResumableCheckpoint(ModelCheckpoint):
         # the evaluation's metrics on disk first: a checkpoint that holds it is never resumed without its row
         self._flush(trainer)
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        self._last_global_step_saved = trainer.global_step
+        self._last_global_step_saved = self._evaluated_step = trainer.global_step
+        self._share_file_with_best(trainer)
         # a signal during the evaluation: it has finished, and this checkpoint holds its results (the resume does not
         # redo it); stop here rather than train on to the next step boundary
         self._stop_after_logging |= bool(self._preempted(trainer))
         self._after_logging(trainer)
+
+    def _share_file_with_best(self, trainer) -> None:
+        """Make each checkpoint another ModelCheckpoint wrote since this step's evaluation started (the recipe's best)
+        a hard link to the ``last.ckpt`` written when the evaluation ended: the same step and weights, one file on disk
+        instead of two full copies. The best then holds what ``last.ckpt`` held, which resumes exactly. A later
+        ``last.ckpt`` is a new file renamed into place (``AtomicCheckpointIO``), so the best keeps this step's
+        checkpoint, and removing an old best unlinks only its name. Where that writer is not the one in use, or a link
+        cannot be made (another filesystem, one without hard links), the two copies stay."""
+        last = self.last_model_path
+        if not trainer.is_global_zero or self._evaluated_step != trainer.global_step or not last \
+                or not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO) \
+                or not isinstance(get_filesystem(last), LocalFileSystem):
+            return
+        for callback in trainer.checkpoint_callbacks:
+            path = callback._last_checkpoint_saved
+            if callback is self or callback.save_weights_only or not path \
+                    or callback._last_global_step_saved != trainer.global_step \
+                    or self._saved_before_evaluation.get(id(callback)) == trainer.global_step:
+                continue
+            link = path + PARTIAL  # removed when the next fit starts if this process dies before the rename
+            try:
+                if not os.path.samefile(last, path):
+                    os.link(last, link)
+                    os.replace(link, path)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.remove(link)
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         try:

@@ -190,8 +190,9 @@ class CardData:
         usage_model_id: what the usage snippet loads: the export folder relative to where a reader runs it, or a
             hub id once pushed. For open_clip a plain folder is loaded as ``local-dir:<folder>``; ``hf-hub:`` and
             ``local-dir:`` ids are used as given.
-        usage_sentences: texts the snippet encodes (3, as in sentence-transformers' cards) and the hub widget shows
-            (the first as source, the rest as candidates; no widget with fewer than 2).
+        usage_sentences: texts the snippet encodes (3, as in sentence-transformers' cards).
+        widget: the hub widget's examples, ``{"source_sentence": …, "sentences": [...]}`` each (sentence-transformers
+            shows up to 5: ``reporting.collect.widget_examples``); none on an open_clip card.
         usage_images: image file names (relative, as a reader of the snippet opens them) or URLs for the snippet's
             image example (CLIP only); None: the image call is shown as a comment.
         clip: the model is a CLIP dual encoder (images and texts): description, image usage, CLIP citation.
@@ -224,6 +225,7 @@ class CardData:
     architecture: str | None
     usage_model_id: str
     usage_sentences: list[str]
+    widget: list[dict] = field(default_factory=list)
     usage_images: list[str] | None = None
     clip: bool = False
     language: list[str] = field(default_factory=lambda: ["en"])
@@ -305,7 +307,7 @@ def _without_quoted_data(card: CardData) -> CardData:
     def blank(info: DatasetInfo) -> DatasetInfo:
         return replace(info, samples=[{column: "x" for column in row} for row in info.samples])
 
-    return replace(card, usage_sentences=["x"] * len(card.usage_sentences),
+    return replace(card, usage_sentences=["x"] * len(card.usage_sentences), widget=[],
                    train_datasets=[blank(d) for d in card.train_datasets],
                    eval_datasets=[blank(d) for d in card.eval_datasets])
 
@@ -347,8 +349,9 @@ def _front_matter(card: CardData) -> str:
     meta: dict = {"language": list(card.language), "license": card.license, "tags": tags}
     if card.base_model and card.base_model_on_hub:
         meta["base_model"] = card.base_model
-    if st and len(card.usage_sentences) >= 2:
-        meta["widget"] = [{"source_sentence": card.usage_sentences[0], "sentences": list(card.usage_sentences[1:])}]
+    if st and card.widget:
+        meta["widget"] = [{"source_sentence": w["source_sentence"], "sentences": list(w["sentences"])}
+                          for w in card.widget]
     hub_ids = [d.hub_id for d in card.train_datasets + card.eval_datasets if d.hub_id]
     if hub_ids:
         meta["datasets"] = list(dict.fromkeys(hub_ids))

@@ -13,6 +13,7 @@ import inspect
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -52,12 +53,13 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
     losses = _losses(module.loss)
     steps_per_epoch = max(1, -(-trainer.num_training_batches // trainer.accumulate_grad_batches)) if (
         trainer.num_training_batches not in (None, float("inf"))) else None
-    train = _dataset_info(datamodule, "train")
-    evals = []
-    for split in ("validation", "test"):
-        info = _dataset_info(datamodule, split)
-        if info:  # both may come from one dataset: say which split
-            evals.append({**info, "name": f"{info['name']} ({split})"})
+    heads = {split: datamodule.head(split, STATS_ROWS) for split in ("train", "validation", "test")}
+    infos = {split: _dataset_info(datamodule, split, head) for split, head in heads.items()}
+    train = infos["train"]
+    # both may come from one dataset: say which split
+    evals = [{**info, "name": f"{info['name']} ({split})"} for split in ("validation", "test")
+             if (info := infos[split])]
+    widget_split = "validation" if infos["validation"] else "train"  # sentence-transformers': eval, else train data
     return {
         **_model_facts(getattr(encoder, "name", None), clip, library, losses, options),
         "max_seq_length": getattr(encoder, "max_length", None) or getattr(
@@ -66,6 +68,7 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
         "similarity": "Cosine Similarity",
         "architecture": _architecture(export_dir) if library == "sentence-transformers" else None,
         "usage_sentences": _usage_sentences(evals[0] if evals else train),
+        "widget": widget_examples(heads[widget_split][0], infos[widget_split]) if infos[widget_split] else [],
         "train_datasets": [train] if train else [],
         "eval_datasets": evals,
         "losses": losses,
@@ -153,6 +156,7 @@ def facts_from_run_folder(run_dir: str) -> dict:
         "similarity": "Cosine Similarity",
         "architecture": _architecture(export_dir) if library == "sentence-transformers" else None,
         "usage_sentences": [],
+        "widget": [],
         "train_datasets": [],
         "eval_datasets": [],
         "losses": losses,
@@ -209,7 +213,7 @@ def build_card(run_dir: str, facts: dict | None = None, log: MetricsLog | None =
         max_seq_length=facts["max_seq_length"], output_dim=facts["output_dim"], similarity=facts["similarity"],
         architecture=facts["architecture"], usage_model_id=facts["model_id"] or facts["usage_path"],
         language=facts["language"], license=facts["license"],
-        usage_sentences=facts["usage_sentences"], usage_images=None,
+        usage_sentences=facts["usage_sentences"], widget=facts.get("widget", []), usage_images=None,
         train_datasets=[DatasetInfo(**d) for d in facts["train_datasets"]],
         eval_datasets=[DatasetInfo(**d) for d in facts["eval_datasets"]],
         losses=facts["losses"], loss_parameters=facts["loss_parameters"], evaluations=evaluations,
@@ -295,9 +299,9 @@ def _training_log(log: MetricsLog, exported: Evaluation | None, steps_per_epoch:
     return TrainingLog(columns=columns, rows=rows, bold_row=bold)
 
 
-def _dataset_info(datamodule, split: str) -> dict | None:
-    """Name, size, columns, statistics of the first rows and three samples of one split (``DatasetInfo`` fields)."""
-    head = datamodule.head(split, STATS_ROWS)
+def _dataset_info(datamodule, split: str, head: tuple[list[dict], int | None] | None) -> dict | None:
+    """Name, size, columns, statistics of the first rows and three samples of one split (``DatasetInfo`` fields);
+    ``head``: ``datamodule.head(split, STATS_ROWS)``."""
     if head is None:
         return None
     rows, size = head
@@ -353,6 +357,28 @@ def _image_header(value, base_dir: str | None) -> tuple[str, str, tuple[int, int
         return image_header(value, base_dir=base_dir)
     except (ImageLoadError, OSError):
         return None
+
+
+def widget_examples(rows: list[dict], info: dict, examples: int = 5, texts: int = 4, seed: int = 0) -> list[dict]:
+    """The hub widget's examples by sentence-transformers' rule (``set_widget_examples``): the ``examples`` rows whose
+    texts are shortest together (rows with an empty text skipped), each filled up to ``texts`` texts from the
+    shortest rows left (their second text, the first may be another query), the first text as the source and the rest
+    shuffled. Only text columns count: a CLIP run's widget compares captions, as the hub's sentence-similarity widget
+    (text only) does for sentence-transformers' CLIP cards. ST samples 1000 random rows; these are the split's first
+    ``STATS_ROWS`` (a stream has no random access), and the shuffle is seeded, so a card is reproducible."""
+    columns = [c for c in info["columns"] if info["types"][c] == "string"]
+    candidates = [[row[c] for c in columns] for row in rows]
+    candidates = sorted((t for t in candidates if t and all(t)), key=lambda t: sum(len(s) for s in t))
+    targets, backups = candidates[:examples], candidates[examples:][::-1]
+    rng, widget = random.Random(seed), []
+    for sentences in targets:
+        sentences = list(sentences)
+        while len(sentences) < texts and backups:
+            backup = backups.pop()
+            sentences.append(backup[0] if len(backup) == 1 else backup[1])
+        if len(sentences) >= texts:
+            widget.append({"source_sentence": sentences[0], "sentences": rng.sample(sentences[1:], len(sentences) - 1)})
+    return widget
 
 
 def _usage_sentences(info: dict | None) -> list[str]:

@@ -22,6 +22,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
+
 METRICS_FILE = "metrics.csv"
 SIMILARITIES = ("cosine", "dot", "euclidean", "manhattan")
 BASE_SUFFIX = "_base"
@@ -177,6 +179,7 @@ def read_metrics(path_or_run_dir: str) -> MetricsLog:
             for column in columns:
                 if not column.startswith(("val/", "test/")) or (value := cell.number(column)) is None:
                     continue
+                value = as_logged(value)
                 stage, key = column.split("/", 1)
                 if stage == "test":
                     test[key] = value
@@ -191,6 +194,13 @@ def read_metrics(path_or_run_dir: str) -> MetricsLog:
         ordered.insert(0, Evaluation(0, None, base, base=True))
     return MetricsLog(train=[train[step] for step in sorted(train)], lr=sorted(lr.items()), evaluations=ordered,
                       test=test)
+
+
+def as_logged(value: float) -> float:
+    """A metric as it was logged: Lightning logs a float32, CSVLogger writes the float64 it widens to
+    (``0.7080000042915344``); this is the shortest decimal that reads back as that float32 (``0.708``), the number a
+    model card shows where sentence-transformers' shows its float64 (its tables round both to 4 decimals)."""
+    return float(str(np.float32(value)))
 
 
 def _lr_column(columns: list[str]) -> str | None:

@@ -73,6 +73,8 @@ def text_card(**overrides) -> CardData:
         max_seq_length=256, output_dim=384, architecture=MINILM_ARCHITECTURE, usage_model_id="runs/minilm/model",
         usage_sentences=["How do I copy a file?", "shutil.copy copies the file src to the file or directory dst.",
                          "Return the current time in seconds since the epoch."],
+        widget=[{"source_sentence": f"What does os.{name} do?", "sentences": [f"os.{name}: docs", "a", "b"]}
+                for name in ("walk", "stat", "sep", "link", "path")],
         train_datasets=[train], eval_datasets=[validation],
         losses=["MatryoshkaLoss", "MultipleNegativesRankingLoss"],
         loss_parameters={"loss": "MultipleNegativesRankingLoss", "matryoshka_dims": [384, 64],
@@ -167,7 +169,7 @@ def test_front_matter_carries_the_runs_values():
     assert meta["tags"] == ["sentence-transformers", "sentence-similarity", "feature-extraction", "dense", "litembed",
                             "dataset_size:2115", "loss:MatryoshkaLoss", "loss:MultipleNegativesRankingLoss"]
     assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert meta["widget"] == [{"source_sentence": card.usage_sentences[0], "sentences": card.usage_sentences[1:]}]
+    assert meta["widget"] == card.widget and len(meta["widget"]) == 5  # as many as sentence-transformers shows
     assert "datasets" not in meta  # a builtin dataset has no hub id
     assert meta["pipeline_tag"] == "sentence-similarity" and meta["library_name"] == "sentence-transformers"
     assert meta["metrics"] == IR_KEYS
@@ -186,6 +188,29 @@ def test_front_matter_carries_the_runs_values():
     names = {m["type"]: m["name"] for m in index["results"][0]["metrics"]}
     assert names["cosine_accuracy@1"] == "Cosine Accuracy@1" and names["cosine_ndcg@10"] == "Cosine Ndcg@10"
     assert names["cosine_map@100"] == "Cosine Map@100"
+
+
+@pytest.mark.parametrize("columns", [("anchor", "positive"), ("anchor", "positive", "negative"), ("caption",)])
+def test_widget_examples_are_the_ones_sentence_transformers_picks(columns):
+    """ST's own ``set_widget_examples`` on the same rows (fewer than the 1000 it samples: it takes them all, in a
+    random order, which distinct lengths make irrelevant); its shuffle of the candidates is random: compared as sets."""
+    from datasets import Dataset
+    from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
+
+    from reporting.collect import widget_examples
+
+    lengths = list(range(40))
+    random.Random(7).shuffle(lengths)  # distinct total lengths (3 per step, the index's digits 1 or 2)
+    rows = [{c: f"{c} {i} " + "x" * (3 * n) for c in columns} for i, n in enumerate(lengths)]
+    rows[3][columns[-1]] = ""  # skipped, as ST skips a row with an empty text
+    ours = widget_examples(rows, {"columns": [*columns, "image"], "types": {**{c: "string" for c in columns},
+                                                                              "image": "image (PNG)"}})
+    st = SentenceTransformerModelCardData()
+    st.pipeline_tag = "sentence-similarity"
+    st.set_widget_examples(Dataset.from_list(rows))
+    assert len(ours) == len(st.widget) == 5
+    assert [(w["source_sentence"], sorted(w["sentences"])) for w in ours] == \
+        [(w["source_sentence"], sorted(w["sentences"])) for w in st.widget]
 
 
 def test_numpy_metric_values_dump_as_plain_floats():

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
@@ -84,6 +85,8 @@ def test_the_text_card_loads_parses_and_says_what_was_logged(text_run):
     assert {"sentence-transformers", "loss:MatryoshkaLoss", "loss:MultipleNegativesRankingLoss",
             "dataset_size:48"} <= set(meta["tags"])
     assert "base_model" not in meta  # a local directory is not a hub model
+    # sentence-transformers' 5 widget examples from the validation split (20 rows), 4 texts each
+    assert len(meta["widget"]) == 5 and all(len(w["sentences"]) == 3 for w in meta["widget"])
     check_no_absolute_paths(card)
     assert str(work) not in card and "site-packages" not in card
 
@@ -108,6 +111,12 @@ def test_the_text_card_loads_parses_and_says_what_was_logged(text_run):
     for (name, metric), value in expected.items():
         shown = [v for (n, m), v in numbers.items() if m == metric and n.replace(" ", "_") == name.replace(" ", "_")]
         assert shown == [pytest.approx(value, abs=1e-12)], (name, metric)
+    # each the float32 it was logged as, spelt shortest (0.708), not the float64 CSVLogger widened it to
+    with open(os.path.join(run, "metrics.csv"), newline="") as f:
+        logged = {np.float32(float(v)) for row in csv.DictReader(f) for k, v in row.items()
+                  if k.startswith(("val/", "test/")) and v}
+    assert {np.float32(v) for v in numbers.values()} <= logged
+    assert all(repr(v) == str(np.float32(v)) for v in numbers.values()), numbers
     # the markdown table shows them rounded
     best = at_step["dim_32_cosine_ndcg@10"]
     assert re.search(rf"\| \*\*cosine_ndcg@10\*\*\s*\| \*\*{round(best, 4)}\*\*", card)
@@ -259,7 +268,7 @@ def test_the_card_counts_an_unreadable_image_training_skipped_instead_of_failing
         def split_columns(self, split):
             return ["image", "caption"]
 
-    info = _dataset_info(Data(), "train")
+    info = _dataset_info(Data(), "train", Data().head("train", 2))
     assert info["types"]["image"] == "image (PNG)"
     assert info["details"]["image"][:2] == ["unreadable (skipped in training): 1 of 2", "mode: RGB (1)"]
     assert [row["image"] for row in info["samples"]] == ["<PNG image mode=RGB size=8x6>", "<unreadable image>"]

@@ -472,3 +472,28 @@ def test_a_checkpoint_is_written_beside_its_file_and_a_failed_write_leaves_no_pa
         io.save_checkpoint({"step": torch.arange(5), "state": _Unwritable()}, target)
     assert os.listdir(tmp_path / "checkpoints") == ["last.ckpt"] and not os.listdir(system_temp)
     assert torch.equal(torch.load(target)["step"], torch.arange(1000))  # the previous checkpoint, whole
+
+
+def test_the_best_checkpoint_is_a_hard_link_to_last_ckpt_of_its_step_and_keeps_it(tmp_path, tiny_bert_dir, data):
+    """Evaluations at steps 10 and 20; two recipe ModelCheckpoints monitor the step: `first` keeps step 10 (then a
+    non-best evaluation), `latest` keeps step 20 (and removes its step-10 file, a name of the same file)."""
+    callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
+        "monitor": "step", "mode": mode, "save_top_k": 1, "filename": f"{name}-{{step}}"}}
+        for name, mode in (("first", "min"), ("latest", "max"))]
+    run(command(tiny_bert_dir, data, tmp_path, "--checkpoint_every_n_steps=0",
+                "--trainer.callbacks=" + json.dumps(callbacks)))
+    folder = tmp_path / "run" / "version_0" / "checkpoints"
+    assert sorted(os.listdir(folder)) == ["first-step=10.ckpt", "last.ckpt", "latest-step=20.ckpt"]
+    first, last, latest = (os.stat(folder / name) for name in sorted(os.listdir(folder)))
+    assert (latest.st_ino, latest.st_nlink) == (last.st_ino, 2)  # the same step: one file
+    assert (first.st_ino != last.st_ino, first.st_nlink) == (True, 1)  # last.ckpt was replaced, not overwritten
+    best = torch.load(folder / "first-step=10.ckpt", map_location="cpu", weights_only=True)  # as ExportModel loads it
+    assert best["global_step"] == 10
+    # it was last.ckpt of step 10, written when the evaluation ended, before the ModelCheckpoints saved (at the epoch's
+    # end): in its own copy `first` would name itself its best
+    assert [state["best_model_path"] for state in best["callbacks"].values()] == ["", "", ""]
+    assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 20
+    # what ExportModel exported (the first callback's best) holds the weights of step 10
+    exported = load_file(os.path.join(tmp_path, "run", "version_0", "model", "model.safetensors"))
+    name = next(iter(exported))
+    assert torch.equal(exported[name], next(v for k, v in best["state_dict"].items() if k.endswith(name)))
