@@ -141,6 +141,7 @@ class ResumableCheckpoint(ModelCheckpoint):
         self._kept_metrics: list[dict] | None = None
         self._saved_before_evaluation: dict[int, int] = {}  # each ModelCheckpoint's last saved step, by id
         self._evaluated_step = -1  # the step of the last.ckpt written when an evaluation ended
+        self._saved_at_evaluation: dict[int, int] = {}  # each ModelCheckpoint's last saved step then, by id
         self.epoch_from_start = epoch_from_start
 
     # what a checkpoint carries beyond Lightning's loops, weights, optimiser and schedule
@@ -303,7 +304,14 @@ class ResumableCheckpoint(ModelCheckpoint):
         self._after_logging(trainer, evaluation_follows=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        # after the recipe's ModelCheckpoints, which save here when the evaluation runs once, at the epoch's end
+        # after the recipe's ModelCheckpoints, which save here when the evaluation runs once, at the epoch's end: the
+        # last.ckpt written when that evaluation ended does not hold their new state (this step is their best), so a
+        # run resumed from it would forget that best; written again, it does, and the best file shares it
+        step = trainer.global_step
+        if self._evaluated_step == step and any(
+                c is not self and c._last_global_step_saved == step and self._saved_at_evaluation.get(id(c)) != step
+                for c in trainer.checkpoint_callbacks):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         self._share_file_with_best(trainer)
         self._after_logging(trainer)
 
@@ -315,6 +323,7 @@ class ResumableCheckpoint(ModelCheckpoint):
         self._flush(trainer)
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         self._last_global_step_saved = self._evaluated_step = trainer.global_step
+        self._saved_at_evaluation = {id(c): c._last_global_step_saved for c in trainer.checkpoint_callbacks}
         self._share_file_with_best(trainer)
         # a signal during the evaluation: it has finished, and this checkpoint holds its results (the resume does not
         # redo it); stop here rather than train on to the next step boundary
