@@ -313,7 +313,7 @@ class EmbeddingModule(L.LightningModule):
         checkpoint["litembed"] = {"history": self.history, "nonfinite": self.nonfinite.state_dict(self.trainer)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.trainer.state.fn != "fit":
+        if self._trainer is not None and self._trainer.state.fn != "fit":  # (load_from_checkpoint has no trainer)
             # the callbacks' states (where fit writes its checkpoints, which is best, the RNGs to go on with) only
             # serve a fit that goes on; an evaluation has no use for them, and Lightning, restoring them, warns that
             # it lacks fit's callbacks and that the ModelCheckpoint's folder moved

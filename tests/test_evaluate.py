@@ -85,6 +85,26 @@ def test_evaluations_print_no_warning_about_checkpoint_callbacks(evaluated):
         assert warnings_in(done.stderr) == [], name
 
 
+def test_validate_and_test_print_litembed_s_table_not_lightning_s(evaluated):
+    """Lightning's table listed every logged metric twice, cut at 80 columns; fit's compact table instead."""
+    for name, column in (("validate", "validation"), ("test", "test")):
+        console = evaluated.done[name].stdout + evaluated.done[name].stderr
+        assert re.search(rf"^metric +{column}$", console, re.M), console[-2000:]
+        assert re.search(r"^dim_32_cosine_ndcg@10 +\d\.\d{4}$", console, re.M)
+        assert "DataLoader 0" not in console and "━━━" not in console  # Lightning's results table
+
+
+def test_a_checkpoint_loads_without_a_trainer(evaluated, tiny_bert_dir):
+    from lightning_modules.text import TextEmbeddingModule
+    from lightning_modules.text_encoder import TextEncoder
+    from losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+
+    module = TextEmbeddingModule.load_from_checkpoint(  # the injected encoder and loss are not hyperparameters
+        evaluated.run / "checkpoints" / "last.ckpt", map_location="cpu",
+        encoder=TextEncoder(tiny_bert_dir, max_length=32), loss=MatryoshkaLoss(MultipleNegativesRankingLoss(), [32, 8]))
+    assert module.history and module.global_step == 0  # the evaluations it carries; no trainer attached
+
+
 @pytest.mark.parametrize("ckpt_path", ["runs/text/version_0",
                                        pytest.param(None, marks=pytest.mark.slow)])  # the same code, one more process
 def test_an_evaluation_that_fails_leaves_no_folder(evaluated, tiny_bert_dir, ckpt_path):
