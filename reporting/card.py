@@ -763,6 +763,8 @@ def _training_log(log: TrainingLog) -> str:
     table = markdown_table(["Epoch", "Step", *log.columns], rows, centered=True)
     if log.bold_row is not None:
         table += "\n* The bold row denotes the saved checkpoint."
+    if "Training Loss" in log.columns:  # what a reader of one step's loss would misread (an outlier batch)
+        table += "\n* Training Loss is the mean over the optimizer steps since the previous row."
     if len(rows) > HIDE_LOG_ROWS:
         table = f"<details><summary>Click to expand</summary>\n\n{table}\n\n</details>"
     return f"### Training Logs\n{table}"

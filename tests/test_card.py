@@ -262,6 +262,7 @@ def test_training_log_bolds_the_saved_checkpoint_row():
     assert rows[4] == ["**1.0**", "**40**", "**0.5**", "**0.7512**", "**0.7**"]
     assert not any(cell.startswith("**") for row in rows[1:4] for cell in row)
     assert "* The bold row denotes the saved checkpoint." in text
+    assert "* Training Loss is the mean over the optimizer steps since the previous row." in text
     alignment = text[text.index("### Training Logs"):].splitlines()[2]
     assert re.fullmatch(r"(\|:-+:){5}\|", alignment)  # centred columns, as sentence-transformers' logs table
 
