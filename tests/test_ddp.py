@@ -42,6 +42,13 @@ def metrics(log_dir) -> dict[str, float]:
     return last
 
 
+def losses(log_dir) -> dict[int, float]:
+    """Step → the logged training loss (the mean over the logging window, all processes' batches)."""
+    (path,) = glob.glob(os.path.join(log_dir, "**", "metrics.csv"), recursive=True)
+    with open(path) as f:
+        return {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")}
+
+
 def check_ddp_run(run: subprocess.CompletedProcess, log_dir) -> dict[str, float]:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     exports = glob.glob(os.path.join(log_dir, "**", "model"), recursive=True)
@@ -79,6 +86,11 @@ def test_text_fit_with_two_processes_equals_one_process_accumulating_two(tmp_pat
     assert set(ddp) == set(one)
     for key, value in one.items():
         assert ddp[key] == pytest.approx(value, abs=1e-4), key
+    # the logged loss averages both processes' batches, as the single process averages its two accumulated ones
+    ddp_losses, one_losses = losses(tmp_path / "ddp"), losses(tmp_path / "one")
+    assert len(one_losses) > 1 and ddp_losses.keys() == one_losses.keys()
+    for step, value in one_losses.items():
+        assert ddp_losses[step] == pytest.approx(value, rel=1e-5), step
 
 
 def test_clip_fit_with_two_processes_equals_one_process_accumulating_two(tmp_path):
