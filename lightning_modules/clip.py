@@ -139,13 +139,13 @@ class CLIPEmbeddingModule(EmbeddingModule):
     def training_log_values(self) -> dict[str, Tensor]:
         values = super().training_log_values()
         if self.learn_logit_scale:  # the loss's scale (1/temperature), as open_clip logs it
-            values["train/logit_scale"] = self.encoder.logit_scale.detach().exp()
+            values["train/logit_scale"] = self.loss_kwargs()["scale"].detach()
         return values
 
     def loss_parameters(self) -> dict:
         parameters = super().loss_parameters()
         if self.learn_logit_scale:  # not the loss's configured scale: the model's, learned
-            parameters.update(scale=round(self.encoder.logit_scale.exp().item(), 4), scale_learned=True)
+            parameters.update(scale=round(self.loss_kwargs()["scale"].item(), 4), scale_learned=True)
         return parameters
 
     def export(self, directory: str) -> None:

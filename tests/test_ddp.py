@@ -32,21 +32,24 @@ def fit(args: list[str], log_dir, timeout: int = 300) -> subprocess.CompletedPro
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def logged_rows(log_dir) -> list[dict[str, str]]:
+    """The rows of the run's metrics.csv."""
+    (path,) = glob.glob(os.path.join(log_dir, "**", "metrics.csv"), recursive=True)
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
 def metrics(log_dir) -> dict[str, float]:
     """The last logged value of every val/ and test/ metric (and the base model's) of the run's metrics.csv."""
-    (path,) = glob.glob(os.path.join(log_dir, "**", "metrics.csv"), recursive=True)
     last = {}
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            last.update({k: float(v) for k, v in row.items() if v and k.startswith(("val/", "test/"))})
+    for row in logged_rows(log_dir):
+        last.update({k: float(v) for k, v in row.items() if v and k.startswith(("val/", "test/"))})
     return last
 
 
 def losses(log_dir) -> dict[int, float]:
     """Step → the logged training loss (the mean over the logging window, all processes' batches)."""
-    (path,) = glob.glob(os.path.join(log_dir, "**", "metrics.csv"), recursive=True)
-    with open(path) as f:
-        return {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")}
+    return {int(row["step"]): float(row["train/loss"]) for row in logged_rows(log_dir) if row.get("train/loss")}
 
 
 def check_ddp_run(run: subprocess.CompletedProcess, log_dir) -> dict[str, float]:

@@ -112,9 +112,8 @@ def test_the_text_card_loads_parses_and_says_what_was_logged(text_run):
         shown = [v for (n, m), v in numbers.items() if m == metric and n.replace(" ", "_") == name.replace(" ", "_")]
         assert shown == [pytest.approx(value, abs=1e-12)], (name, metric)
     # each the float32 it was logged as, spelt shortest (0.708), not the float64 CSVLogger widened it to
-    with open(os.path.join(run, "metrics.csv"), newline="") as f:
-        logged = {np.float32(float(v)) for row in csv.DictReader(f) for k, v in row.items()
-                  if k.startswith(("val/", "test/")) and v}
+    logged = {np.float32(float(v)) for row in logged_rows(run) for k, v in row.items()
+              if k.startswith(("val/", "test/")) and v}
     assert {np.float32(v) for v in numbers.values()} <= logged
     assert all(repr(v) == str(np.float32(v)) for v in numbers.values()), numbers
     # the markdown table shows them rounded
@@ -300,8 +299,7 @@ def test_max_steps_inside_an_epoch_validates_and_exports_the_final_weights(tmp_p
                                                  f"--trainer.accumulate_grad_batches={accumulate}"]),
             cwd=str(tmp_path))
     run = tmp_path / "runs" / "text" / "version_0"
-    with open(run / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = logged_rows(str(run))
     trained = [r["step"] for r in rows if r.get("train/loss")]
     validated = [r["step"] for r in rows if r.get("val/dim_32_cosine_ndcg@10")]
     assert validated == [trained[-1]]  # the weights the run ended with (logged at their last training step)
