@@ -32,6 +32,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 PACKAGES = ("lightning_modules", "losses", "datamodules", "callbacks")  # ValueErrors raised here are bad input
 OPTIMIZER_ARGS = ("lr", "weight_decay", "betas", "eps", "lr_schedule", "warmup_ratio")
 REFUSED = ("optimizer", "lr_scheduler")
+# options that moved: old key (init_args left out) → the key that replaced it; a recipe or command line of an earlier
+# version is told the new name instead of the closest one
+MOVED = {"card": "export", "model.export_dir": "export.dirpath"}
 # jsonargparse's nested report: 'Parser key "model":', "- Problem with given class_path 'x.Y':", Union boilerplate
 NESTING = re.compile(r"""\s*(?:- )?(?:Parser key "(?P<key>[\w.]+)":|Problem with given class_path '(?P<cls>[\w.]+)':"""
                      r"""|Does not validate against any of the Union subtypes|Subtypes: .*|Errors:)\s*(?P<rest>.*)""")
@@ -124,6 +127,8 @@ def unknown_key(path: list[str], key: str, cls: str | None, argv: list[str], par
     accepted key."""
     if [*path, key][0] in REFUSED:
         return refused([*path, key][0])
+    if (moved := ".".join(p for p in [*path, key] if p != "init_args")) in MOVED:
+        return moved_key(path, key, MOVED[moved], argv)
     accepted = init_parameters(import_object(cls)) if cls else child_keys(parser, path)
     close = difflib.get_close_matches(key, accepted, n=1)
     of = f" of {cls}" if cls else ""
@@ -135,6 +140,25 @@ def unknown_key(path: list[str], key: str, cls: str | None, argv: list[str], par
     where = f"under {'.'.join(path)}" if path else "at the top level"
     hint = f"did you mean '{close[0]}'?" if close else f"keys: {', '.join(accepted)}"
     return f"{' or '.join(files)}: unknown key '{key}' {where}{of}; {hint}"
+
+
+def moved_key(path: list[str], key: str, new: str, argv: list[str]) -> str:
+    """An option of an earlier litembed that moved: the flag (or the config file holding it) and the one to use."""
+    flag = ".".join([*path, key])
+    spellings = {flag, ".".join(p for p in [*path, key] if p != "init_args")}  # --model.export_dir is one too
+    typed = [(a.split("=")[0], s) for a in argv for s in spellings
+             if a.split("=")[0] == f"--{s}" or a.startswith(f"--{s}.")]
+    files = [f for f in config_files(argv) if re.search(rf"^\s*{re.escape(key)}\s*:", read(f), re.M)]
+    if typed or not files:
+        old, spelling = typed[0] if typed else (f"--{flag}", flag)
+        return f"{old} was renamed {old.replace(f'--{spelling}', f'--{new}', 1)}: {MOVED_WHY}"
+    where = f"under {'.'.join(path)}" if path else "at the top level"
+    return f"{' or '.join(files)}: key '{key}' {where} was renamed '{new}'{' (at the top level)' if path else ''}: " \
+           f"{MOVED_WHY}"
+
+
+MOVED_WHY = ("the export's options are one group, --export.dirpath (the folder, null: no export), --export.title, "
+             "--export.model_id, --export.language and --export.license")
 
 
 def child_keys(parser, path: list[str]) -> list[str]:

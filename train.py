@@ -19,6 +19,7 @@ from callbacks.resume import STOP_SIGNALS, ResumableCheckpoint, exit_code, lock_
     resume_command, run_folder, signal_name
 from callbacks.training_log import TrainingLog
 from cli_errors import ShortErrorsCLI, checkpoint_problem, fail
+from cli_options import add_options
 from lightning_modules.base import EmbeddingModule
 from reporting.console import quiet
 
@@ -35,21 +36,7 @@ class LitEmbedCLI(ShortErrorsCLI):
     _evaluation_folder: tuple[str, str] | None = None  # (save_dir, name) validate, test and predict log into
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--test_after_fit", type=bool, default=True,
-                            help="after fit, evaluate the best checkpoint on the datamodule's test split, if it has one")
-        parser.add_argument("--checkpoint_every_n_steps", type=int, default=500,
-                            help="fit writes <run>/checkpoints/last.ckpt every this many optimizer steps (0: never), "
-                                 "after every evaluation, when training ends and on SIGTERM or Ctrl-C; --ckpt_path last "
-                                 "(or the run folder) resumes")
-        parser.add_argument("--resume_epoch_from_start", type=bool, default=False,
-                            help="with --ckpt_path, train the epoch the checkpoint stopped in again from its first "
-                                 "batch, in this run's batch order: the way to resume with another batch size, data "
-                                 "or seed (otherwise refused inside an epoch)")
-        # fit's export step (the best weights, the model card, the plots); --card.title etc. fill the card
-        parser.add_lightning_class_args(ExportModel, "card")
-        parser.add_argument("--tensorboard", type=bool, default=False,
-                            help="also log to TensorBoard, in the run folder beside metrics.csv "
-                                 "(pip install tensorboard; then: tensorboard --logdir <run folder>)")
+        add_options(parser)
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)

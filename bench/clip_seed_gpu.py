@@ -185,7 +185,7 @@ def run_litembed(args, batch_size: int):
     data = data_overrides(args, batch_size)
     cli = cli_main([
         "--config", args.recipe_file,
-        "--model.init_args.evaluate_before_training=false", "--model.init_args.export_dir=null",
+        "--model.init_args.evaluate_before_training=false", "--export.dirpath=null",
         *[f"--data.init_args.{k}={'null' if v is None else v}" for k, v in data.items()],
         *([f"--data.init_args.num_workers={args.workers}"] if args.workers is not None else []),
         f"--trainer.max_steps={args.steps}", "--trainer.limit_val_batches=0", "--trainer.logger=false",

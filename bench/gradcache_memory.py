@@ -139,7 +139,7 @@ def run_litembed(args, root: str, batch: int, chunk: int | None) -> dict:
                     f"--trainer.max_steps={args.steps}", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
                     "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0",
                     "--model=lightning_modules.text.TextEmbeddingModule", "--model.evaluate_before_training=false",
-                    "--model.export_dir=null", "--model.encoder=lightning_modules.text_encoder.TextEncoder",
+                    "--export.dirpath=null", "--model.encoder=lightning_modules.text_encoder.TextEncoder",
                     f"--model.encoder.model_name_or_path={root}/model", "--model.encoder.pooling=mean",
                     f"--model.encoder.max_length={args.max_length}", "--model.loss=losses.MatryoshkaLoss",
                     "--model.loss.loss=losses.MultipleNegativesRankingLoss", f"--model.loss.dims={dims(args.hidden)}",

@@ -17,7 +17,7 @@ the table checks it).
 All three only train, since ST's run has no evaluator: litembed runs with ``--trainer.limit_val_batches 0
 --model.init_args.evaluate_before_training false`` (no evaluation), ``--trainer.enable_checkpointing false
 --trainer.callbacks []`` (no checkpoint: the recipe's ModelCheckpoint monitors a metric no longer logged) and
-``--model.init_args.export_dir null`` (no export), ST with ``eval_strategy="no", save_strategy="no"``. Whole-process
+``--export.dirpath null`` (no export), ST with ``eval_strategy="no", save_strategy="no"``. Whole-process
 time is then start-up, data generation and training alike (cached also embeds the 500 held-out validation images into
 its table: the datamodule still carves them). Training pairs/s is the median of the logged rates of the
 last 20 steps (litembed's ``train/samples_per_s``; st_clip.py measures ST's the same way); the loss column is the
@@ -50,7 +50,7 @@ from bench.st_clip import build_model  # noqa: E402
 RUNS = ("recomputed", "cached", "st")
 TRAIN_ONLY = ["--trainer.limit_val_batches", "0", "--model.init_args.evaluate_before_training", "false",
               "--trainer.enable_checkpointing", "false", "--trainer.callbacks", "[]",
-              "--model.init_args.export_dir", "null"]
+              "--export.dirpath", "null"]
 
 
 def fit(run: str, epochs: int, out: str, st_model: str, dataset: str | None) -> dict:

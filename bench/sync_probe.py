@@ -78,7 +78,7 @@ def main() -> None:
             "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
             "--model=lightning_modules.text.TextEmbeddingModule",
             "--model.encoder=lightning_modules.text_encoder.TextEncoder", f"--model.encoder.model_name_or_path={root}/model",
-            "--model.encoder.max_length=256", "--model.export_dir=null", "--model.evaluate_before_training=false",
+            "--model.encoder.max_length=256", "--export.dirpath=null", "--model.evaluate_before_training=false",
             "--model.loss=losses.MatryoshkaLoss", "--model.loss.loss=losses.MultipleNegativesRankingLoss",
             "--model.loss.dims=[768, 384, 256, 128]",
             "--data=datamodules.pairs.PairDataModule", f"--data.dataset={root}/train.jsonl", "--data.val_split=null",

@@ -165,7 +165,7 @@ def run_litembed(args, model_dir: str, data_dir: str, dims: list[int], root: str
         "--model=lightning_modules.text.TextEmbeddingModule",
         "--model.encoder=lightning_modules.text_encoder.TextEncoder", f"--model.encoder.model_name_or_path={model_dir}",
         f"--model.encoder.pooling={args.pooling}", f"--model.encoder.max_length={args.max_length}",
-        "--model.export_dir=null", "--model.evaluate_before_training=false",
+        "--export.dirpath=null", "--model.evaluate_before_training=false",
         "--model.loss=losses.MatryoshkaLoss", "--model.loss.loss=losses.MultipleNegativesRankingLoss",
         f"--model.loss.dims={json.dumps(dims)}", "--model.warmup_ratio=0.1",
         "--data=datamodules.pairs.PairDataModule", f"--data.dataset={data_dir}",

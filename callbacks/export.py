@@ -38,10 +38,12 @@ def untrained_fit(trainer: dict) -> str | None:
 
 
 class ExportModel(Callback):
-    """Export the best weights at the end of fit to ``--model.init_args.export_dir`` (under the run folder), with a
-    model card and training plots; rewrite both after a test of the same weights. ``train.py`` adds it as ``--card``.
+    """Export the best weights at the end of fit to ``dirpath`` (under the run folder), with a model card and training
+    plots; rewrite both after a test of the same weights. ``train.py`` adds it as ``--export``.
 
     Args:
+        dirpath: the folder the model is exported to; a relative path goes under the run folder. None: no export (and
+            no card).
         title: the card's title and model-index name; default: "<base model> fine-tuned with litembed".
         model_id: the hub id you will publish the model under (``user/name``): the card's usage snippet loads it;
             default: the export folder.
@@ -49,8 +51,9 @@ class ExportModel(Callback):
         license: the card's ``license`` (hub metadata).
     """
 
-    def __init__(self, title: str | None = None, model_id: str | None = None, language: list[str] = ["en"],
-                 license: str = "apache-2.0") -> None:
+    def __init__(self, dirpath: str | None = "model", title: str | None = None, model_id: str | None = None,
+                 language: list[str] = ["en"], license: str = "apache-2.0") -> None:
+        self.dirpath = dirpath
         self.card_options = {"title": title, "model_id": model_id, "language": list(language), "license": license}
         self.run_dir: str | None = None
         self.written: dict[str, object] = {}
@@ -68,7 +71,7 @@ class ExportModel(Callback):
         self.trained = True  # also where a resumed run had no training left (Lightning then skips on_train_end)
         # trainer.log_dir broadcasts rank 0's directory: every rank asks for it, not only the one that exports
         log_dir = trainer.log_dir
-        exporting = pl_module.export_dir is not None and not trainer.fast_dev_run and log_dir is not None
+        exporting = self.dirpath is not None and not trainer.fast_dev_run and log_dir is not None
         step = self._load_best(trainer, pl_module)
         history = pl_module.history
         if len(history) >= 2:
@@ -77,8 +80,7 @@ class ExportModel(Callback):
                                          f"step {step}": exported[-1]}, "val"))
         if not exporting:
             return
-        directory = pl_module.export_dir if os.path.isabs(pl_module.export_dir) else os.path.join(
-            log_dir, pl_module.export_dir)
+        directory = os.path.join(log_dir, self.dirpath)  # an absolute dirpath stays itself
         bad = [name for name, p in pl_module.state_dict().items() if p.is_floating_point() and not p.isfinite().all()]
         if bad:  # on every rank (the weights are the same): no rank waits at the barrier below
             raise RuntimeError(f"not exporting: {len(bad)} weight tensor(s) are not finite ({', '.join(bad[:3])}"
@@ -96,11 +98,7 @@ class ExportModel(Callback):
 
     def _write_card(self, trainer, pl_module, log_dir: str, directory: str, step: int) -> None:
         seconds = time.monotonic() - self._started if self._started is not None else None
-        # which validation of metrics.csv evaluated these weights: the history holds the run's evaluations in order,
-        # a resume's included
-        evaluated = [s for s, _ in pl_module.history if s >= 0]
-        index = len(evaluated) - 1 - evaluated[::-1].index(step) if step in evaluated else None
-        save_facts(log_dir, gather_facts(trainer, pl_module, trainer.datamodule, log_dir, directory, step, index,
+        save_facts(log_dir, gather_facts(trainer, pl_module, trainer.datamodule, log_dir, directory, step,
                                          self.best[0] if self.best else None, seconds, self.card_options))
         self.run_dir = log_dir
         self._report(trainer)

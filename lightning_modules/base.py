@@ -6,7 +6,6 @@ batch holds the features of one stream.
 """
 
 import warnings
-from abc import abstractmethod
 from collections.abc import Sequence
 
 import lightning as L
@@ -29,6 +28,12 @@ from reporting.tables import format_table
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/", category=PossibleUserWarning)
 
 
+# what a subclass defines: ``embed(features) -> (B, D) embeddings`` of one column's (or one evaluation stream's)
+# features (tokens, pixel values), and ``export(directory)``, saving the model in a format its ecosystem loads
+# (sentence-transformers, open_clip)
+SUBCLASS_HOOKS = ("embed", "export")
+
+
 class EmbeddingModule(L.LightningModule):
     """Base class. Evaluation expects the datamodule to offer ``retrieval_tasks(stage)`` and eval batches of the form
     ``{"stream": str, "ids": LongTensor, ...inputs}`` (see ``datamodules.common.RetrievalTask``).
@@ -42,8 +47,6 @@ class EmbeddingModule(L.LightningModule):
         lr_schedule: ``constant``, ``linear`` or ``cosine`` decay after warmup, stepped per optimizer step.
         warmup_ratio: fraction of all optimizer steps spent warming up linearly from 0.
         evaluate_before_training: evaluate the base model on the validation split before the first step.
-        export_dir: where ``train.py fit`` exports the best model with its card (relative paths go under the run's
-            log directory; ``callbacks.export.ExportModel``); None: skip.
         gradcache_chunk_size: GradCache (``lightning_modules.gradcache``): embed the batch in chunks of this many rows
             without activations, then re-embed chunk by chunk to backpropagate. The same loss and gradients as the
             plain step (dropout masks included) with the activation memory of one chunk per encoder tower, for about
@@ -63,10 +66,14 @@ class EmbeddingModule(L.LightningModule):
         lr_schedule: str = "linear",
         warmup_ratio: float = 0.0,
         evaluate_before_training: bool = True,
-        export_dir: str | None = "model",
         gradcache_chunk_size: int | None = None,
         max_nonfinite_steps: int = 10,
     ) -> None:
+        # the hooks a subclass must define, checked here rather than through ABC: jsonargparse refuses an abstract
+        # base class for --model, and then `--model.<arg>` before the checkpoint names the class fails
+        missing = [name for name in SUBCLASS_HOOKS if not callable(getattr(self, name, None))]
+        if missing:
+            raise TypeError(f"{type(self).__name__} must define {' and '.join(missing)} (see EmbeddingModule)")
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "encoder"])  # with the subclass's own arguments
         if not 0.0 <= warmup_ratio < 1.0:
@@ -84,18 +91,9 @@ class EmbeddingModule(L.LightningModule):
         self.optim_args = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps, schedule=lr_schedule,
                                warmup_ratio=warmup_ratio)
         self.evaluate_before_training = evaluate_before_training
-        self.export_dir = export_dir
         self.history: list[tuple[int, dict[str, float]]] = []  # (global step, val metrics); step -1 = base model
         self._resumed = False
         self._collectors: dict[str, EmbeddingCollector] = {}
-
-    @abstractmethod
-    def embed(self, features: dict[str, Tensor]) -> Tensor:
-        """(B, D) embeddings of one column's (or one evaluation stream's) features: tokens, pixel values."""
-
-    @abstractmethod
-    def export(self, directory: str) -> None:
-        """Save the model in a format its ecosystem loads (sentence-transformers, open_clip)."""
 
     def tower(self, features: dict[str, Tensor]) -> str:
         """Which parameters ``embed(features)`` uses: columns with the same tower share them (one text encoder for

@@ -42,7 +42,7 @@ class CLIPEmbeddingModule(EmbeddingModule):
             training transform is deterministic (HF CLIP's; open_clip's random crop makes each epoch's image new):
             otherwise only evaluation images are. The table is rebuilt, not checkpointed.
         loss: the training loss; default ``MultipleNegativesRankingLoss()`` (scale 20, cosine).
-        **kwargs: optimiser, schedule, evaluation and export options of ``EmbeddingModule``.
+        **kwargs: optimiser, schedule and evaluation options of ``EmbeddingModule``.
     """
 
     def __init__(

@@ -16,7 +16,7 @@ class TextEmbeddingModule(EmbeddingModule):
         encoder: the text encoder (``lightning_modules.text_encoder.TextEncoder``: HF model, pooling, normalisation).
         loss: the training loss; default ``MultipleNegativesRankingLoss()``; wrap it in ``MatryoshkaLoss`` to train and
             evaluate embedding prefixes.
-        **kwargs: optimiser, schedule, evaluation and export options of ``EmbeddingModule``.
+        **kwargs: optimiser, schedule and evaluation options of ``EmbeddingModule``.
     """
 
     def __init__(self, encoder: TextEncoder, loss: nn.Module | None = None, **kwargs) -> None:

@@ -95,7 +95,7 @@ GRADCACHE_CITATION = """\
     archivePrefix={arXiv},
     primaryClass={cs.LG}
 }"""
-LOSS_CITATIONS = {
+CITATIONS = {  # a loss or method (CardData.methods) → its paper
     "MultipleNegativesRankingLoss": MNRL_CITATION,
     "MatryoshkaLoss": MATRYOSHKA_CITATION,
     "CachedMultipleNegativesRankingLoss": GRADCACHE_CITATION,
@@ -202,6 +202,7 @@ class CardData:
         eval_datasets: the validation datasets.
         losses: loss class names, outer first (``["MatryoshkaLoss", "MultipleNegativesRankingLoss"]``): one
             ``loss:<Name>`` tag and citation each; the first is the one shown under each dataset.
+        methods: training methods beyond the loss that have a paper (``GradCache``): cited after the losses.
         loss_parameters: the outer loss's configuration, shown as JSON under each dataset; with MatryoshkaLoss it
             must hold ``matryoshka_dims`` (the usage snippet truncates to the smallest).
         evaluations: the final retrieval metrics per evaluation set.
@@ -233,6 +234,7 @@ class CardData:
     train_datasets: list[DatasetInfo]
     eval_datasets: list[DatasetInfo] = field(default_factory=list)
     losses: list[str]
+    methods: list[str] = field(default_factory=list)
     loss_parameters: dict = field(default_factory=dict)
     evaluations: list[EvalSet] = field(default_factory=list)
     training_log: TrainingLog | None = None
@@ -774,7 +776,7 @@ def _training_log(log: TrainingLog) -> str:
 
 
 def _citations(card: CardData) -> str:
-    """BibTeX for the library, CLIP and each loss; losses sharing a paper share one entry ("A and B")."""
+    """BibTeX for the library, CLIP, each loss and each method; those sharing a paper share one entry ("A and B")."""
     cited: dict[str, list[str]] = {}  # citation → names, in first-seen order
     if card.library_name == "sentence-transformers":
         cited[ST_CITATION] = ["Sentence Transformers"]
@@ -782,9 +784,9 @@ def _citations(card: CardData) -> str:
         cited[OPEN_CLIP_CITATION] = ["OpenCLIP"]
     if card.clip:
         cited.setdefault(CLIP_CITATION, []).append("CLIP")
-    for name in dict.fromkeys(card.losses):
-        if name in LOSS_CITATIONS:
-            cited.setdefault(LOSS_CITATIONS[name], []).append(name)
+    for name in dict.fromkeys([*card.losses, *card.methods]):
+        if name in CITATIONS:
+            cited.setdefault(CITATIONS[name], []).append(name)
     entries = [f"#### {_join(names)}\n```bibtex\n{citation}\n```" for citation, names in cited.items()]
     return "\n\n".join(["## Citation", "### BibTeX", *entries])
 

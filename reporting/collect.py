@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from datamodules.images import ImageLoadError, image_header
+from cli_options import SECTIONS, option_defaults
 from lightning_modules.hub import hub_model_name
 from reporting.card import CardData, DatasetInfo, EvalSet, TrainingLog
 from reporting.metrics_log import Evaluation, MetricsLog, read_metrics, split_metric_key
@@ -37,19 +38,17 @@ STATS_ROWS = 1000
 VERSIONS = {"litembed": "litembed", "Sentence Transformers": "sentence-transformers", "Transformers": "transformers",
             "PyTorch": "torch", "Lightning": "lightning", "Datasets": "datasets", "Tokenizers": "tokenizers",
             "open_clip": "open_clip_torch"}
-SECTIONS = {"card": "callbacks.export.ExportModel"}  # train.py's own class arguments (--card.title …)
-CLI_DEFAULTS = {"test_after_fit": True, "checkpoint_every_n_steps": 500, "ckpt_path": None, "tensorboard": False}
 
 
 def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exported_step: int,
-                 evaluation: int | None, checkpoint: str | None, fit_seconds: float | None, options: dict) -> dict:
+                 checkpoint: str | None, fit_seconds: float | None, options: dict) -> dict:
     """Everything the card needs that ``metrics.csv`` does not hold, as JSON-ready values (no absolute paths).
     Called on rank 0 alone: nothing here may be a collective (``trainer.log_dir`` is one; the caller passes it in).
-    ``evaluation``: which of the run's validations (0-based, base model not counted) evaluated the exported weights
-    (None: none did); ``options``: ``title``, ``model_id``, ``language``, ``license`` (``--card.*``)."""
+    ``exported_step``: the optimizer steps the exported weights took (the validation logged at that step evaluated
+    them, if one did); ``options``: ``title``, ``model_id``, ``language``, ``license`` (``--export.*``)."""
     encoder = module.encoder
-    clip = type(module).__name__.startswith("CLIP")
-    library = "open_clip" if type(encoder).__name__ == "OpenClip" else "sentence-transformers"
+    clip = _is_clip(type(module))
+    library = export_library(export_dir)  # written before the facts are gathered
     losses = _losses(module.loss)
     steps_per_epoch = max(1, -(-trainer.num_training_batches // trainer.accumulate_grad_batches)) if (
         trainer.num_training_batches not in (None, float("inf"))) else None
@@ -72,13 +71,13 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
         "train_datasets": [train] if train else [],
         "eval_datasets": evals,
         "losses": losses,
+        "methods": ["GradCache"] if module.gradcache_chunk_size is not None else [],
         "loss_parameters": module.loss_parameters(),
         "hyperparameters": _hyperparameters(os.path.join(run_dir, "config.yaml")),
         "versions": _versions(clip),
         "hardware": _hardware(trainer, fit_seconds),
         "steps_per_epoch": steps_per_epoch,
         "exported_step": exported_step,
-        "exported_evaluation": evaluation,
         "checkpoint": os.path.relpath(checkpoint, run_dir) if checkpoint else None,
         "export_dir": os.path.relpath(export_dir, run_dir),
         "usage_path": _usage_path(export_dir),
@@ -105,7 +104,7 @@ def _model_facts(given: str | None, clip: bool, library: str, losses: list[str],
 
 
 def _usage_path(export_dir: str) -> str:
-    """The usage snippet's path when no --card.model_id names a hub repository: relative to the working folder."""
+    """The usage snippet's path when no --export.model_id names a hub repository: relative to the working folder."""
     return os.path.relpath(export_dir) if not os.path.relpath(export_dir).startswith("..") else "path/to/model"
 
 
@@ -128,10 +127,12 @@ def facts_from_run_folder(run_dir: str) -> dict:
         config = yaml.safe_load(f) or {}
     model = config.get("model") or {}
     args = model.get("init_args") or {}
-    if args.get("export_dir") is None:
-        raise ValueError(f"{run_dir} exported no model (--model.init_args.export_dir null): there is no card to write; "
-                         f"pass the folder of a fit run that exported (runs/<name>/version_<n>)")
-    export_dir = os.path.join(run_dir, args["export_dir"])  # an absolute export_dir stays itself
+    # --export.*; a run of an earlier version had --card.* and --model.init_args.export_dir
+    export = config.get("export") or {**(config.get("card") or {}), "dirpath": args.get("export_dir")}
+    if export.get("dirpath") is None:
+        raise ValueError(f"{run_dir} exported no model (--export.dirpath null): there is no card to write; pass the "
+                         f"folder of a fit run that exported (runs/<name>/version_<n>)")
+    export_dir = os.path.join(run_dir, export["dirpath"])  # an absolute dirpath stays itself
     if not os.path.isdir(export_dir):
         raise ValueError(f"{run_dir} holds no export {export_dir} and no {REPORT}: the fit did not reach its export "
                          f"(stopped, failed or --trainer.fast_dev_run); there is no card to write; pass the folder of "
@@ -139,8 +140,8 @@ def facts_from_run_folder(run_dir: str) -> dict:
                          f"--ckpt_path {run_dir}")
     from inference.models import load_model  # torch and the model libraries, for this rebuild only
 
-    library = "sentence-transformers" if os.path.isfile(os.path.join(export_dir, "modules.json")) else "open_clip"
-    clip = model.get("class_path", "").rpartition(".")[2].startswith("CLIP")
+    library = export_library(export_dir)
+    clip = _is_clip(_import(model["class_path"])) if model.get("class_path") else False
     encoder = (args.get("encoder") or {}).get("init_args") or {}
     loss = _instantiate(args.get("loss"))
     losses = _losses(loss) if loss is not None else []
@@ -148,9 +149,8 @@ def facts_from_run_folder(run_dir: str) -> dict:
                     "which validation evaluated the exported weights"] + ([] if losses else ["the loss (the default)"])
     if encoder.get("model_name_or_path") is None:
         not_recorded.append("the base model's name")
-    card = config.get("card") or {}
     return {
-        **_model_facts(encoder.get("model_name_or_path"), clip, library, losses, card.get("init_args", card)),
+        **_model_facts(encoder.get("model_name_or_path"), clip, library, losses, export),
         "max_seq_length": encoder.get("max_length"),
         "output_dim": load_model(export_dir, "cpu").dim,
         "similarity": "Cosine Similarity",
@@ -160,13 +160,13 @@ def facts_from_run_folder(run_dir: str) -> dict:
         "train_datasets": [],
         "eval_datasets": [],
         "losses": losses,
+        "methods": ["GradCache"] if args.get("gradcache_chunk_size") is not None else [],
         "loss_parameters": loss.get_config_dict() if hasattr(loss, "get_config_dict") else {},
         "hyperparameters": _hyperparameters(config_path),
         "versions": {},
         "hardware": {},
         "steps_per_epoch": None,
         "exported_step": None,
-        "exported_evaluation": None,
         "checkpoint": None,
         "export_dir": os.path.relpath(export_dir, run_dir),
         "usage_path": _usage_path(export_dir),
@@ -179,9 +179,25 @@ def _instantiate(node):
     """A ``class_path``/``init_args`` node of ``config.yaml`` as the object it configured (nested ones too)."""
     if not (isinstance(node, dict) and "class_path" in node):
         return node
-    module, _, name = node["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    return cls(**{key: _instantiate(value) for key, value in (node.get("init_args") or {}).items()})
+    arguments = {key: _instantiate(value) for key, value in (node.get("init_args") or {}).items()}
+    return _import(node["class_path"])(**arguments)
+
+
+def _import(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def export_library(export_dir: str) -> str:
+    """Which library loads the export, from its format: sentence-transformers' folders have ``modules.json``."""
+    return "sentence-transformers" if os.path.isfile(os.path.join(export_dir, "modules.json")) else "open_clip"
+
+
+def _is_clip(module_class: type) -> bool:
+    """A CLIP dual encoder (images and texts): the card describes both towers and cites CLIP."""
+    from lightning_modules.clip import CLIPEmbeddingModule
+
+    return issubclass(module_class, CLIPEmbeddingModule)
 
 
 def _monitor(trainer: dict) -> str | None:
@@ -202,9 +218,8 @@ def build_card(run_dir: str, facts: dict | None = None, log: MetricsLog | None =
             facts = json.load(f)
     log = log or read_metrics(run_dir)
     primary = _primary(facts.get("monitor"))
-    validations = [e for e in log.evaluations if not e.base]
-    index = facts["exported_evaluation"]
-    exported = validations[index] if index is not None and index < len(validations) else None
+    # the validation logged at the exported weights' step is the one that evaluated them
+    exported = next((e for e in reversed(log.evaluations) if not e.base and e.step == facts["exported_step"]), None)
     evaluations = _eval_sets(log, exported, primary)
     hyper = facts["hyperparameters"]
     return CardData(
@@ -216,7 +231,7 @@ def build_card(run_dir: str, facts: dict | None = None, log: MetricsLog | None =
         usage_sentences=facts["usage_sentences"], widget=facts.get("widget", []), usage_images=None,
         train_datasets=[DatasetInfo(**d) for d in facts["train_datasets"]],
         eval_datasets=[DatasetInfo(**d) for d in facts["eval_datasets"]],
-        losses=facts["losses"], loss_parameters=facts["loss_parameters"], evaluations=evaluations,
+        losses=facts["losses"], methods=facts.get("methods", []), loss_parameters=facts["loss_parameters"], evaluations=evaluations,
         training_log=_training_log(log, exported, facts["steps_per_epoch"], primary),
         hyperparameters=hyper["all"], non_default_hyperparameters=hyper["non_default"],
         versions=facts["versions"], plots=[(_plot_caption(p), os.path.relpath(p, os.path.join(
@@ -414,6 +429,7 @@ def _hyperparameters(config_path: str) -> dict:
         config = yaml.safe_load(f) or {}
     flat: dict[str, object] = {}
     changed: dict[str, object] = {}
+    defaults = option_defaults()
     from lightning.pytorch import Trainer
     for key, value in config.items():
         if key == "trainer":
@@ -422,7 +438,7 @@ def _hyperparameters(config_path: str) -> dict:
             _flatten(key, value, _class_defaults(SECTIONS[key]) if key in SECTIONS else {}, flat, changed)
         else:
             flat[key] = _shown(value)
-            if key not in CLI_DEFAULTS or CLI_DEFAULTS[key] != value:
+            if key not in defaults or defaults[key] != value:
                 changed[key] = flat[key]
     return {"all": flat, "non_default": changed}
 
@@ -451,9 +467,8 @@ def _comparable(value):
 
 
 def _class_defaults(class_path: str) -> dict:
-    module, _, name = class_path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name)
+        cls = _import(class_path)
     except (ImportError, AttributeError):
         return {}
     defaults: dict = {}

@@ -147,6 +147,33 @@ def test_the_optimizer_flags_named_are_accepted(capsys):
         k: yaml.safe_load(v) for k, v in OPTIMIZER_FLAGS.items()}
 
 
+MOVED_WHY = ("the export's options are one group, --export.dirpath (the folder, null: no export), --export.title, "
+             "--export.model_id, --export.language and --export.license")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--card.title=Mine"], f"--card.title was renamed --export.title: {MOVED_WHY}"),
+    (["--card.license", "mit"], f"--card.license was renamed --export.license: {MOVED_WHY}"),
+    (["--model.export_dir=null"], f"--model.export_dir was renamed --export.dirpath: {MOVED_WHY}"),
+    (["--model.init_args.export_dir=out"], f"--model.init_args.export_dir was renamed --export.dirpath: {MOVED_WHY}"),
+    ("card:\n  title: Mine\n", f"{{file}}: key 'card' at the top level was renamed 'export': {MOVED_WHY}"),
+    ("model:\n  init_args:\n    export_dir: null\n",
+     f"{{file}}: key 'export_dir' under model.init_args was renamed 'export.dirpath' (at the top level): {MOVED_WHY}"),
+], ids=["card_flag", "card_flag_space", "export_dir_short", "export_dir", "card_key", "export_dir_key"])
+def test_the_export_options_of_earlier_versions_are_refused_with_their_new_names(capsys, tmp_path, args, message):
+    if isinstance(args, str):
+        (tmp_path / "old.yaml").write_text(args)
+        args, message = ["--config", str(tmp_path / "old.yaml")], message.format(file=tmp_path / "old.yaml")
+    assert fails(capsys, "--config", TEXT, *args) == message
+
+
+def test_the_new_export_flags_named_are_accepted(capsys):
+    config = printed_config(capsys, "--config", TEXT, "--export.dirpath=out", "--export.title=Mine",
+                            "--export.model_id=me/mine", "--export.language=[de]", "--export.license=mit")
+    assert config["export"] == {"dirpath": "out", "title": "Mine", "model_id": "me/mine", "language": ["de"],
+                                "license": "mit"}
+
+
 def test_print_config_still_works_and_has_no_optimizer(capsys):
     config = printed_config(capsys, "--config", TEXT)
     assert config["model"]["init_args"]["encoder"]["init_args"]["pooling"] == "mean"

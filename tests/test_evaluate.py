@@ -16,7 +16,7 @@ from conftest import write_pairs_dir
 from test_report import run_fit, text_args
 from train import cli_main
 
-QUICK = ["--trainer.max_steps=2", "--test_after_fit=false", "--model.export_dir=null"]
+QUICK = ["--trainer.max_steps=2", "--test_after_fit=false", "--export.dirpath=null"]
 
 
 def tree(folder) -> dict[str, str | None]:
@@ -125,8 +125,8 @@ def test_an_evaluation_that_fails_leaves_no_folder(evaluated, tiny_bert_dir, ckp
                                                "{run}, not a fit run; pass {run}"),
     ("base/text/predict/version_3", "{folder} is the folder of a train.py predict (of no fit run's checkpoint), not a "
                                     "fit run; pass the folder of a fit run (runs/<name>/version_<n>)"),
-    ("runs/text/version_0", "{folder} exported no model (--model.init_args.export_dir null): there is no card to "
-                            "write; pass the folder of a fit run that exported (runs/<name>/version_<n>)"),
+    ("runs/text/version_0", "{folder} exported no model (--export.dirpath null): there is no card to write; pass "
+                            "the folder of a fit run that exported (runs/<name>/version_<n>)"),
 ])
 def test_reporting_an_evaluation_or_a_run_without_export_names_the_folder_to_pass(evaluated, capsys, folder, message):
     from reporting.__main__ import main

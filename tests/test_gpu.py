@@ -30,7 +30,7 @@ def test_bf16_fit_with_fused_adamw(tmp_path, pairs_dir, minilm_path):
         "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
         "--model=lightning_modules.text.TextEmbeddingModule",
         "--model.encoder=lightning_modules.text_encoder.TextEncoder", f"--model.encoder.config={TINY_BERT}",
-        f"--model.encoder.tokenizer_name_or_path={minilm_path}", "--model.export_dir=null",
+        f"--model.encoder.tokenizer_name_or_path={minilm_path}", "--export.dirpath=null",
         "--model.loss=losses.MatryoshkaLoss", "--model.loss.loss=losses.MultipleNegativesRankingLoss",
         "--model.loss.dims=[32, 16]",
         "--data=datamodules.pairs.PairDataModule", f"--data.dataset={pairs_dir}", "--data.batch_size=8",

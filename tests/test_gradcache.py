@@ -1,6 +1,7 @@
 """GradCache gives the plain step's loss and parameter gradients (dropout on, same seed), for text and CLIP."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -129,7 +130,7 @@ def fit_text(model_dir, data_dir, *extra):
                      "--trainer.enable_checkpointing=false", "--trainer.accumulate_grad_batches=2",
                      "--model=lightning_modules.text.TextEmbeddingModule",
                      "--model.encoder=lightning_modules.text_encoder.TextEncoder",
-                     f"--model.encoder.model_name_or_path={model_dir}", "--model.lr=1e-3", "--model.export_dir=null",
+                     f"--model.encoder.model_name_or_path={model_dir}", "--model.lr=1e-3", "--export.dirpath=null",
                      "--model.loss=losses.MatryoshkaLoss", "--model.loss.loss=losses.MultipleNegativesRankingLoss",
                      f"--model.loss.dims={json.dumps([32, 8])}", "--data=datamodules.pairs.PairDataModule",
                      f"--data.dataset={data_dir}", "--data.batch_size=8", "--data.num_workers=0", *extra])
@@ -146,10 +147,18 @@ def test_fit_with_gradcache_equals_the_plain_fit(no_dropout_bert, pairs_dir):
     assert cached.model.history[-1][1] == pytest.approx(plain.model.history[-1][1], abs=1e-5)
 
 
-def test_fit_with_gradcache_in_bf16(tiny_bert_dir, pairs_dir):
-    cli = fit_text(tiny_bert_dir, pairs_dir, "--model.gradcache_chunk_size=3", "--trainer.precision=bf16-mixed")
+def test_fit_with_gradcache_in_bf16_and_its_card_cites_every_method(tiny_bert_dir, pairs_dir, tmp_path):
+    cli = fit_text(tiny_bert_dir, pairs_dir, "--model.gradcache_chunk_size=3", "--trainer.precision=bf16-mixed",
+                   "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}",
+                   "--export.dirpath=model")
     assert cli.trainer.global_step == 3 and "val/dim_32_cosine_ndcg@10" in cli.model.history[-1][1]
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    card = (tmp_path / "lightning_logs" / "version_0" / "model" / "README.md").read_text()
+    citations = card[card.index("## Citation"):]
+    # the loss, Matryoshka and GradCache (a module option, not a loss): each paper the run used
+    assert re.findall(r"^#### (.+)$", citations, re.M) == [
+        "Sentence Transformers", "MatryoshkaLoss", "MultipleNegativesRankingLoss", "GradCache"]
+    assert "gao2021scaling" in citations  # GradCache's BibTeX key
 
 
 def _ddp_gradients(rank: int, world: int, port: int, minilm_path: str, out: str) -> None:

@@ -42,7 +42,7 @@ def clip_args():
 def fit_checkpoint(tmp_path, model_data_args):
     """A few optimizer steps, then the module's weights saved as a checkpoint."""
     cli = cli_main(["fit", *COMMON, f"--trainer.logger.save_dir={tmp_path / 'fit'}", "--trainer.max_steps=3",
-                    "--test_after_fit=false", "--model.evaluate_before_training=false", "--model.export_dir=null",
+                    "--test_after_fit=false", "--model.evaluate_before_training=false", "--export.dirpath=null",
                     "--model.lr=1e-3", *model_data_args])
     path = str(tmp_path / "fit.ckpt")
     cli.trainer.save_checkpoint(path)
