@@ -10,12 +10,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from datamodules.common import (ROW, RetrievalDataModule, RetrievalTask, arrow_columns, check_columns, check_texts,
-                                text_value, value_codes)
+from datamodules.base import RetrievalDataModule
+from datamodules.builtin_datasets import Builtins, image_caption_builtins
+from datamodules.checks import check_columns, check_texts, text_value, value_codes
+from datamodules.contract import RetrievalTask
 from datamodules.images import ImageLoadError, check_image, image_key, load_pixels, scan_images
+from datamodules.locations import ROW, Where
 from datamodules.pixel_cache import PixelCache, cached_pixels, default_directory, plan_capacity
 from datamodules.sources import BadRow
-from datamodules.shapes import make_shapes
+from datamodules.splits import arrow_columns
 
 log = logging.getLogger(__name__)
 
@@ -238,13 +241,9 @@ class ImageCaptionDataModule(RetrievalDataModule):
                                                 self.train_image_rows)))
         return [(name, part) for name, part in parts if len(part)]
 
-    def builtins(self) -> dict:
-        def shapes():
-            h = self.hparams
-            rows = make_shapes(h.builtin_rows, seed=h.seed, image_size=h.image_size)
-            return datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
-
-        return {"shapes": shapes}
+    def builtins(self) -> Builtins:
+        h = self.hparams
+        return image_caption_builtins(h.seed, h.builtin_rows, h.image_size)
 
     @property
     def base_dir(self) -> str | None:
@@ -268,7 +267,7 @@ class ImageCaptionDataModule(RetrievalDataModule):
             return split.cast_column(column, datasets.Image(decode=False))
         return split
 
-    def check_split(self, name: str, split: datasets.Dataset, where: str) -> datasets.Dataset:
+    def check_split(self, name: str, split: datasets.Dataset, where: Where) -> datasets.Dataset:
         """Check columns and captions, key every row's image, and drop (or refuse) rows whose image is unreadable.
 
         Each distinct image is decoded once, its rank's share only (COCO has 5 caption rows per image): the ranks

@@ -7,9 +7,12 @@ import datasets
 import numpy as np
 import torch
 
-from datamodules.common import (ROW, RetrievalDataModule, RetrievalTask, arrow_columns, check_columns, check_texts,
-                                text_value, value_codes)
-from datamodules.stdlib_pairs import stdlib_docstring_pairs
+from datamodules.base import RetrievalDataModule
+from datamodules.builtin_datasets import Builtins, pair_builtins
+from datamodules.checks import check_columns, check_texts, text_value, value_codes
+from datamodules.contract import RetrievalTask
+from datamodules.locations import ROW, Where
+from datamodules.splits import arrow_columns
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +79,8 @@ class PairDataModule(RetrievalDataModule):
         self.query_column = query_column or self.columns[0]
         self.corpus_column = corpus_column or self.columns[1]
 
-    def builtins(self) -> dict:
-        return {"stdlib-docstrings": lambda: datasets.DatasetDict({"train": stdlib_docstring_pairs(seed=self.hparams.seed)})}
+    def builtins(self) -> Builtins:
+        return pair_builtins(self.hparams.seed)
 
     @property
     def train_columns(self) -> list[str]:
@@ -86,7 +89,7 @@ class PairDataModule(RetrievalDataModule):
     def split_columns(self, name: str) -> list[str]:
         return self.columns if name == "train" else list(dict.fromkeys([self.query_column, self.corpus_column]))
 
-    def check_split(self, name: str, split: datasets.Dataset, where: str) -> datasets.Dataset:
+    def check_split(self, name: str, split: datasets.Dataset, where: Where) -> datasets.Dataset:
         columns = self.split_columns(name)
         check_columns(split, columns, where)
         check_texts(split, columns, where)

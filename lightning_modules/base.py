@@ -31,7 +31,7 @@ warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(
 
 class EmbeddingModule(L.LightningModule):
     """Base class. Evaluation expects the datamodule to offer ``retrieval_tasks(stage)`` and eval batches of the form
-    ``{"stream": str, "ids": LongTensor, ...inputs}`` (see ``datamodules.common.RetrievalTask``).
+    ``{"stream": str, "ids": LongTensor, ...inputs}`` (see ``datamodules.contract.RetrievalTask``).
 
     Args:
         loss: a loss on embeddings, e.g. ``losses.MultipleNegativesRankingLoss`` or ``losses.MatryoshkaLoss``.
