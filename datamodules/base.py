@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.builtin_datasets import SEED, Builtins
 from datamodules.checks import check_batches, check_columns, check_eval_size, check_files
-from datamodules.contract import RetrievalTask
+from datamodules.contract import DataNeeds, RetrievalTask
 from datamodules.loading import count_rows, load_splits
 from datamodules.locations import Where
 from datamodules.sources import EpochReport, MapStyleSource, StreamingSource, TrainSource
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 class RetrievalDataModule(L.LightningDataModule, ABC):
     """Shared options and plumbing: splits, the training source, the model's processor, DDP rank, evaluation loaders.
+
+    The model hands over what the data needs through ``connect(model.data_needs())`` (``datamodules.contract``),
+    once, before ``setup``: ``train.py`` does so right after building both.
 
     Subclasses must say which columns a split needs and check them (``train_columns``, ``check_split``), turn a
     prepared split into evaluation streams and tasks (``retrieval``), give each training row's values that may not
@@ -118,7 +121,7 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         self.splits: dict[str, datasets.Dataset] = {}
         self.where: dict[str, Where] = {}  # how messages name each split's data, rows and columns
         self.train_source: TrainSource | None = None
-        self.processor = None  # the model's tokenizer / image transform, taken from the LightningModule in setup
+        self.processor: Callable | None = None  # the model's tokenizer / image transform, handed over by connect
         self.streams: dict[str, dict[str, list]] = {}
         self.tasks: dict[str, list[RetrievalTask]] = {}
         self._eval_loader_cache: dict[tuple, list[DataLoader]] = {}
@@ -126,6 +129,11 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches of it already trained), from a checkpoint
         self._files_checked = False  # prepare_data and setup both need the local files read before HF loads them
         self._batch_order: dict[str, object] | None = None
+
+    def connect(self, needs: DataNeeds) -> None:
+        """Take what the model hands the data (``model.data_needs()``): the processor the collators call. Subclasses
+        that serve a model's constant towers read ``needs.constant_towers`` too."""
+        self.processor = needs.processor
 
     def builtins(self) -> Builtins:
         """``builtin:<name>`` datasets this datamodule can generate."""
@@ -208,7 +216,9 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
 
     def setup(self, stage: str | None = None) -> None:
         if self.processor is None:
-            self.processor = self.trainer.lightning_module.processor
+            raise ValueError(f"{type(self).__name__} has no processor to build batches with: call "
+                             f"datamodule.connect(model.data_needs()) before trainer.fit, validate, test or predict "
+                             f"(as train.py does)")
         if self.splits:  # idempotent: fit, validate and test share the prepared data
             return
         h = self.hparams

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from datamodules.base import RetrievalDataModule
 from datamodules.builtin_datasets import Builtins, image_caption_builtins
 from datamodules.checks import check_columns, check_texts, text_value, value_codes
-from datamodules.contract import RetrievalTask
+from datamodules.contract import DataNeeds, RetrievalTask
 from datamodules.images import ImageLoadError, check_image, image_key, load_pixels, scan_images
 from datamodules.locations import ROW, Where
 from datamodules.pixel_cache import PixelCache, cached_pixels, default_directory, plan_capacity
@@ -156,16 +156,15 @@ class ImageCaptionDataModule(RetrievalDataModule):
             raise ValueError(f"--data.init_args.columns must order {image_column!r} and {caption_column!r}, got "
                              f"{self.columns}")
         self.keys: dict[str, list[str]] = {}
-        self.image_table_in_model = False  # set from the model in setup
+        self.image_table_in_model = False  # the model looks image embeddings up (a locked tower): set by connect
         self.train_image_rows: list[int] = []  # each distinct training image's first row, by image number
         self.image_items: dict[str, dict[str, list]] = {}  # per stage: each eval image's key and first row, by id
         self.pixel_cache: PixelCache | None = None
         self.pixel_offsets: dict[str, int] = {}  # each part's first image number in the pixel cache
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.trainer is not None:  # the model says whether it looks image embeddings up (a locked tower)
-            self.image_table_in_model = "image" in getattr(self.trainer.lightning_module, "constant_towers", ())
-        super().setup(stage)
+    def connect(self, needs: DataNeeds) -> None:
+        super().connect(needs)
+        self.image_table_in_model = "image" in needs.constant_towers
 
     @property
     def keyed_train_images(self) -> bool:

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
+from datamodules.contract import DataNeeds
 from lightning_modules.gradcache import cached_step
 from lightning_modules.nonfinite import NonFiniteGuard
 from lightning_modules.optim import build_optimizer
@@ -96,6 +97,10 @@ class EmbeddingModule(L.LightningModule):
     @abstractmethod
     def export(self, directory: str) -> None:
         """Save the model in a format its ecosystem loads (sentence-transformers, open_clip)."""
+
+    def data_needs(self) -> DataNeeds:
+        """What the datamodule takes from this model (``datamodule.connect``): the processor its collators call."""
+        return DataNeeds(self.processor)
 
     def tower(self, features: dict[str, Tensor]) -> str:
         """Which parameters ``embed(features)`` uses: columns with the same tower share them (one text encoder for

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities import rank_zero_info
 
+from datamodules.contract import DataNeeds
 from lightning_modules.base import EmbeddingModule
 from lightning_modules.clip_backends import ClipBackend
 from lightning_modules.retrieval import EmbeddingCollector
@@ -77,6 +78,9 @@ class CLIPEmbeddingModule(EmbeddingModule):
     def constant_towers(self) -> frozenset[str]:
         """Towers whose embeddings the datamodule should let this model look up by number instead of computing."""
         return frozenset({"image"}) if self.cache_image_tower else frozenset()
+
+    def data_needs(self) -> DataNeeds:
+        return DataNeeds(self.processor, self.constant_towers)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -36,7 +36,7 @@ def tiny_module(tiny_bert_dir):
 
 def setup_dm(module, **kwargs):
     dm = PairDataModule(**{"num_workers": 0, **kwargs})
-    dm.processor = module.processor
+    dm.connect(module.data_needs())
     dm.setup("fit")
     return dm
 

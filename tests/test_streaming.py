@@ -26,7 +26,7 @@ def text_module(tiny_bert_dir):
 
 def make(cls, module, **kwargs):
     dm = cls(**{"num_workers": 0, "streaming": True, **kwargs})
-    dm.processor = module.processor
+    dm.connect(module.data_needs())
     dm.setup("fit")
     return dm
 
