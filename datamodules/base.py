@@ -15,6 +15,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
+from datamodules.batches import REPORT
 from datamodules.builtin_datasets import SEED, Builtins
 from datamodules.checks import check_batches, check_columns, check_eval_size, check_files
 from datamodules.contract import DataNeeds, RetrievalTask
@@ -150,14 +151,14 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
 
     @abstractmethod
     def stream_collator(self, stream: str, stage: str) -> Callable:
-        """Evaluation items ``(id, value)`` of one stream → ``{"stream", "ids", "features"}``."""
+        """Evaluation items ``(id, value)`` of one stream → an ``EvalBatch`` (``datamodules.batches``)."""
 
     def before_collation(self) -> None:
         """Called by ``setup`` once the splits and evaluation streams are known, before any collator is built."""
 
     @abstractmethod
     def train_collator(self) -> Callable:
-        """Training rows → ``{"features": [one dict per loss column]}``."""
+        """Training rows → a ``TrainBatch`` (``datamodules.batches``): one features dict per loss column."""
 
     @abstractmethod
     def row_codes(self, split: datasets.Dataset) -> np.ndarray:
@@ -374,8 +375,8 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         self._resume_at = (state_dict["epoch"], state_dict["batches"]) if state_dict else None
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        if isinstance(batch, dict) and "report" in batch:  # what a stream's worker skipped since its last batch
-            self._epoch_report.add(batch.pop("report"))
+        if isinstance(batch, dict) and REPORT in batch:  # what a stream's worker skipped since its last batch
+            self._epoch_report.add(batch.pop(REPORT))
         return batch
 
     def report_epoch(self, epoch: int) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from datamodules.base import RetrievalDataModule
+from datamodules.batches import FEATURES, IDS, ROWS, STREAM, EvalBatch, TrainBatch
 from datamodules.builtin_datasets import Builtins, pair_builtins
 from datamodules.checks import check_columns, check_texts, text_value, value_codes
 from datamodules.contract import RetrievalTask
@@ -23,9 +24,9 @@ class PairCollator:
     def __init__(self, processor: Callable, columns: list[str], roles: list[str]) -> None:
         self.processor, self.columns, self.roles = processor, columns, roles
 
-    def __call__(self, rows: list[dict]) -> dict:
-        return {"features": [self.processor([r[c] for r in rows], role) for c, role in zip(self.columns, self.roles)],
-                "rows": [r.get(ROW) for r in rows]}  # for messages about the batch (a non-finite loss)
+    def __call__(self, rows: list[dict]) -> TrainBatch:
+        return {FEATURES: [self.processor([r[c] for r in rows], role) for c, role in zip(self.columns, self.roles)],
+                ROWS: [r.get(ROW) for r in rows]}  # for messages about the batch (a non-finite loss)
 
 
 class StreamCollator:
@@ -34,9 +35,9 @@ class StreamCollator:
     def __init__(self, processor: Callable, stream: str, role: str) -> None:
         self.processor, self.stream, self.role = processor, stream, role
 
-    def __call__(self, items: list[tuple[int, str]]) -> dict:
+    def __call__(self, items: list[tuple[int, str]]) -> EvalBatch:
         ids, texts = zip(*items)
-        return {"stream": self.stream, "ids": torch.tensor(ids), "features": self.processor(list(texts), self.role)}
+        return {STREAM: self.stream, IDS: torch.tensor(ids), FEATURES: self.processor(list(texts), self.role)}
 
 
 class PairDataModule(RetrievalDataModule):
