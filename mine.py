@@ -13,8 +13,11 @@ import sys
 
 import datasets
 
-from datamodules.common import Where, check_columns, check_texts, load_splits, select_split, with_row_numbers
-from datamodules.pairs import PairDataModule
+from datamodules.builtin_datasets import SEED, pair_builtins
+from datamodules.checks import check_columns, check_texts
+from datamodules.loading import load_splits
+from datamodules.locations import Where
+from datamodules.splits import select_split, with_row_numbers
 from inference.inputs import read_inputs
 from inference.mining import SAMPLING_STRATEGIES, mine_dataset
 
@@ -63,7 +66,7 @@ def load_pairs(args: argparse.Namespace) -> tuple[datasets.DatasetDict, datasets
     line), as ``train.py`` reads them."""
     try:
         # built-ins as train.py generates them with the datamodule's default seed (its row order is seeded)
-        splits = load_splits(args.dataset, PairDataModule(args.dataset).builtins())
+        splits = load_splits(args.dataset, pair_builtins(SEED))
     except ValueError as err:
         raise ValueError(str(err).replace(DATASET_FLAG, "--dataset")) from None
     split = with_row_numbers(select_split(splits, args.split, args.dataset, "--split"))

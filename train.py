@@ -195,6 +195,11 @@ class LitEmbedCLI(ShortErrorsCLI):
             print(f"{signal_name(signum)} received {stopped}{resume}", file=sys.stderr, flush=True)
         raise SystemExit(exit_code(signum))
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        # the model hands the data what it needs once (datamodules.contract): run=False callers get it too
+        self.datamodule.connect(self.model.data_needs())
+
     def instantiate_trainer(self, **kwargs):
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         trainer = self._get(self.config_init, "trainer", default={})

@@ -54,6 +54,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 from lightning.pytorch import Callback  # noqa: E402
 
+from datamodules.batches import FEATURES  # noqa: E402
 from train import cli_main  # noqa: E402
 
 RECIPE = os.path.join(ROOT, "configs", "clip_vit_l14_coco.yaml")
@@ -150,7 +151,7 @@ class LitWindow(Callback):
         self.window = window
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        self.window.lengths.append(caption_length(batch["features"]))
+        self.window.lengths.append(caption_length(batch[FEATURES]))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self.window.step_ended(trainer.global_step)

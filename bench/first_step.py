@@ -143,8 +143,12 @@ def command(kind: str, mode: str, data: str, model: str, log_dir: str, repo: str
 
 def streams(repo: str) -> bool:
     """Whether the checkout has the streaming option (the commits before it do not)."""
-    with open(os.path.join(repo, "datamodules", "common.py")) as f:
-        return "streaming" in f.read()
+    for name in ("base.py", "common.py"):  # the base datamodule's file (common.py before the datamodules/ split)
+        path = os.path.join(repo, "datamodules", name)
+        if os.path.exists(path):
+            with open(path) as f:
+                return "streaming" in f.read()
+    return False
 
 
 def run(args, kind: str, mode: str, data: str, model: str) -> dict:

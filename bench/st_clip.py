@@ -61,7 +61,8 @@ def training_pairs(data_args: dict):
     Args:
         data_args: the recipe's ``data.init_args`` (``ImageCaptionDataModule``'s arguments).
     """
-    from datamodules.common import load_splits, pick_splits
+    from datamodules.loading import load_splits
+    from datamodules.splits import pick_splits
     from datamodules.image_captions import ImageCaptionDataModule
 
     dm = ImageCaptionDataModule(**data_args)

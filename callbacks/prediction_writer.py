@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from datamodules.batches import EMBEDDINGS, IDS, STREAM
 from lightning_modules.retrieval import EmbeddingCollector
 
 
@@ -33,10 +34,10 @@ class PredictionWriter(BasePredictionWriter):
         self._collectors.clear()
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        stream = prediction["stream"]
+        stream = prediction[STREAM]
         if stream not in self._collectors:
             self._collectors[stream] = EmbeddingCollector().to(pl_module.device)
-        self._collectors[stream].update(prediction["ids"], prediction["embeddings"])
+        self._collectors[stream].update(prediction[IDS], prediction[EMBEDDINGS])
 
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
         if trainer.fast_dev_run:

@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch import Callback
 from torch import Tensor
 
+from datamodules.batches import ROWS
 from reporting.metrics_log import log_row
 
 
@@ -80,7 +81,7 @@ class TrainingLog(Callback):
             self._log_row(trainer, pl_module)
 
     def _measure_rate(self, trainer, batch) -> None:
-        rows = batch.get("rows") if isinstance(batch, dict) else None
+        rows = batch.get(ROWS) if isinstance(batch, dict) else None
         self._times.append((time.perf_counter(), len(rows) if rows is not None else 0))
         if len(self._times) < 2:
             return

@@ -10,17 +10,21 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from datamodules.common import (ROW, RetrievalDataModule, RetrievalTask, arrow_columns, check_columns, check_texts,
-                                text_value, value_codes)
+from datamodules.base import RetrievalDataModule
+from datamodules.batches import FEATURES, IDS, IMAGE_INDEX, PIXEL_VALUES, ROWS, STREAM, EvalBatch, TrainBatch
+from datamodules.builtin_datasets import Builtins, image_caption_builtins
+from datamodules.checks import check_columns, check_texts, text_value, value_codes
+from datamodules.contract import DataNeeds, RetrievalTask
 from datamodules.images import ImageLoadError, check_image, image_key, load_pixels, scan_images
+from datamodules.locations import ROW, Where
 from datamodules.pixel_cache import PixelCache, cached_pixels, default_directory, plan_capacity
 from datamodules.sources import BadRow
-from datamodules.shapes import make_shapes
+from datamodules.splits import arrow_columns
 
 log = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("skip", "error")
-IMAGE_INDEX = "__image_index__"  # a training row's distinct-image number, for a model that looks image embeddings up
+IMAGE_NUMBER = "__image_index__"  # a training row's distinct-image number, for a model that looks image embeddings up
 
 
 def decode(processor, value, where: str, base_dir: str | None):
@@ -43,23 +47,23 @@ class ImageCaptionCollator:
         self.where, self.base_dir, self.keyed = where, base_dir, keyed
         self.cache, self.cache_offset = cache, cache_offset
 
-    def __call__(self, rows: list[dict]) -> dict:
+    def __call__(self, rows: list[dict]) -> TrainBatch:
         features = []
         for column in self.columns:
             if column == self.image_column and self.keyed:
-                features.append({"image_index": torch.tensor([r[IMAGE_INDEX] for r in rows])})
+                features.append({IMAGE_INDEX: torch.tensor([r[IMAGE_NUMBER] for r in rows])})
             elif column == self.image_column:
-                features.append({"pixel_values": torch.stack([self._pixels(r, column) for r in rows])})
+                features.append({PIXEL_VALUES: torch.stack([self._pixels(r, column) for r in rows])})
             else:
                 features.append(self.processor.tokenize([r[column] for r in rows]))
-        return {"features": features, "rows": [r.get(ROW) for r in rows]}  # rows: for messages about the batch
+        return {FEATURES: features, ROWS: [r.get(ROW) for r in rows]}  # rows: for messages about the batch
 
     def _pixels(self, row: dict, column: str) -> torch.Tensor:
         def compute() -> torch.Tensor:
             where = f"{self.where}{f' row {row[ROW]}' if ROW in row else ''}, column {column!r}"
             return self.processor.image_transform(decode(self.processor, row[column], where, self.base_dir), True)
 
-        number = row.get(IMAGE_INDEX)
+        number = row.get(IMAGE_NUMBER)
         return cached_pixels(self.cache, None if number is None else self.cache_offset + number, compute)
 
 
@@ -75,17 +79,17 @@ class StreamCollator:
         self.processor, self.stream, self.where, self.base_dir = processor, stream, where, base_dir
         self.image_offset, self.cache, self.cache_offset = image_offset, cache, cache_offset
 
-    def __call__(self, items: list[tuple[int, object]]) -> dict:
+    def __call__(self, items: list[tuple[int, object]]) -> EvalBatch:
         ids, values = zip(*items)
         if self.stream == "image" and self.image_offset is not None:
-            features = {"image_index": torch.tensor(ids) + self.image_offset}
+            features = {IMAGE_INDEX: torch.tensor(ids) + self.image_offset}
         elif self.stream == "image":
             pixels = [cached_pixels(self.cache, self.cache_offset + i, lambda i=i, v=v: self.processor.image_transform(
                 decode(self.processor, v, f"{self.where} image {i}", self.base_dir), False)) for i, v in items]
-            features = {"pixel_values": torch.stack(pixels)}
+            features = {PIXEL_VALUES: torch.stack(pixels)}
         else:
             features = self.processor.tokenize(list(values))
-        return {"stream": self.stream, "ids": torch.tensor(ids), "features": features}
+        return {STREAM: self.stream, IDS: torch.tensor(ids), FEATURES: features}
 
 
 class ImageCaptionDataModule(RetrievalDataModule):
@@ -153,16 +157,15 @@ class ImageCaptionDataModule(RetrievalDataModule):
             raise ValueError(f"--data.init_args.columns must order {image_column!r} and {caption_column!r}, got "
                              f"{self.columns}")
         self.keys: dict[str, list[str]] = {}
-        self.image_table_in_model = False  # set from the model in setup
+        self.image_table_in_model = False  # the model looks image embeddings up (a locked tower): set by connect
         self.train_image_rows: list[int] = []  # each distinct training image's first row, by image number
         self.image_items: dict[str, dict[str, list]] = {}  # per stage: each eval image's key and first row, by id
         self.pixel_cache: PixelCache | None = None
         self.pixel_offsets: dict[str, int] = {}  # each part's first image number in the pixel cache
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.trainer is not None:  # the model says whether it looks image embeddings up (a locked tower)
-            self.image_table_in_model = "image" in getattr(self.trainer.lightning_module, "constant_towers", ())
-        super().setup(stage)
+    def connect(self, needs: DataNeeds) -> None:
+        super().connect(needs)
+        self.image_table_in_model = "image" in needs.constant_towers
 
     @property
     def keyed_train_images(self) -> bool:
@@ -238,13 +241,9 @@ class ImageCaptionDataModule(RetrievalDataModule):
                                                 self.train_image_rows)))
         return [(name, part) for name, part in parts if len(part)]
 
-    def builtins(self) -> dict:
-        def shapes():
-            h = self.hparams
-            rows = make_shapes(h.builtin_rows, seed=h.seed, image_size=h.image_size)
-            return datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
-
-        return {"shapes": shapes}
+    def builtins(self) -> Builtins:
+        h = self.hparams
+        return image_caption_builtins(h.seed, h.builtin_rows, h.image_size)
 
     @property
     def base_dir(self) -> str | None:
@@ -268,7 +267,7 @@ class ImageCaptionDataModule(RetrievalDataModule):
             return split.cast_column(column, datasets.Image(decode=False))
         return split
 
-    def check_split(self, name: str, split: datasets.Dataset, where: str) -> datasets.Dataset:
+    def check_split(self, name: str, split: datasets.Dataset, where: Where) -> datasets.Dataset:
         """Check columns and captions, key every row's image, and drop (or refuse) rows whose image is unreadable.
 
         Each distinct image is decoded once, its rank's share only (COCO has 5 caption rows per image): the ranks
@@ -306,7 +305,7 @@ class ImageCaptionDataModule(RetrievalDataModule):
             for row, key in enumerate(keys):
                 first.setdefault(key, row)
             numbers = {key: number for number, key in enumerate(first)}
-            split = split.add_column(IMAGE_INDEX, [numbers[key] for key in keys])
+            split = split.add_column(IMAGE_NUMBER, [numbers[key] for key in keys])
             self.train_image_rows = list(first.values())  # the first row of each numbered image, in number order
         return split
 

@@ -7,9 +7,13 @@ import datasets
 import numpy as np
 import torch
 
-from datamodules.common import (ROW, RetrievalDataModule, RetrievalTask, arrow_columns, check_columns, check_texts,
-                                text_value, value_codes)
-from datamodules.stdlib_pairs import stdlib_docstring_pairs
+from datamodules.base import RetrievalDataModule
+from datamodules.batches import FEATURES, IDS, ROWS, STREAM, EvalBatch, TrainBatch
+from datamodules.builtin_datasets import Builtins, pair_builtins
+from datamodules.checks import check_columns, check_texts, text_value, value_codes
+from datamodules.contract import RetrievalTask
+from datamodules.locations import ROW, Where
+from datamodules.splits import arrow_columns
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +24,9 @@ class PairCollator:
     def __init__(self, processor: Callable, columns: list[str], roles: list[str]) -> None:
         self.processor, self.columns, self.roles = processor, columns, roles
 
-    def __call__(self, rows: list[dict]) -> dict:
-        return {"features": [self.processor([r[c] for r in rows], role) for c, role in zip(self.columns, self.roles)],
-                "rows": [r.get(ROW) for r in rows]}  # for messages about the batch (a non-finite loss)
+    def __call__(self, rows: list[dict]) -> TrainBatch:
+        return {FEATURES: [self.processor([r[c] for r in rows], role) for c, role in zip(self.columns, self.roles)],
+                ROWS: [r.get(ROW) for r in rows]}  # for messages about the batch (a non-finite loss)
 
 
 class StreamCollator:
@@ -31,9 +35,9 @@ class StreamCollator:
     def __init__(self, processor: Callable, stream: str, role: str) -> None:
         self.processor, self.stream, self.role = processor, stream, role
 
-    def __call__(self, items: list[tuple[int, str]]) -> dict:
+    def __call__(self, items: list[tuple[int, str]]) -> EvalBatch:
         ids, texts = zip(*items)
-        return {"stream": self.stream, "ids": torch.tensor(ids), "features": self.processor(list(texts), self.role)}
+        return {STREAM: self.stream, IDS: torch.tensor(ids), FEATURES: self.processor(list(texts), self.role)}
 
 
 class PairDataModule(RetrievalDataModule):
@@ -76,8 +80,8 @@ class PairDataModule(RetrievalDataModule):
         self.query_column = query_column or self.columns[0]
         self.corpus_column = corpus_column or self.columns[1]
 
-    def builtins(self) -> dict:
-        return {"stdlib-docstrings": lambda: datasets.DatasetDict({"train": stdlib_docstring_pairs(seed=self.hparams.seed)})}
+    def builtins(self) -> Builtins:
+        return pair_builtins(self.hparams.seed)
 
     @property
     def train_columns(self) -> list[str]:
@@ -86,7 +90,7 @@ class PairDataModule(RetrievalDataModule):
     def split_columns(self, name: str) -> list[str]:
         return self.columns if name == "train" else list(dict.fromkeys([self.query_column, self.corpus_column]))
 
-    def check_split(self, name: str, split: datasets.Dataset, where: str) -> datasets.Dataset:
+    def check_split(self, name: str, split: datasets.Dataset, where: Where) -> datasets.Dataset:
         columns = self.split_columns(name)
         check_columns(split, columns, where)
         check_texts(split, columns, where)

@@ -81,7 +81,7 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
 
     Args:
         row_values: for each row, its values in every column (text as ``str``; images as a content hash), or an
-            (N, C) integer array of codes standing for them (``datamodules.common.value_codes``; equal codes = equal
+            (N, C) integer array of codes standing for them (``datamodules.checks.value_codes``; equal codes = equal
             values), which is far smaller than N tuples of strings. Two rows conflict when they share any value; ST
             compares ``str(value)``, so pass strings (or codes of strings) to match it.
         batch_size: rows per batch on each rank.

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from datamodules.batches import REPORT
 from datamodules.sampler import NoDuplicatesBatchSampler, no_duplicate_batches
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ class StreamBatches(IterableDataset):
                     produced_this_pass += 1
                     continue
                 batch = self.collate(rows)
-                batch["report"], report = report, EpochReport()
+                batch[REPORT], report = report, EpochReport()
                 yield batch
                 produced += 1
                 produced_this_pass += 1
@@ -269,9 +270,9 @@ class SkipFirst(DataLoader):
     def _after(iterator, skip: int) -> Iterator[dict]:
         carried = EpochReport()  # what the dropped batches' rows skipped still counts
         for _ in range(skip):
-            carried.add(next(iterator)["report"])
+            carried.add(next(iterator)[REPORT])
         for batch in iterator:
             if carried is not None:
-                carried.add(batch["report"])
-                batch["report"], carried = carried, None
+                carried.add(batch[REPORT])
+                batch[REPORT], carried = carried, None
             yield batch

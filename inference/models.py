@@ -27,6 +27,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from datamodules.batches import PIXEL_VALUES
 from datamodules.images import load_image
 from lightning_modules.hub import hub_model_name, loading
 from lightning_modules.text_encoder import resolve_model_path
@@ -217,7 +218,7 @@ class ModuleEmbedder(Embedder):
     @torch.inference_mode()
     def _embed_images(self, images: list[Image.Image]) -> Tensor:
         pixels = torch.stack([self.module.processor.image_transform(image, False) for image in images])  # (B, 3, H, W)
-        return self.module.embed({"pixel_values": pixels.to(self.device)})  # (B, D)
+        return self.module.embed({PIXEL_VALUES: pixels.to(self.device)})  # (B, D)
 
 
 def load_model(name_or_path: str, device: str | None = None) -> Embedder:

@@ -16,6 +16,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
+from datamodules.batches import EMBEDDINGS, FEATURES, IDS, ROWS, STREAM
+from datamodules.contract import DataNeeds
 from lightning_modules.gradcache import cached_step
 from lightning_modules.nonfinite import NonFiniteGuard
 from lightning_modules.optim import build_optimizer
@@ -36,7 +38,7 @@ SUBCLASS_HOOKS = ("embed", "export")
 
 class EmbeddingModule(L.LightningModule):
     """Base class. Evaluation expects the datamodule to offer ``retrieval_tasks(stage)`` and eval batches of the form
-    ``{"stream": str, "ids": LongTensor, ...inputs}`` (see ``datamodules.common.RetrievalTask``).
+    ``datamodules.batches.EvalBatch`` (see ``datamodules.contract``).
 
     Args:
         loss: a loss on embeddings, e.g. ``losses.MultipleNegativesRankingLoss`` or ``losses.MatryoshkaLoss``.
@@ -95,6 +97,10 @@ class EmbeddingModule(L.LightningModule):
         self._resumed = False
         self._collectors: dict[str, EmbeddingCollector] = {}
 
+    def data_needs(self) -> DataNeeds:
+        """What the datamodule takes from this model (``datamodule.connect``): the processor its collators call."""
+        return DataNeeds(self.processor)
+
     def tower(self, features: dict[str, Tensor]) -> str:
         """Which parameters ``embed(features)`` uses: columns with the same tower share them (one text encoder for
         every column by default; CLIP has an image and a text tower). GradCache holds one chunk per tower."""
@@ -115,12 +121,12 @@ class EmbeddingModule(L.LightningModule):
 
     # training
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        columns = batch["features"]
+        columns = batch[FEATURES]
         if self.gradcache_chunk_size is None:
             loss = self.loss(*(self.embed(features) for features in columns), **self.loss_kwargs())
         else:
             loss = self.gradcache_loss(columns, 1 / self.trainer.accumulate_grad_batches)
-        self.nonfinite.loss(loss, batch.get("rows"))
+        self.nonfinite.loss(loss, batch.get(ROWS))
         # for callbacks that monitor it (this batch's loss); the loggers get TrainingLog's mean over the logging window.
         # Not on the progress bar: showing it would copy the loss to the host (a device sync) every step
         self.log("train/loss", loss, batch_size=next(iter(columns[0].values())).shape[0], logger=False)
@@ -198,13 +204,13 @@ class EmbeddingModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         """Embeddings of one evaluation batch: ``{"stream", "ids", "embeddings"}`` (``train.py predict``)."""
-        return {"stream": batch["stream"], "ids": batch["ids"], "embeddings": self.embed(batch["features"]).float()}
+        return {STREAM: batch[STREAM], IDS: batch[IDS], EMBEDDINGS: self.embed(batch[FEATURES]).float()}
 
     def _collect(self, batch: dict) -> None:
-        stream = batch["stream"]
+        stream = batch[STREAM]
         if stream not in self._collectors:
             self._collectors[stream] = EmbeddingCollector().to(self.device)
-        self._collectors[stream].update(batch["ids"], self.embed(batch["features"]).float())
+        self._collectors[stream].update(batch[IDS], self.embed(batch[FEATURES]).float())
 
     def _partial_pass(self) -> bool:
         """Sanity checks and fast_dev_run see one batch per stream; retrieval metrics need whole streams."""

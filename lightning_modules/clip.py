@@ -9,6 +9,8 @@ from torch import Tensor, nn
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities import rank_zero_info
 
+from datamodules.batches import FEATURES, IDS, IMAGE_INDEX, PIXEL_VALUES
+from datamodules.contract import DataNeeds
 from lightning_modules.base import EmbeddingModule
 from lightning_modules.clip_backends import ClipBackend
 from lightning_modules.retrieval import EmbeddingCollector
@@ -78,6 +80,9 @@ class CLIPEmbeddingModule(EmbeddingModule):
         """Towers whose embeddings the datamodule should let this model look up by number instead of computing."""
         return frozenset({"image"}) if self.cache_image_tower else frozenset()
 
+    def data_needs(self) -> DataNeeds:
+        return DataNeeds(self.processor, self.constant_towers)
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.image_is_constant:  # locked means a constant function: no dropout, no batch statistics
@@ -91,14 +96,14 @@ class CLIPEmbeddingModule(EmbeddingModule):
         return self.encoder.processor
 
     def embed(self, features: dict[str, Tensor]) -> Tensor:
-        if "image_index" in features:
-            return self._image_table[features["image_index"]]
-        if "pixel_values" in features:
-            return self.encoder.encode_image(features["pixel_values"])
+        if IMAGE_INDEX in features:
+            return self._image_table[features[IMAGE_INDEX]]
+        if PIXEL_VALUES in features:
+            return self.encoder.encode_image(features[PIXEL_VALUES])
         return self.encoder.encode_text(features)
 
     def tower(self, features: dict[str, Tensor]) -> str:
-        return "image" if "pixel_values" in features or "image_index" in features else "text"
+        return "image" if PIXEL_VALUES in features or IMAGE_INDEX in features else "text"
 
     @torch.no_grad()
     def _build_image_table(self) -> None:
@@ -110,7 +115,7 @@ class CLIPEmbeddingModule(EmbeddingModule):
         with self.trainer.precision_plugin.forward_context():  # the dtype a recomputed embedding would have
             for batch in self.trainer.datamodule.image_table_loader():
                 batch = move_data_to_device(batch, self.device)
-                collector.update(batch["ids"], self.encoder.encode_image(batch["features"]["pixel_values"]))
+                collector.update(batch[IDS], self.encoder.encode_image(batch[FEATURES][PIXEL_VALUES]))
         self._image_table = collector.compute()
         rank_zero_info(f"Locked image tower: {self._image_table.shape[0]} distinct images embedded once "
                        f"(--model.init_args.cache_locked_image_tower)")

@@ -311,7 +311,7 @@ class EmbeddingCollector(Metric):
 
     def shard(self, rank: int, world: int, gathered: Tensor | None = None) -> tuple[Tensor, Tensor, int]:
         """This process's part of the stream for sharded scoring, without gathering the stream: the items whose
-        id ≡ ``rank`` (mod ``world``), as the evaluation loaders hand them out (``datamodules.common``).
+        id ≡ ``rank`` (mod ``world``), as the evaluation loaders hand them out (``datamodules.base``).
 
         Args:
             rank: this process's global rank.

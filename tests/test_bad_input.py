@@ -12,7 +12,10 @@ import torch
 import yaml
 
 from conftest import qa_rows, write_jsonl, write_pairs_dir
-from datamodules.common import Where, check_texts, count_rows, text_value, with_row_numbers
+from datamodules.checks import check_texts, text_value
+from datamodules.loading import count_rows
+from datamodules.locations import Where
+from datamodules.splits import with_row_numbers
 from datamodules.files import DataFileError
 from datamodules.pairs import PairDataModule
 from datamodules.sources import BadRow
@@ -33,7 +36,7 @@ def tiny_module(tiny_bert_dir):
 
 def setup_dm(module, **kwargs):
     dm = PairDataModule(**{"num_workers": 0, **kwargs})
-    dm.processor = module.processor
+    dm.connect(module.data_needs())
     dm.setup("fit")
     return dm
 
@@ -210,7 +213,7 @@ def test_missing_column_names_the_file_the_columns_found_and_the_flag(tiny_modul
 
 
 def test_rows_of_a_builtin_split_count_from_1(tiny_module):
-    from datamodules.common import Where
+    from datamodules.locations import Where
 
     where = Where("builtin:x (train split)", "builtin:x", "train")
     assert where.rows([41, 2], total=5) == "rows 3, 42 of the train split (counting from 1), and 3 more"

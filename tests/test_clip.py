@@ -89,7 +89,7 @@ def module():
 
 def make_dm(module, **kwargs):
     dm = ImageCaptionDataModule(**{"num_workers": 0, "batch_size": 4, **kwargs})
-    dm.processor = module.processor
+    dm.connect(module.data_needs())
     dm.setup("fit")
     return dm
 

@@ -306,7 +306,7 @@ def mined_dir(tmp_path_factory, tiny_export) -> tuple[str, str]:
 
 
 def test_cli_writes_a_litembed_dataset_with_the_negative_columns(mined_dir):
-    from datamodules.common import load_splits
+    from datamodules.loading import load_splits
 
     output, stdout = mined_dir
     splits = load_splits(output, {})

@@ -62,7 +62,7 @@ def prepared(tmp_path, encoder, **options) -> ImageCaptionDataModule:
     """A DataModule set up for fit with ``encoder``'s processor, its cache in ``tmp_path``."""
     dm = ImageCaptionDataModule(builtin_rows=96, image_size=32, val_size=32, batch_size=8,
                                 preprocess_cache_dir=str(tmp_path), **{"num_workers": 0, **options})
-    dm.processor = CLIPEmbeddingModule(encoder).processor
+    dm.connect(CLIPEmbeddingModule(encoder).data_needs())
     dm.setup("fit")
     return dm
 
@@ -93,8 +93,8 @@ def test_workers_fill_the_cache_for_the_main_process_and_later_epochs(tmp_path, 
 
 def test_a_locked_tower_with_its_embedding_table_needs_no_pixel_cache(tmp_path):
     dm = ImageCaptionDataModule(builtin_rows=96, image_size=32, val_size=32, batch_size=8, num_workers=0)
-    dm.processor = CLIPEmbeddingModule(TransformersClip(config=TINY_HF_CLIP_CONFIG)).processor
-    dm.image_table_in_model = True  # as setup() finds it with a trainer whose model caches a locked image tower
+    # a model that caches a locked image tower looks its embeddings up
+    dm.connect(CLIPEmbeddingModule(TransformersClip(config=TINY_HF_CLIP_CONFIG), lock_image=True).data_needs())
     dm.setup("fit")
     assert dm.pixel_cache is None and dm.pixel_cache_parts() == []
 
@@ -104,7 +104,7 @@ def test_a_budget_smaller_than_the_data_caches_evaluation_images_first(tmp_path,
     one_image = 3 * 32 * 32 * 4  # float32 pixels at the tiny config's 32 px
     dm = ImageCaptionDataModule(builtin_rows=96, image_size=32, val_size=32, batch_size=8, num_workers=0,
                                 preprocess_cache_gb=40 * one_image / 2**30, preprocess_cache_dir=str(tmp_path))
-    dm.processor = module.processor
+    dm.connect(module.data_needs())
     with caplog.at_level(logging.INFO):
         dm.setup("fit")
     assert dm.pixel_cache.capacity == 40

@@ -135,7 +135,7 @@ def test_value_codes_give_the_batches_the_strings_give(hot, distinct):
     every value distinct the sampler slices the permutation directly. Both must be the batches of the strings (ST's)."""
     import pyarrow as pa
 
-    from datamodules.common import value_codes
+    from datamodules.checks import value_codes
 
     data = rows(600, distinct=distinct, hot=hot)
     if distinct > 10**6:  # all distinct: anchors and positives from disjoint ranges

@@ -26,7 +26,7 @@ def text_module(tiny_bert_dir):
 
 def make(cls, module, **kwargs):
     dm = cls(**{"num_workers": 0, "streaming": True, **kwargs})
-    dm.processor = module.processor
+    dm.connect(module.data_needs())
     dm.setup("fit")
     return dm
 
@@ -123,7 +123,7 @@ def test_validation_held_out_from_the_stream_start(text_module, tmp_path):
 
 def test_unknown_length_needs_a_row_cap_or_max_steps(text_module, tmp_path, monkeypatch):
     # a hub dataset without row counts in its metadata (local files are counted when they are read at start-up)
-    monkeypatch.setattr("datamodules.common.count_rows", lambda *args, **kwargs: None)
+    monkeypatch.setattr("datamodules.base.count_rows", lambda *args, **kwargs: None)
     path = tmp_path / "pairs.jsonl"
     write_jsonl(path, qa_rows(30))
     with pytest.raises(ValueError, match=r"set --data.init_args.max_train_rows \(rows per epoch\) or --trainer.max_steps "
@@ -218,7 +218,7 @@ def test_parquet_streams_in_small_batches_through_a_buffered_reader(tmp_path):
     """A parquet row group of ~100 MB (datasets' default) is not decoded whole per Arrow batch, nor pre-buffered."""
     import datasets
 
-    from datamodules.common import STREAM_PARQUET_ROWS, load_splits, stream_read_options
+    from datamodules.loading import STREAM_PARQUET_ROWS, load_splits, stream_read_options
 
     (tmp_path / "pq").mkdir()
     datasets.Dataset.from_list(qa_rows(300)).to_parquet(str(tmp_path / "pq" / "train.parquet"))  # one row group

@@ -68,7 +68,7 @@ def test_fit_exports_a_model_sentence_transformers_loads(tmp_path, minilm_path, 
 def test_encoder_runs_once_per_column_whatever_the_matryoshka_dims(tiny_bert_dir, pairs_dir):
     module = TextEmbeddingModule(TextEncoder(tiny_bert_dir), loss=MatryoshkaLoss(MultipleNegativesRankingLoss(), [32, 16, 8, 4]))
     dm = PairDataModule(pairs_dir, batch_size=8, num_workers=0)
-    dm.processor = module.processor
+    dm.connect(module.data_needs())
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     calls = []
@@ -98,7 +98,7 @@ def test_prompts_are_prepended_by_role(tiny_bert_dir):
 
 def setup_dm(module, **kwargs):
     dm = PairDataModule(**{"num_workers": 0, **kwargs})
-    dm.processor = module.processor
+    dm.connect(module.data_needs())
     dm.setup("fit")
     return dm
 
@@ -180,12 +180,19 @@ def test_predict_embeds_every_item_of_each_stream(tiny_bert_dir, pairs_dir):
 
     module = TextEmbeddingModule(TextEncoder(tiny_bert_dir))
     dm = PairDataModule(pairs_dir, test_split="test", num_workers=0, eval_batch_size=6)
+    dm.connect(module.data_needs())
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     batches = [b for loader in trainer.predict(module, datamodule=dm) for b in loader]
     for stream in ("query", "corpus"):
         ids = torch.cat([b["ids"] for b in batches if b["stream"] == stream])
         assert sorted(ids.tolist()) == list(range(len(dm.streams["test"][stream])))
         assert all(b["embeddings"].shape[1] == 32 for b in batches)
+
+
+def test_setup_before_connect_says_to_connect_the_model(pairs_dir):
+    with pytest.raises(ValueError, match=r"^PairDataModule has no processor to build batches with: call "
+                                         r"datamodule\.connect\(model\.data_needs\(\)\) before trainer\.fit"):
+        PairDataModule(pairs_dir, num_workers=0).setup("fit")
 
 
 def test_fit_trains_with_dropout_like_st(tiny_bert_dir):

@@ -78,7 +78,7 @@ def test_keyed_batches_never_decode_an_image(tmp_path, monkeypatch):
     imagefolder(tmp_path / "validation", n_images=4)
     module = CLIPEmbeddingModule(TransformersClip(config=TINY_HF_CLIP_CONFIG), lock_image=True)
     dm = ImageCaptionDataModule(dataset=str(tmp_path), batch_size=4, num_workers=0)
-    dm.processor, dm.image_table_in_model = module.processor, True
+    dm.connect(module.data_needs())  # a locked, cached image tower: constant_towers {"image"}
     dm.setup("fit")
     parts, offsets = dm.image_table()
     assert [len(p) for p in parts] == [10, 4] and offsets == {"train": 0, "val": 10}
