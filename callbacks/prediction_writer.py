@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_modules.retrieval import EmbeddingCollector
+from metrics.collector import EmbeddingCollector
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from lightning_modules.gradcache import cached_step
 from lightning_modules.nonfinite import NonFiniteGuard
 from lightning_modules.optim import build_optimizer
-from lightning_modules.retrieval import EmbeddingCollector, information_retrieval_metrics
+from metrics.collector import EmbeddingCollector
+from metrics.functional import information_retrieval_metrics
 from reporting.metrics_log import log_row
 from reporting.tables import format_table
 
