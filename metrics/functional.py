@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-SIMILARITIES = ("cosine", "dot")
+from metrics.keys import SIMILARITIES
 
 
 def top_k(queries: Tensor, corpus: Tensor, k: int, chunk_size: int = 8192, *, normalize: bool = False,
