@@ -85,7 +85,7 @@ def child(args: argparse.Namespace) -> None:
         seconds = time.perf_counter() - start
         metrics = {f"cosine_{m.replace('@k', f'@{k}')}": float(v) for m, vs in scores.items() for k, v in vs.items()}
     else:
-        from lightning_modules.retrieval import information_retrieval_metrics
+        from metrics.functional import information_retrieval_metrics
 
         gather, ids, size = None, None, None
         if args.shards > 1:

@@ -14,8 +14,10 @@ import time
 import numpy as np
 from PIL import Image
 
+from metrics.keys import PRIMARY_METRIC, metric_key
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NDCG = "val/shapes-eval_cosine_ndcg@10"
+NDCG = metric_key("val", "shapes-eval", None, PRIMARY_METRIC)  # the CLIP demo's caption→image nDCG@10
 
 
 def fit(flags: list[str], epochs: int, out: str) -> dict:

@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.batches import EMBEDDINGS, IDS, STREAM
-from lightning_modules.retrieval import EmbeddingCollector
+from metrics.collector import EmbeddingCollector
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -2,8 +2,9 @@
 
 :func:`mine_hard_negatives` works on embeddings. Each query's candidate pool is its best ``range_max + P + 1`` corpus
 rows by cosine similarity (P: the most positives any query has, and one more for the query's own text, so that
-removing a query's positives and itself still leaves ``range_max`` candidates; ST 6.3), ranked in corpus chunks by :func:`lightning_modules.retrieval.top_k` (ties to the
-lower corpus row), so memory is O(Q·(range_max + P) + query_chunk_size·chunk_size), never the (Q, C) score matrix.
+removing a query's positives and itself still leaves ``range_max`` candidates; ST 6.3), ranked in corpus chunks by
+:func:`metrics.functional.top_k` (ties to the lower corpus row), so memory is O(Q·(range_max + P) +
+query_chunk_size·chunk_size), never the (Q, C) score matrix.
 Then, as ST does and in ST's order:
 
 1. the query's positives leave the pool (a query in several rows: all of its positives; another query's positive
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_modules.retrieval import top_k
+from metrics.functional import top_k
 
 SAMPLING_STRATEGIES = ("top", "random")
 # the prompt names ST's encode_query / encode_document use when the model has them (first found)

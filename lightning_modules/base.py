@@ -7,6 +7,7 @@ batch holds the features of one stream.
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 
 import lightning as L
 import torch
@@ -21,7 +22,9 @@ from datamodules.contract import DataNeeds
 from lightning_modules.gradcache import cached_step
 from lightning_modules.nonfinite import NonFiniteGuard
 from lightning_modules.optim import build_optimizer
-from lightning_modules.retrieval import EmbeddingCollector, information_retrieval_metrics
+from metrics.collector import EmbeddingCollector
+from metrics.functional import information_retrieval_metrics
+from metrics.keys import PRIMARY_METRIC, metric_key, parse_metric_key
 from reporting.metrics_log import log_row
 from reporting.tables import format_table
 
@@ -267,19 +270,19 @@ class EmbeddingModule(L.LightningModule):
                 values = information_retrieval_metrics(queries[task.query_stream], corpus, task.relevant,
                                                        truncate_dim=dim, corpus_ids=ids, corpus_size=size,
                                                        gather=gather)
-                metrics.update({_metric_key(stage, task.name, dim, k): v for k, v in values.items()})
+                metrics.update({metric_key(stage, task.name, dim, k): v for k, v in values.items()})
         return metrics
 
     def main_metric(self, stage: str) -> str:
         """The progress-bar metric: nDCG@10 of the first task at the largest dim."""
-        return _metric_key(stage, self.trainer.datamodule.retrieval_tasks(stage)[0].name, self.eval_dims[0],
-                           "cosine_ndcg@10")
+        return metric_key(stage, self.trainer.datamodule.retrieval_tasks(stage)[0].name, self.eval_dims[0],
+                          PRIMARY_METRIC)
 
     def metric_keys(self, stage: str) -> list[str]:
         """Every key an evaluation of ``stage`` logs, known before any evaluation runs (to check monitors)."""
         one = torch.eye(2)  # the metric names come from the function that computes them, on two items
         names = information_retrieval_metrics(one, one, [[0], [1]]).keys()
-        return [_metric_key(stage, task.name, dim, name) for task in self.trainer.datamodule.retrieval_tasks(stage)
+        return [metric_key(stage, task.name, dim, name) for task in self.trainer.datamodule.retrieval_tasks(stage)
                 for dim in self.eval_dims for name in names]
 
     @torch.no_grad()
@@ -337,11 +340,5 @@ class EmbeddingModule(L.LightningModule):
             return
         metrics = self._evaluate_now()
         self.history.append((-1, metrics))
-        log_row(self.trainer, {f"{k}_base": v for k, v in metrics.items()}, step=0)
+        log_row(self.trainer, {str(replace(parse_metric_key(k), base=True)): v for k, v in metrics.items()}, step=0)
         rank_zero_info(format_table({"base model": metrics}, "val"))
-
-
-def _metric_key(stage: str, task: str, dim: int | None, metric: str) -> str:
-    """``val/dim_384_cosine_ndcg@10``, ``val/shapes-eval_cosine_ndcg@10`` or ``val/cosine_ndcg@10``."""
-    name = "_".join(p for p in (task, f"dim_{dim}" if dim else "") if p)
-    return f"{stage}/{name + '_' if name else ''}{metric}"

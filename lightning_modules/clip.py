@@ -13,8 +13,8 @@ from datamodules.batches import FEATURES, IDS, IMAGE_INDEX, PIXEL_VALUES
 from datamodules.contract import DataNeeds
 from lightning_modules.base import EmbeddingModule
 from lightning_modules.clip_backends import ClipBackend
-from lightning_modules.retrieval import EmbeddingCollector
 from losses import MultipleNegativesRankingLoss
+from metrics.collector import EmbeddingCollector
 
 # A locked image tower is kept in eval mode on purpose (a constant function); Lightning's warning about modules in
 # eval mode at the start of training would name it in every such run.

@@ -6,8 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losses.distributed import all_gather_with_grad, rank_and_world_size
-
-SIMILARITIES = ("cosine", "dot")
+from metrics.keys import SIMILARITIES
 
 
 class MultipleNegativesRankingLoss(nn.Module):

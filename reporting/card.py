@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 
 import yaml
 
+from metrics.keys import PRIMARY_METRIC
+
 SBERT_LOSS_DOCS = "https://sbert.net/docs/package_reference/sentence_transformer/losses.html"
 IR_EVALUATOR_DOCS = ("https://sbert.net/docs/package_reference/sentence_transformer/evaluation.html"
                      "#sentence_transformers.evaluation.InformationRetrievalEvaluator")
@@ -152,7 +154,7 @@ class EvalSet:
 
     name: str
     metrics: dict[str, float]
-    primary: str = "cosine_ndcg@10"
+    primary: str = PRIMARY_METRIC
     split: str = "validation"
 
 

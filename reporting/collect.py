@@ -25,15 +25,15 @@ import yaml
 from datamodules.images import ImageLoadError, image_header
 from cli_options import SECTIONS, option_defaults
 from lightning_modules.hub import hub_model_name
+from metrics.keys import PRIMARY_METRIC, parse_metric_key
 from reporting.card import CardData, DatasetInfo, EvalSet, TrainingLog
-from reporting.metrics_log import Evaluation, MetricsLog, read_metrics, split_metric_key
+from reporting.metrics_log import Evaluation, MetricsLog, read_metrics
 
 REPORT = "report.json"
 PRINT_ARCHITECTURE = ("import sys; from sentence_transformers import SentenceTransformer; "
                       "print(SentenceTransformer(sys.argv[1], device='cpu'))")
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "MASTER_ADDR",
                    "MASTER_PORT", "TORCHELASTIC_RUN_ID")
-PRIMARY = "cosine_ndcg@10"
 STATS_ROWS = 1000
 VERSIONS = {"litembed": "litembed", "Sentence Transformers": "sentence-transformers", "Transformers": "transformers",
             "PyTorch": "torch", "Lightning": "lightning", "Datasets": "datasets", "Tokenizers": "tokenizers",
@@ -251,8 +251,8 @@ def _primary(monitor: str | None) -> str:
     """The metric shown in bold and in the training log: the one the best checkpoint was chosen by (the bge seed's
     map@100), else nDCG@10."""
     if monitor and monitor.startswith("val/"):
-        return split_metric_key(monitor.removeprefix("val/"))[1]
-    return PRIMARY
+        return parse_metric_key(monitor).metric
+    return PRIMARY_METRIC
 
 
 def _eval_sets(log: MetricsLog, exported: Evaluation | None, primary: str) -> list[EvalSet]:
@@ -261,9 +261,9 @@ def _eval_sets(log: MetricsLog, exported: Evaluation | None, primary: str) -> li
     for stage, metrics in (("validation", exported.metrics if exported else {}), ("test", log.test)):
         grouped: dict[str, dict[str, float]] = {}
         for key, value in metrics.items():
-            name, metric = split_metric_key(key)
-            grouped.setdefault(name, {})[metric] = value
-        order = [split_metric_key(k)[0] for k in log.primary_keys(primary)]  # largest dim first, task order
+            parsed = parse_metric_key(key)
+            grouped.setdefault(parsed.set_name, {})[parsed.metric] = value
+        order = [parse_metric_key(k).set_name for k in log.primary_keys(primary)]  # largest dim first, task order
         for name, values in sorted(grouped.items(), key=lambda item: order.index(item[0]) if item[0] in order
                                    else len(order)):
             values = dict(sorted(values.items(), key=lambda item: _metric_order(item[0])))
@@ -287,7 +287,7 @@ def _training_log(log: MetricsLog, exported: Evaluation | None, steps_per_epoch:
     """sentence-transformers' "Training Logs" table: the base model and the test as ``-1`` rows, a row per logged
     step with the training loss and each validation set's primary metric, the exported checkpoint's row in bold."""
     val_keys = log.primary_keys(primary)
-    test_keys = [k for k in log.test if split_metric_key(k)[1] == primary]
+    test_keys = [k for k in log.test if parse_metric_key(k).metric == primary]
     columns = ["Training Loss"] + val_keys + [f"test {k}" if k in val_keys else k for k in test_keys]
     width = len(columns) - 1
     steps: dict[int, list] = {}

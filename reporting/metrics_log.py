@@ -11,6 +11,8 @@ empty), and it sorts the header alphabetically. litembed logs:
   ``_base`` suffix at step 0;
 - ``test/<set>_<similarity>_<metric>`` after fit.
 
+``metrics.keys`` spells and reads these keys.
+
 Every row's ``step`` is the number of optimizer steps taken (:func:`log_row`), as in sentence-transformers' logs and
 the checkpoints' names. Columns other loggers add are ignored. A resumed run truncates the file to the checkpoint's
 step and appends, so steps increase; a step that still appears twice keeps its last value.
@@ -20,19 +22,13 @@ import csv
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-METRICS_FILE = "metrics.csv"
-SIMILARITIES = ("cosine", "dot", "euclidean", "manhattan")
-BASE_SUFFIX = "_base"
-PRIMARY_METRIC = "cosine_ndcg@10"
+from metrics.keys import PRIMARY_METRIC, STAGES, MetricKey, metric_key, parse_metric_key
 
-# a similarity prefix at the start of the key or right after a '_' (set names may hold '_' and '-', metrics do not
-# start anywhere else); the last such prefix starts the metric, so a set named "dot_products" stays a set
-_SIMILARITY_PREFIX = re.compile(rf"(?:^|(?<=_))(?:{'|'.join(SIMILARITIES)})_")
-_MATRYOSHKA_SET = re.compile(r"(?:(.*)_)?dim_(\d+)")
+METRICS_FILE = "metrics.csv"
 _LR_EXTRA = ("-momentum", "-weight_decay")  # LearningRateMonitor's log_momentum / log_weight_decay columns
 
 
@@ -87,47 +83,16 @@ class MetricsLog:
             "shapes-eval-image2text_cosine_ndcg@10"]`` or ``["cosine_ndcg@10"]``.
         """
         keys = [key for evaluation in self.evaluations for key in evaluation.metrics] + list(self.test)
-        sets = {parsed[0] for parsed in map(_try_split, keys) if parsed is not None and parsed[1] == metric}
-        return [join_metric_key(name, metric) for name in sorted(sets, key=_set_order)]
+        sets = {(parsed.task, parsed.dim) for parsed in map(_parsed, keys) if parsed and parsed.metric == metric}
+        # a task's name, then its Matryoshka dims, largest first
+        return [metric_key("", task, dim, metric) for task, dim in sorted(sets, key=lambda s: (s[0], -(s[1] or 0)))]
 
 
-def split_metric_key(key: str) -> tuple[str, str]:
-    """Split a metric key (no ``val/``/``test/`` prefix) into evaluation set and metric.
-
-    Args:
-        key: e.g. ``dim_384_cosine_ndcg@10``, ``shapes-eval-image2text_cosine_mrr@10`` or ``cosine_ndcg@10``.
-
-    Returns:
-        ``("dim_384", "cosine_ndcg@10")``, ``("shapes-eval-image2text", "cosine_mrr@10")``, ``("", "cosine_ndcg@10")``.
-
-    Raises:
-        ValueError: if no part of ``key`` starts with a similarity (``cosine_``, ``dot_``, ``euclidean_``,
-            ``manhattan_``).
-    """
-    parsed = _try_split(key)
-    if parsed is None:
-        raise ValueError(f"{key!r} is not a retrieval metric key: expected '<set>_<similarity>_<metric>' with a "
-                         f"similarity in {SIMILARITIES}, e.g. 'dim_384_cosine_ndcg@10'")
-    return parsed
-
-
-def join_metric_key(set_name: str, metric: str) -> str:
-    """The inverse of :func:`split_metric_key`: ``("dim_384", "cosine_ndcg@10")`` → ``dim_384_cosine_ndcg@10``."""
-    return f"{set_name}_{metric}" if set_name else metric
-
-
-def _try_split(key: str) -> tuple[str, str] | None:
-    starts = [match.start() for match in _SIMILARITY_PREFIX.finditer(key)]
-    if not starts:
+def _parsed(key: str) -> MetricKey | None:
+    try:
+        return parse_metric_key(key)
+    except ValueError:  # not a retrieval metric: another callback's value (a loss), a learning rate
         return None
-    start = starts[-1]
-    return key[:start].removesuffix("_"), key[start:]
-
-
-def _set_order(name: str) -> tuple[str, int]:
-    """Sort key of an evaluation set: its task's name, then its Matryoshka dim, largest first."""
-    match = _MATRYOSHKA_SET.fullmatch(name)
-    return ((match.group(1) or ""), -int(match.group(2))) if match else (name, 0)
 
 
 def metrics_path(path_or_run_dir: str) -> str:
@@ -159,6 +124,7 @@ def read_metrics(path_or_run_dir: str) -> MetricsLog:
             raise ValueError(f"{path} has no 'step' column (columns: {columns[:8]}): it is not a CSVLogger metrics "
                              f"log")
         lr_column = _lr_column(columns)
+        evaluated = {column: route for column in columns if (route := _evaluation_column(column))}
         train: dict[int, TrainPoint] = {}
         lr: dict[int, float] = {}
         evaluations: dict[int, Evaluation] = {}
@@ -176,15 +142,14 @@ def read_metrics(path_or_run_dir: str) -> MetricsLog:
                 train[step] = TrainPoint(step, epoch, loss)
             if lr_column is not None and (rate := cell.number(lr_column)) is not None:
                 lr[step] = rate
-            for column in columns:
-                if not column.startswith(("val/", "test/")) or (value := cell.number(column)) is None:
+            for column, (stage, key, is_base) in evaluated.items():
+                if (value := cell.number(column)) is None:
                     continue
                 value = as_logged(value)
-                stage, key = column.split("/", 1)
                 if stage == "test":
                     test[key] = value
-                elif key.endswith(BASE_SUFFIX):
-                    base[key.removesuffix(BASE_SUFFIX)] = value
+                elif is_base:
+                    base[key] = value
                 else:
                     evaluation = evaluations.setdefault(step, Evaluation(step, epoch, {}))
                     evaluation.metrics[key] = value
@@ -194,6 +159,19 @@ def read_metrics(path_or_run_dir: str) -> MetricsLog:
         ordered.insert(0, Evaluation(0, None, base, base=True))
     return MetricsLog(train=[train[step] for step in sorted(train)], lr=sorted(lr.items()), evaluations=ordered,
                       test=test)
+
+
+def _evaluation_column(column: str) -> tuple[str, str, bool] | None:
+    """``(stage, key without the stage, base model?)`` of a ``val/`` or ``test/`` column, None for another column.
+    A column no metric key parses (another callback's ``val/loss``) keeps its name after the stage."""
+    parsed = _parsed(column)
+    if parsed is None:
+        stage, slash, key = column.partition("/")
+        return (stage, key, False) if slash and stage in STAGES else None
+    if parsed.stage == "val":
+        return "val", replace(parsed, base=False).name, parsed.base
+    # only validation evaluates the base model: a test key is kept whole
+    return ("test", parsed.name, False) if parsed.stage == "test" else None
 
 
 def as_logged(value: float) -> float:

@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from reporting.metrics_log import PRIMARY_METRIC, MetricsLog, read_metrics, split_metric_key
+from metrics.keys import PRIMARY_METRIC, parse_metric_key
+from reporting.metrics_log import MetricsLog, read_metrics
 
 LOSS_PLOT = "training_loss.png"
 EVAL_PLOT = "evaluation.png"
@@ -127,7 +128,7 @@ def _draw_evaluation(figure: Figure, log: MetricsLog, title: str) -> bool:
     keys = log.primary_keys(metric)
     for index, key in enumerate(keys):
         color = f"C{index % 10}"
-        set_name = split_metric_key(key)[0] or "validation"
+        set_name = parse_metric_key(key).set_name or "validation"
         points = [(e.step, e.metrics[key], e.base) for e in log.evaluations if key in e.metrics]
         if points:
             ax.plot([s for s, _, _ in points], [v for _, v, _ in points], color=color, marker="o", markersize=4,
@@ -161,7 +162,7 @@ def _plotted_metric(log: MetricsLog) -> str | None:
     metrics = []
     for key in [k for e in log.evaluations for k in e.metrics] + list(log.test):
         try:
-            metrics.append(split_metric_key(key)[1])
+            metrics.append(parse_metric_key(key).metric)
         except ValueError:  # a metric another callback logged under val/ (a loss): not a retrieval curve
             continue
     if PRIMARY_METRIC in metrics:

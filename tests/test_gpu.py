@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import TINY_BERT
-from lightning_modules.retrieval import EmbeddingCollector, information_retrieval_metrics
+from metrics.collector import EmbeddingCollector
+from metrics.functional import information_retrieval_metrics
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from reporting.metrics_log import Evaluation, MetricsLog, TrainPoint, read_metrics, split_metric_key
+from reporting.metrics_log import Evaluation, MetricsLog, TrainPoint, read_metrics
 from reporting.plots import EVAL_PLOT, LOSS_PLOT, ema, main, metric_label, smoothing_weight, write_plots
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,24 +142,6 @@ def test_primary_keys_order_tasks_by_name_and_dims_largest_first():
                      test={"b_dim_128_cosine_ndcg@10": 0.6, "a-x_dim_64_cosine_ndcg@10": 0.1})
     assert log.primary_keys() == ["a_dim_64_cosine_ndcg@10", "a-x_dim_64_cosine_ndcg@10", "b_dim_128_cosine_ndcg@10",
                                   "b_dim_64_cosine_ndcg@10"]
-
-
-@pytest.mark.parametrize(("key", "expected"), [
-    ("dim_384_cosine_ndcg@10", ("dim_384", "cosine_ndcg@10")),
-    ("cosine_ndcg@10", ("", "cosine_ndcg@10")),
-    ("shapes-eval_cosine_ndcg@10", ("shapes-eval", "cosine_ndcg@10")),
-    ("shapes-eval-image2text_cosine_mrr@10", ("shapes-eval-image2text", "cosine_mrr@10")),
-    ("shapes-eval_dim_64_dot_map@100", ("shapes-eval_dim_64", "dot_map@100")),
-    ("dot_products_dim_64_cosine_ndcg@10", ("dot_products_dim_64", "cosine_ndcg@10")),
-    ("multicosine_dim_8_manhattan_recall@5", ("multicosine_dim_8", "manhattan_recall@5")),
-])
-def test_split_metric_key(key, expected):
-    assert split_metric_key(key) == expected
-
-
-def test_split_metric_key_rejects_a_key_without_similarity():
-    with pytest.raises(ValueError, match="'loss' is not a retrieval metric key"):
-        split_metric_key("loss")
 
 
 def test_read_metrics_errors_name_the_place(tmp_path):

@@ -16,10 +16,17 @@ import pytest
 import yaml
 
 from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG
+from metrics.keys import parse_metric_key
 from reporting.card import check_no_absolute_paths
-from reporting.metrics_log import read_metrics, split_metric_key
+from reporting.metrics_log import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def split_metric_key(key: str) -> tuple[str, str]:
+    """(evaluation set, metric): how the card groups a key's value."""
+    parsed = parse_metric_key(key)
+    return parsed.set_name, parsed.metric
 
 
 def run_fit(args: list[str], cwd: str, subcommand: str = "fit", returncode: int = 0) -> subprocess.CompletedProcess:

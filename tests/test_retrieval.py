@@ -14,7 +14,8 @@ import torchmetrics.retrieval as tmr
 from sentence_transformers import util
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
-from lightning_modules.retrieval import EmbeddingCollector, information_retrieval_metrics, top_k
+from metrics.collector import EmbeddingCollector
+from metrics.functional import information_retrieval_metrics, top_k
 
 ST_KS = {"accuracy_at": "accuracy_at_k", "precision_recall_at": "precision_recall_at_k", "mrr_at": "mrr_at_k",
          "ndcg_at": "ndcg_at_k", "map_at": "map_at_k"}
