@@ -72,7 +72,7 @@ def metric_key(stage: str, task: str, dim: int | None, metric: str, *, base: boo
 
     Args:
         stage: ``val`` or ``test``; empty: no stage prefix (``dim_384_cosine_ndcg@10``).
-        task: the retrieval task's name (``datamodules.common.RetrievalTask.name``), may be empty.
+        task: the retrieval task's name (``datamodules.contract.RetrievalTask.name``), may be empty.
         dim: the Matryoshka dim evaluated; None (or 0) for the full embedding.
         metric: e.g. ``cosine_ndcg@10``.
         base: the model before training: ``_base`` appended.
