@@ -10,7 +10,8 @@ from PIL import Image
 
 from datamodules.image_captions import ImageCaptionDataModule
 from lightning_modules.clip import CLIPEmbeddingModule
-from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TINY_OPEN_CLIP_CFG, OpenClip, TransformersClip
+from lightning_modules.clip_backends import OpenClip, TransformersClip
+from tests.tiny import TINY_HF_CLIP_CONFIG, TINY_OPEN_CLIP_CFG
 from train import cli_main
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]

@@ -87,7 +87,8 @@ def coco_like(tmp_path):
     import datasets
     from PIL import Image
 
-    from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TransformersClip
+    from lightning_modules.clip_backends import TransformersClip
+    from tests.tiny import TINY_HF_CLIP_CONFIG
 
     model_dir = str(tmp_path / "clip-model")
     backend = TransformersClip(config=TINY_HF_CLIP_CONFIG)

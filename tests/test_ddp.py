@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from conftest import TINY_BERT, qa_rows, write_jsonl
-from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG
+from conftest import qa_rows, write_jsonl
+from tests.tiny import TINY_BERT, TINY_HF_CLIP_CONFIG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]

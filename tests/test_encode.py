@@ -19,9 +19,10 @@ from encode import main
 from inference.inputs import read_inputs
 from inference.models import ModuleEmbedder, SentenceTransformerEmbedder, load_model
 from lightning_modules.clip import CLIPEmbeddingModule
-from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TINY_OPEN_CLIP_CFG, OpenClip, TransformersClip
+from lightning_modules.clip_backends import OpenClip, TransformersClip
 from lightning_modules.text import TextEmbeddingModule
 from lightning_modules.text_encoder import TextEncoder
+from tests.tiny import TINY_HF_CLIP_CONFIG, TINY_OPEN_CLIP_CFG
 from train import cli_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

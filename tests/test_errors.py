@@ -88,7 +88,8 @@ def test_uncached_hub_model_offline_names_it_and_a_local_directory(tiny_bert_dir
 
 
 def test_uncached_clip_model_offline_names_it(capsys, tmp_path):
-    from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TransformersClip
+    from lightning_modules.clip_backends import TransformersClip
+    from tests.tiny import TINY_HF_CLIP_CONFIG
 
     flag = "--model.init_args.encoder.init_args.model_name_or_path"
     message = fails(capsys, "--config", CLIP, f"{flag}=openai/some-uncached-clip")

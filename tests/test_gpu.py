@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from conftest import TINY_BERT
 from lightning_modules.retrieval import EmbeddingCollector, information_retrieval_metrics
+from tests.tiny import TINY_BERT
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

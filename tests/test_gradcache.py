@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_BERT
 from lightning_modules.clip import CLIPEmbeddingModule
-from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TransformersClip
+from lightning_modules.clip_backends import TransformersClip
 from lightning_modules.gradcache import cached_step, split_features
 from lightning_modules.text import TextEmbeddingModule
 from lightning_modules.text_encoder import TextEncoder
 from losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+from tests.tiny import TINY_BERT, TINY_HF_CLIP_CONFIG
 
 
 def grads(module) -> dict[str, torch.Tensor]:

@@ -14,8 +14,9 @@ import datamodules.pixel_cache as pixel_cache
 from datamodules.image_captions import ImageCaptionDataModule
 from datamodules.pixel_cache import PixelCache, plan_capacity
 from lightning_modules.clip import CLIPEmbeddingModule
-from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TINY_OPEN_CLIP_CFG, OpenClip, TransformersClip
+from lightning_modules.clip_backends import OpenClip, TransformersClip
 from tests.test_tower_cache import HF, exported, logged
+from tests.tiny import TINY_HF_CLIP_CONFIG, TINY_OPEN_CLIP_CFG
 from train import cli_main
 
 

@@ -14,7 +14,7 @@ import torch
 
 from conftest import write_pairs_dir
 from datamodules.images import load_image
-from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG
+from tests.tiny import TINY_HF_CLIP_CONFIG
 from train import cli_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
-from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG
 from reporting.card import check_no_absolute_paths
 from reporting.metrics_log import read_metrics, split_metric_key
+from tests.tiny import TINY_HF_CLIP_CONFIG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

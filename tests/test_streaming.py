@@ -12,11 +12,12 @@ from conftest import qa_rows, write_jsonl
 from datamodules.image_captions import ImageCaptionDataModule
 from datamodules.pairs import PairDataModule
 from lightning_modules.clip import CLIPEmbeddingModule
-from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TransformersClip
+from lightning_modules.clip_backends import TransformersClip
 from lightning_modules.text import TextEmbeddingModule
 from lightning_modules.text_encoder import TextEncoder
 from test_clip import imagefolder, png
 from test_resume import command, logged, run
+from tests.tiny import TINY_HF_CLIP_CONFIG
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_BERT, qa_rows, write_jsonl
+from conftest import qa_rows, write_jsonl
 from datamodules.pairs import PairDataModule
 from lightning_modules.text import TextEmbeddingModule
 from lightning_modules.text_encoder import TextEncoder
 from losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+from tests.tiny import TINY_BERT
 from train import cli_main
 
 

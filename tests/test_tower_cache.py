@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 import datamodules.image_captions as image_captions
 from datamodules.image_captions import ImageCaptionDataModule
 from lightning_modules.clip import CLIPEmbeddingModule
-from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TINY_OPEN_CLIP_CFG, TransformersClip
+from lightning_modules.clip_backends import TransformersClip
 from tests.test_clip import imagefolder
+from tests.tiny import TINY_HF_CLIP_CONFIG, TINY_OPEN_CLIP_CFG
 from train import cli_main
 
 HF = ["--model.encoder=lightning_modules.clip_backends.TransformersClip",
