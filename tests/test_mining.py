@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from sentence_transformers import util
 
 from inference.mining import mine_dataset, mine_hard_negatives
+from tests.commands import logged_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -343,10 +344,7 @@ def test_the_printed_command_trains_on_the_mined_folder(mined_dir, tiny_export, 
     assert cli.datamodule.columns == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
     batch = next(iter(cli.datamodule.train_dataloader()))
     assert len(batch["features"]) == 5  # anchor, positive and three negatives reach the loss
-    with open(os.path.join(cli.trainer.log_dir, "metrics.csv")) as f:
-        losses = [row.split(",") for row in f.read().splitlines()]
-    column = losses[0].index("train/loss")
-    assert sum(1 for row in losses[1:] if row[column]) == 2
+    assert sum(1 for row in logged_rows(cli.trainer.log_dir) if row.get("train/loss")) == 2
 
 
 @pytest.mark.parametrize("extra, message", [
