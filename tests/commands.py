@@ -55,8 +55,8 @@ def clip_recipe(backend: str = "transformers") -> list[str]:
 def train_args(*flags: str, save_dir=None, subcommand: str | None = "fit") -> list[str]:
     """``subcommand`` (None: none, for ``cli_main(…, run=False)``), then seed 0 on the CPU for 1 epoch, every step
     logged, no progress bar, a CSVLogger into ``save_dir`` (when given), then ``flags`` (a recipe's, then the test's
-    own). A ``--key=value`` flag whose key is already set replaces that flag where it stands; any other is appended
-    (so ``--ckpt_path last`` and a list of callbacks pass as given)."""
+    own). A ``--key=value`` flag whose key is already set replaces that flag where it stands; any other is appended,
+    as is a flag given as two words (``--ckpt_path``, ``last``)."""
     base = ["--seed_everything=0", "--trainer.accelerator=cpu", "--trainer.max_epochs=1",
             "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
             "--trainer.logger=lightning.pytorch.loggers.CSVLogger"]
@@ -80,7 +80,7 @@ def train_command(args: list[str]) -> list[str]:
     return [sys.executable, TRAIN, *args]
 
 
-def run_train(args: list[str], cwd=ROOT, returncode: int | None = 0, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_train(args: list[str], cwd=ROOT, returncode: int | None = 0, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python train.py *args`` as users do and return the finished process, having checked its exit code (unless
     ``returncode`` is None); a hang fails the test instead of blocking the suite."""
     done = subprocess.run(train_command(args), cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
