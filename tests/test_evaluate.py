@@ -13,7 +13,8 @@ from typing import NamedTuple
 import pytest
 
 from conftest import write_pairs_dir
-from test_report import run_fit, text_args
+from test_report import text_args
+from tests.commands import run_train
 from train import cli_main
 
 QUICK = ["--trainer.max_steps=2", "--test_after_fit=false", "--model.export_dir=null"]
@@ -35,7 +36,7 @@ class Evaluated(NamedTuple):
     run: Path  # the fit run: <work>/runs/text/version_0
     fit_tree: dict[str, str | None]  # tree(run) before the evaluations
     done: dict[str, subprocess.CompletedProcess]  # subcommand → its process
-    args: list[str]  # the recipe's flags
+    args: list[str]  # the recipe's flags (no subcommand)
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +44,12 @@ def evaluated(tmp_path_factory, tiny_bert_dir) -> Evaluated:
     """One fit run, then each evaluation of it, naming its checkpoint each way --ckpt_path can."""
     work = tmp_path_factory.mktemp("evaluate")
     data = write_pairs_dir(work / "data", train=16, validation=8, test=8)
-    args = text_args(data, tiny_bert_dir, QUICK)
+    args = text_args(data, tiny_bert_dir, QUICK, subcommand=None)
     # in this process (the evaluations are what is under test): the run folder a train.py fit writes, sooner
     cli_main(["fit", *args, f"--trainer.logger.save_dir={work / 'runs'}"])
     run = work / "runs" / "text" / "version_0"
     fit_tree = tree(run)
-    done = {subcommand: run_fit(args + ["--ckpt_path", ckpt], cwd=str(work), subcommand=subcommand)
+    done = {subcommand: run_train([subcommand, *args, "--ckpt_path", ckpt], cwd=str(work))
             for subcommand, ckpt in [("validate", "runs/text/version_0/checkpoints/last.ckpt"),
                                      ("test", "runs/text/version_0"), ("predict", "last")]}
     return Evaluated(work, run, fit_tree, done, args)
@@ -73,7 +74,7 @@ def test_a_second_validate_keeps_the_first_s_results(evaluated):
     work, run = evaluated.work, evaluated.run
     first = run / "validate" / "version_0" / "metrics.csv"
     results = first.read_text()
-    run_fit(evaluated.args + ["--ckpt_path", "last"], cwd=str(work), subcommand="validate")
+    run_train(["validate", *evaluated.args, "--ckpt_path", "last"], cwd=str(work))
     assert first.read_text() == results == (run / "validate" / "version_1" / "metrics.csv").read_text()
     assert sorted(os.listdir(work / "runs" / "text")) == ["version_0"]
 
@@ -113,9 +114,8 @@ def test_an_evaluation_that_fails_leaves_no_folder(evaluated, tiny_bert_dir, ckp
     before = tree(work / "runs")
     save_dir = "runs" if ckpt_path else "elsewhere"
     args = text_args(str(work / "data"), tiny_bert_dir, [*QUICK, "--data.test_split=nope",
-                                                         f"--trainer.logger.save_dir={save_dir}"])
-    done = run_fit(args + (["--ckpt_path", ckpt_path] if ckpt_path else []), cwd=str(work), subcommand="test",
-                   returncode=2)
+                                                         f"--trainer.logger.save_dir={save_dir}"], subcommand="test")
+    done = run_train(args + (["--ckpt_path", ckpt_path] if ckpt_path else []), cwd=str(work), returncode=2)
     assert done.stderr.splitlines()[-1].startswith("error: --data.init_args.test_split 'nope': split not found")
     assert tree(work / "runs") == before and not (work / "elsewhere").exists()
 
