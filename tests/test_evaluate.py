@@ -31,23 +31,35 @@ def warnings_in(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if re.search(r"\.py:\d+: ", line)]
 
 
-class Evaluated(NamedTuple):
+class Fitted(NamedTuple):
     work: Path  # the working folder of every command
     run: Path  # the fit run: <work>/runs/text/version_0
-    fit_tree: dict[str, str | None]  # tree(run) before the evaluations
-    done: dict[str, subprocess.CompletedProcess]  # subcommand → its process
     args: list[str]  # the recipe's flags (no subcommand)
 
 
+class Evaluated(NamedTuple):
+    work: Path
+    run: Path
+    fit_tree: dict[str, str | None]  # tree(run) before the evaluations
+    done: dict[str, subprocess.CompletedProcess]  # subcommand → its process
+    args: list[str]
+
+
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory, tiny_bert_dir) -> Evaluated:
-    """One fit run, then each evaluation of it, naming its checkpoint each way --ckpt_path can."""
+def fitted(tmp_path_factory, tiny_bert_dir) -> Fitted:
+    """One fit run, in this process (the evaluations are what is under test): the run folder a train.py fit writes,
+    sooner."""
     work = tmp_path_factory.mktemp("evaluate")
     data = write_pairs_dir(work / "data", train=16, validation=8, test=8)
     args = text_args(data, tiny_bert_dir, QUICK, subcommand=None)
-    # in this process (the evaluations are what is under test): the run folder a train.py fit writes, sooner
     cli_main(["fit", *args, f"--trainer.logger.save_dir={work / 'runs'}"])
-    run = work / "runs" / "text" / "version_0"
+    return Fitted(work, work / "runs" / "text" / "version_0", args)
+
+
+@pytest.fixture(scope="module")
+def evaluated(fitted) -> Evaluated:
+    """Each evaluation of the fit run, naming its checkpoint each way --ckpt_path can."""
+    work, run, args = fitted
     fit_tree = tree(run)
     done = {subcommand: run_train([subcommand, *args, "--ckpt_path", ckpt], cwd=str(work))
             for subcommand, ckpt in [("validate", "runs/text/version_0/checkpoints/last.ckpt"),
@@ -95,22 +107,22 @@ def test_validate_and_test_print_litembed_s_table_not_lightning_s(evaluated):
         assert "DataLoader 0" not in console and "━━━" not in console  # Lightning's results table
 
 
-def test_a_checkpoint_loads_without_a_trainer(evaluated, tiny_bert_dir):
+def test_a_checkpoint_loads_without_a_trainer(fitted, tiny_bert_dir):
     from lightning_modules.text import TextEmbeddingModule
     from lightning_modules.text_encoder import TextEncoder
     from losses import MatryoshkaLoss, MultipleNegativesRankingLoss
 
     module = TextEmbeddingModule.load_from_checkpoint(  # the injected encoder and loss are not hyperparameters
-        evaluated.run / "checkpoints" / "last.ckpt", map_location="cpu",
+        fitted.run / "checkpoints" / "last.ckpt", map_location="cpu",
         encoder=TextEncoder(tiny_bert_dir, max_length=32), loss=MatryoshkaLoss(MultipleNegativesRankingLoss(), [32, 8]))
     assert module.history and module.global_step == 0  # the evaluations it carries; no trainer attached
 
 
 @pytest.mark.parametrize("ckpt_path", ["runs/text/version_0",
                                        pytest.param(None, marks=pytest.mark.slow)])  # the same code, one more process
-def test_an_evaluation_that_fails_leaves_no_folder(evaluated, tiny_bert_dir, ckpt_path):
+def test_an_evaluation_that_fails_leaves_no_folder(fitted, tiny_bert_dir, ckpt_path):
     """A split the data lacks is found after Lightning made the log folder (and wrote config.yaml into it)."""
-    work, run = evaluated.work, evaluated.run
+    work, run = fitted.work, fitted.run
     before = tree(work / "runs")
     save_dir = "runs" if ckpt_path else "elsewhere"
     args = text_args(str(work / "data"), tiny_bert_dir, [*QUICK, "--data.test_split=nope",
