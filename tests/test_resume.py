@@ -28,6 +28,7 @@ from datamodules.sampler import NoDuplicatesBatchSampler
 from lightning_modules.nonfinite import NonFiniteGuard
 from tests.commands import (ENV, NO_EXPORT, ROOT, WALL_CLOCK, logged_rows, run_train, text_recipe, train_args,
                             train_command)
+from train import cli_main
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,13 @@ def uninterrupted(tmp_path_factory, tiny_bert_dir, data):
 
     def reference(name: str) -> str:
         if name not in runs:
-            run_train(command(tiny_bert_dir, data, root / name, *KINDS[name]))
+            # map-style in this process (what is under test is the train.py process compared with it); the stream's
+            # 2 DataLoader workers are not forked from pytest
+            args = command(tiny_bert_dir, data, root / name, *KINDS[name])
+            if name == "map":
+                cli_main(args)
+            else:
+                run_train(args)
             runs[name] = str(root / name / "run" / "version_0")
         return runs[name]
 
@@ -159,7 +166,7 @@ def test_sigterm_saves_at_the_step_boundary_prints_the_command_and_resumes(tmp_p
     # accumulation 2: the checkpoint must wait for the optimizer step (it cannot hold half-summed gradients)
     extra = ["--trainer.accumulate_grad_batches=2", "--checkpoint_every_n_steps=1"]
     reference = tmp_path / "reference"
-    run_train(command(tiny_bert_dir, data, reference, *extra))
+    cli_main(command(tiny_bert_dir, data, reference, *extra))  # in this process: the reference, not under test
     args = command(tiny_bert_dir, data, tmp_path / "preempted", extra[0], "--checkpoint_every_n_steps=2")
     run_dir = str(tmp_path / "preempted" / "run" / "version_0")
     code, out, err = interrupt(args, run_dir, 2, signal.SIGTERM)  # mid-training
@@ -328,8 +335,6 @@ def test_a_model_with_a_non_finite_weight_is_never_exported(tmp_path, tiny_bert_
     """The last line of defence (steps are skipped before a weight can go non-finite): export refuses, every rank."""
     from lightning.pytorch import Callback
 
-    from train import cli_main
-
     class Poison(Callback):
         def on_train_end(self, trainer, module):
             next(module.parameters()).data[0] = float("nan")
@@ -362,7 +367,7 @@ EVERY_5 = "--checkpoint_every_n_steps=5"  # one falls on step 10, the evaluating
 def monitored(tmp_path_factory, tiny_bert_dir, data) -> str:
     """The run folder of the uninterrupted run with the best-checkpoint monitor and a checkpoint every 5 steps."""
     root = tmp_path_factory.mktemp("monitored")
-    run_train(command(tiny_bert_dir, data, root, EVERY_5, MONITOR))
+    cli_main(command(tiny_bert_dir, data, root, EVERY_5, MONITOR))  # in this process: the reference, not under test
     return str(root / "run" / "version_0")
 
 
