@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from sentence_transformers import util
 
 from inference.mining import mine_dataset, mine_hard_negatives
-from tests.commands import logged_rows
+from tests.commands import NO_EXPORT, logged_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -338,7 +338,8 @@ def test_the_printed_command_trains_on_the_mined_folder(mined_dir, tiny_export, 
             "--trainer.callbacks.init_args.monitor=val/dim_32_cosine_ndcg@10",
             "--trainer.max_steps=2", "--trainer.log_every_n_steps=1", "--data.init_args.batch_size=4",
             "--data.init_args.num_workers=0", f"--trainer.logger.init_args.save_dir={tmp_path}",
-            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--test_after_fit=false"]
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--test_after_fit=false",
+            NO_EXPORT]
     cli = cli_main(command[2:] + tiny)
     assert cli.trainer.global_step == 2
     assert cli.datamodule.columns == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
