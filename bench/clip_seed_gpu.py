@@ -343,7 +343,7 @@ def parse() -> argparse.Namespace:
     if not 0 < args.warmup_steps < args.steps:
         p.error(f"--warmup-steps must be between 1 and --steps - 1 ({args.steps - 1}), got {args.warmup_steps}")
     if args.tiny:
-        from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG
+        from tests.tiny import TINY_HF_CLIP_CONFIG
         args.config = TINY_HF_CLIP_CONFIG
     else:
         args.config = VIT_L_14

@@ -162,7 +162,7 @@ def recipe_copy(args, work: str) -> str:
     import yaml
 
     if args.tiny:
-        from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG as config
+        from tests.tiny import TINY_HF_CLIP_CONFIG as config
     else:
         from bench.clip_seed_gpu import VIT_L_14 as config
     with open(os.path.join(ROOT, RECIPE)) as f:

@@ -105,8 +105,9 @@ def models(root: str) -> tuple[str, str]:
     """A tiny random-init BERT (MiniLM's tokenizer) and a tiny HF CLIP, saved as hub snapshots are."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TransformersClip
+    from lightning_modules.clip_backends import TransformersClip
     from lightning_modules.text_encoder import resolve_model_path
+    from tests.tiny import TINY_HF_CLIP_CONFIG
 
     bert, clip = f"{root}/tiny-bert", f"{root}/tiny-clip"
     if not os.path.exists(f"{bert}/config.json"):

@@ -22,19 +22,6 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcesso
 
 from lightning_modules.hub import ENCODER_FLAGS as FLAG, loading
 
-# 2 layers, width 32: a forward + backward of 8 image–caption pairs takes milliseconds on CPU.
-TINY_HF_CLIP_CONFIG: dict = {
-    "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                    "max_position_embeddings": 77, "vocab_size": 49408},
-    "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                      "image_size": 32, "patch_size": 8},
-    "projection_dim": 32,
-}
-TINY_OPEN_CLIP_CFG: dict = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 
@@ -157,9 +144,9 @@ class TransformersClip(ClipBackend):
     Args:
         model_name_or_path: hub name (e.g. ``openai/clip-vit-large-patch14``) or local directory holding the
             ``CLIPModel`` and its processor files. Leave unset and pass ``config`` for a randomly initialised model.
-        config: ``CLIPConfig`` kwargs with ``text_config`` and ``vision_config`` dicts (e.g. ``TINY_HF_CLIP_CONFIG``),
-            for random init with OpenAI's tokenizer (built offline) and a CLIP image processor sized to the vision
-            config; ignored when ``model_name_or_path`` is set.
+        config: ``CLIPConfig`` kwargs with ``text_config`` and ``vision_config`` dicts (e.g.
+            ``tests.tiny.TINY_HF_CLIP_CONFIG``), for random init with OpenAI's tokenizer (built offline) and a CLIP
+            image processor sized to the vision config; ignored when ``model_name_or_path`` is set.
         max_length: tokens kept per caption (capped at the text model's ``max_position_embeddings``).
     """
 
@@ -267,7 +254,7 @@ class OpenClip(ClipBackend):
         pretrained: open_clip pretrained tag (e.g. ``openai``, ``laion2b_s34b_b79k``; downloads) or a local weights
             file (``.safetensors``/``.bin``/``.pt``). None: random init.
         model_cfg: a custom architecture (``{"embed_dim": …, "vision_cfg": {…}, "text_cfg": {…}}``, e.g.
-            ``TINY_OPEN_CLIP_CFG``) at random init, instead of ``arch``.
+            ``tests.tiny.TINY_OPEN_CLIP_CFG``) at random init, instead of ``arch``.
         max_length: text context length; None keeps the model's (77 for OpenAI CLIP). Changing it resizes the
             text positional embedding.
     """

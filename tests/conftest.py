@@ -3,12 +3,15 @@ import os
 
 import pytest
 
+from tests.tiny import TINY_BERT
+
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the tests may reach a hub
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "max_position_embeddings": 128}
+# one intra-op thread, here and in every process a test starts (before torch loads): the tiny models gain nothing from
+# a second, and on shared cores its spin-waits cost more than it computes (a train.py fit of test_resume.py measured on
+# 2 loaded cores: 117 s and 31 CPU-s with 2 threads, 70 s and 16 CPU-s with 1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

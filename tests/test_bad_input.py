@@ -24,6 +24,7 @@ from lightning_modules.text_encoder import TextEncoder
 from losses import MultipleNegativesRankingLoss
 from test_errors import TEXT, builds, fails
 from test_text import fit_args
+from tests.commands import NO_EXPORT
 from train import cli_main
 
 LOADER = {"num_workers": 0, "persistent_workers": False, "pin_memory": False}
@@ -126,7 +127,7 @@ def test_fit_finishes_on_data_with_a_repeated_positive(tiny_bert_dir, tmp_path):
     cli = cli_main(fit_args(tmp_path, tiny_bert_dir, str(data), [32, 16], "val/dim_32_cosine_ndcg@10", extra=[
         "--trainer.max_epochs=2", "--data.init_args.batch_size=16", "--data.init_args.no_duplicates=true",
         "--data.init_args.drop_last=false", "--data.init_args.columns=[anchor, positive]",
-        "--data.init_args.val_size=null"]))
+        "--data.init_args.val_size=null", NO_EXPORT]))
     source = cli.datamodule.train_source
     steps = [len(source.dataloader(epoch=e, rank=0, world=1, options=LOADER)) for e in (0, 1)]
     assert cli.trainer.current_epoch == 2 and cli.model.global_step == sum(steps) and min(steps) > 18

@@ -451,7 +451,8 @@ def test_usage_snippet_runs_on_a_real_export(tmp_path, monkeypatch, tiny_bert_di
 def test_clip_usage_snippet_runs_on_a_real_export(tmp_path, monkeypatch):
     from PIL import Image
 
-    from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TransformersClip
+    from lightning_modules.clip_backends import TransformersClip
+    from tests.tiny import TINY_HF_CLIP_CONFIG
 
     monkeypatch.chdir(tmp_path)
     TransformersClip(config=TINY_HF_CLIP_CONFIG).save("model")
@@ -465,7 +466,8 @@ def test_clip_usage_snippet_runs_on_a_real_export(tmp_path, monkeypatch):
 def test_open_clip_usage_snippet_runs_on_a_real_export(tmp_path, monkeypatch):
     from PIL import Image
 
-    from lightning_modules.clip_backends import TINY_OPEN_CLIP_CFG, OpenClip
+    from lightning_modules.clip_backends import OpenClip
+    from tests.tiny import TINY_OPEN_CLIP_CFG
 
     monkeypatch.chdir(tmp_path)
     OpenClip(model_cfg=TINY_OPEN_CLIP_CFG).save("model")

@@ -10,28 +10,22 @@ from PIL import Image
 
 from datamodules.image_captions import ImageCaptionDataModule
 from lightning_modules.clip import CLIPEmbeddingModule
-from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TINY_OPEN_CLIP_CFG, OpenClip, TransformersClip
+from lightning_modules.clip_backends import OpenClip, TransformersClip
+from tests.commands import clip_recipe, train_args
+from tests.tiny import TINY_HF_CLIP_CONFIG
 from train import cli_main
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
 
 
-def fit_args(tmp_path, encoder_args, extra=()):
-    return [
-        "fit", "--seed_everything=0", "--trainer.accelerator=cpu", "--trainer.max_epochs=1",
-        "--trainer.enable_progress_bar=false", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-        f"--trainer.logger.save_dir={tmp_path}",
-        "--model=lightning_modules.clip.CLIPEmbeddingModule", *encoder_args, "--model.lr=1e-3",
-        "--data=datamodules.image_captions.ImageCaptionDataModule", "--data.builtin_rows=96", "--data.image_size=32",
-        "--data.val_size=32", "--data.batch_size=16", "--data.num_workers=0", *extra,
-    ]
+def fit_args(tmp_path, backend, *extra):
+    return train_args(*clip_recipe(backend), "--data.batch_size=16", *extra, save_dir=tmp_path)
 
 
 def test_transformers_backend_fit_and_sentence_transformers_export(tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    cli = cli_main(fit_args(tmp_path, ["--model.encoder=lightning_modules.clip_backends.TransformersClip",
-                                       f"--model.encoder.config={json.dumps(TINY_HF_CLIP_CONFIG)}"]))
+    cli = cli_main(fit_args(tmp_path, "transformers"))
     module, dm = cli.model, cli.datamodule
     assert [s for s, _ in module.history] == [-1, 4]
     final = module.history[-1][1]
@@ -50,9 +44,7 @@ def test_transformers_backend_fit_and_sentence_transformers_export(tmp_path):
 
 
 def test_open_clip_backend_fit_and_export(tmp_path):
-    cli = cli_main(fit_args(tmp_path, ["--model.encoder=lightning_modules.clip_backends.OpenClip",
-                                       f"--model.encoder.model_cfg={json.dumps(TINY_OPEN_CLIP_CFG)}",
-                                       "--model.learn_logit_scale=true"]))
+    cli = cli_main(fit_args(tmp_path, "open_clip", "--model.learn_logit_scale=true"))
     module = cli.model
     assert module.history[-1][1]["val/eval_cosine_ndcg@10"] > 0
     assert module.encoder.logit_scale.item() <= torch.log(torch.tensor(100.0)).item()

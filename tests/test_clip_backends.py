@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
-from lightning_modules.clip_backends import (TINY_HF_CLIP_CONFIG, TINY_OPEN_CLIP_CFG, OpenClip, TransformersClip,
-                                             offline_clip_tokenizer)
+from lightning_modules.clip_backends import OpenClip, TransformersClip, offline_clip_tokenizer
+from tests.tiny import TINY_HF_CLIP_CONFIG, TINY_OPEN_CLIP_CFG
 
 CAPTIONS = ["A man riding a wave on top of a surfboard.", "Two   DOGS play in the snow!!", "naïve café — 42 🙂",
             "it's the user's bike", "a plate of food", "A red double-decker bus", "cat", "x " * 100]

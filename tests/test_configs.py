@@ -4,6 +4,7 @@ import os
 import pytest
 import yaml
 
+from tests.commands import NO_EXPORT
 from train import cli_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,7 +88,8 @@ def coco_like(tmp_path):
     import datasets
     from PIL import Image
 
-    from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TransformersClip
+    from lightning_modules.clip_backends import TransformersClip
+    from tests.tiny import TINY_HF_CLIP_CONFIG
 
     model_dir = str(tmp_path / "clip-model")
     backend = TransformersClip(config=TINY_HF_CLIP_CONFIG)
@@ -133,7 +135,7 @@ def test_clip_seed_recipe_on_local_directories(tmp_path, coco_like):
 
 
 def test_clip_seed_recipe_map_style(tmp_path, coco_like):
-    cli = fit_clip_seed(tmp_path, coco_like, "--data.init_args.streaming=false")
+    cli = fit_clip_seed(tmp_path, coco_like, "--data.init_args.streaming=false", NO_EXPORT)
     # 8 images × 5 captions: no batch holds an image twice, so 5 batches of 8 (the batch size is 16)
     assert [step for step, _ in cli.model.history] == [-1, 1, 2, 3, 4, 5]
     assert len(cli.datamodule.splits["train"]) == 40

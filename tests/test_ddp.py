@@ -6,37 +6,21 @@ run with the same B and accumulate_grad_batches 2 takes the same optimizer steps
 batches), so every validation and test metric must match.
 """
 
-import csv
 import glob
-import json
 import os
 import subprocess
-import sys
 
 import pytest
 
-from conftest import TINY_BERT, qa_rows, write_jsonl
-from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG
+from conftest import qa_rows, write_jsonl
+from tests.commands import NO_EXPORT, clip_recipe, logged_rows, run_train, text_recipe, train_args
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
 
 
-def fit(args: list[str], log_dir, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `python train.py fit` as users do; a hang fails the test instead of blocking the suite."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": ROOT}
-    command = [sys.executable, os.path.join(ROOT, "train.py"), "fit", "--seed_everything=0",
-               "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
-               "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={log_dir}",
-               *args, "--data.num_workers=0"]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def logged_rows(log_dir) -> list[dict[str, str]]:
-    """The rows of the run's metrics.csv."""
-    (path,) = glob.glob(os.path.join(log_dir, "**", "metrics.csv"), recursive=True)
-    with open(path) as f:
-        return list(csv.DictReader(f))
+def fit(args: list[str], log_dir) -> subprocess.CompletedProcess:
+    """Run `python train.py fit` as users do, for one epoch; a hang fails the test instead of blocking the suite."""
+    return run_train(train_args(*args, save_dir=log_dir), returncode=None)
 
 
 def metrics(log_dir) -> dict[str, float]:
@@ -61,12 +45,7 @@ def check_ddp_run(run: subprocess.CompletedProcess, log_dir) -> dict[str, float]
 
 
 def text_args(model_dir, data_dir, *extra):
-    return ["--model=lightning_modules.text.TextEmbeddingModule",
-            "--model.encoder=lightning_modules.text_encoder.TextEncoder",
-            f"--model.encoder.model_name_or_path={model_dir}", "--model.encoder.max_length=32", "--model.lr=1e-3",
-            "--model.loss=losses.MatryoshkaLoss", "--model.loss.loss=losses.MultipleNegativesRankingLoss",
-            "--model.loss.dims=[32, 8]", "--data=datamodules.pairs.PairDataModule", f"--data.dataset={data_dir}",
-            "--data.test_split=test", "--data.batch_size=8", *extra]
+    return [*text_recipe(model_dir, data_dir), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +61,7 @@ def pairs(tmp_path_factory) -> str:
 def test_text_fit_with_two_processes_equals_one_process_accumulating_two(tmp_path, no_dropout_bert, pairs):
     ddp = check_ddp_run(fit(text_args(no_dropout_bert, pairs) + DDP, tmp_path / "ddp"), tmp_path / "ddp")
     single = fit(text_args(no_dropout_bert, pairs, "--trainer.accelerator=cpu", "--trainer.devices=1",
-                           "--trainer.accumulate_grad_batches=2"), tmp_path / "one")
+                           "--trainer.accumulate_grad_batches=2", NO_EXPORT), tmp_path / "one")
     assert single.returncode == 0, single.stderr[-3000:]
     one = metrics(tmp_path / "one")
     assert {"test/dim_32_cosine_ndcg@10", "val/dim_8_cosine_map@100", "val/dim_32_cosine_ndcg@10_base"} <= set(ddp)
@@ -97,14 +76,10 @@ def test_text_fit_with_two_processes_equals_one_process_accumulating_two(tmp_pat
 
 
 def test_clip_fit_with_two_processes_equals_one_process_accumulating_two(tmp_path):
-    args = ["--model=lightning_modules.clip.CLIPEmbeddingModule",
-            "--model.encoder=lightning_modules.clip_backends.TransformersClip",
-            f"--model.encoder.config={json.dumps(TINY_HF_CLIP_CONFIG)}", "--model.lr=1e-3",
-            "--data=datamodules.image_captions.ImageCaptionDataModule", "--data.builtin_rows=96",
-            "--data.image_size=32", "--data.val_size=32", "--data.batch_size=8"]
+    args = clip_recipe()
     ddp = check_ddp_run(fit(args + DDP, tmp_path / "ddp"), tmp_path / "ddp")
-    single = fit(args + ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.accumulate_grad_batches=2"],
-                 tmp_path / "one")
+    single = fit(args + ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.accumulate_grad_batches=2",
+                         NO_EXPORT], tmp_path / "one")
     assert single.returncode == 0, single.stderr[-3000:]
     one = metrics(tmp_path / "one")
     assert {"val/eval_cosine_ndcg@10", "val/eval-image2text_cosine_ndcg@10"} <= set(ddp) and set(ddp) == set(one)
@@ -112,31 +87,39 @@ def test_clip_fit_with_two_processes_equals_one_process_accumulating_two(tmp_pat
         assert ddp[key] == pytest.approx(value, abs=1e-4), key
 
 
-def test_gather_without_drop_last_is_refused_at_start_up_and_the_flag_fixes_it(tmp_path, no_dropout_bert, pairs):
-    gather = "--model.loss.loss.gather_across_devices=true"
-    refused = fit(text_args(no_dropout_bert, pairs, gather) + DDP, tmp_path / "refused")
+GATHER = "--model.loss.loss.gather_across_devices=true"
+
+
+@pytest.fixture(scope="module")
+def gathered(tmp_path_factory, no_dropout_bert, pairs) -> tuple[subprocess.CompletedProcess, str]:
+    """A 2-process fit gathering the embeddings of both processes, with the flag the refusal without it names, as
+    it spells it; and its log folder."""
+    log_dir = str(tmp_path_factory.mktemp("gathered"))
+    return fit(text_args(no_dropout_bert, pairs, GATHER, "--data.init_args.drop_last", "true") + DDP, log_dir), log_dir
+
+
+def test_gather_without_drop_last_is_refused_at_start_up_and_the_flag_fixes_it(tmp_path, no_dropout_bert, pairs,
+                                                                              gathered):
+    refused = fit(text_args(no_dropout_bert, pairs, GATHER) + DDP, tmp_path / "refused")
     assert refused.returncode != 0
     assert "set --data.init_args.drop_last true" in refused.stderr
     assert not glob.glob(os.path.join(tmp_path, "refused", "**", "*.ckpt"), recursive=True)  # before any step
     # the flag as the message spells it, typed back in
-    fixed = fit(text_args(no_dropout_bert, pairs, gather, "--data.init_args.drop_last", "true") + DDP, tmp_path / "fixed")
-    assert "test/dim_32_cosine_ndcg@10" in check_ddp_run(fixed, tmp_path / "fixed")
+    assert "test/dim_32_cosine_ndcg@10" in check_ddp_run(*gathered)
 
 
-@pytest.mark.slow  # three 2-process fits (~80 s on 2 cores)
-def test_gradcache_and_streaming_under_ddp_with_the_gather(tmp_path, no_dropout_bert, pairs):
-    gather = "--model.loss.loss.gather_across_devices=true"
-    fixed = fit(text_args(no_dropout_bert, pairs, gather, "--data.init_args.drop_last=true") + DDP, tmp_path / "fixed")
-    gathered = check_ddp_run(fixed, tmp_path / "fixed")
+@pytest.mark.slow  # two 2-process fits beside the shared one (~60 s on 2 cores)
+def test_gradcache_and_streaming_under_ddp_with_the_gather(tmp_path, no_dropout_bert, pairs, gathered):
+    plain = check_ddp_run(*gathered)
     # GradCache under DDP with the gather: the same training, so the same metrics (the model has no dropout)
-    cached = fit(text_args(no_dropout_bert, pairs, gather, "--data.init_args.drop_last=true",
+    cached = fit(text_args(no_dropout_bert, pairs, GATHER, "--data.init_args.drop_last=true",
                            "--model.init_args.gradcache_chunk_size=3") + DDP, tmp_path / "cached")
     cached_metrics = check_ddp_run(cached, tmp_path / "cached")
-    assert cached_metrics.keys() == gathered.keys()
-    for key, value in gathered.items():
+    assert cached_metrics.keys() == plain.keys()
+    for key, value in plain.items():
         assert cached_metrics[key] == pytest.approx(value, abs=1e-4), key
     # a stream yields full batches only: gathering needs no drop_last there
-    streamed = fit(text_args(no_dropout_bert, pairs, gather, "--data.init_args.streaming", "true") + DDP,
+    streamed = fit(text_args(no_dropout_bert, pairs, GATHER, "--data.init_args.streaming", "true") + DDP,
                    tmp_path / "stream")
     streamed_metrics = check_ddp_run(streamed, tmp_path / "stream")
     assert "test/dim_32_cosine_ndcg@10" in streamed_metrics

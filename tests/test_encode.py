@@ -19,9 +19,11 @@ from encode import main
 from inference.inputs import read_inputs
 from inference.models import ModuleEmbedder, SentenceTransformerEmbedder, load_model
 from lightning_modules.clip import CLIPEmbeddingModule
-from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TINY_OPEN_CLIP_CFG, OpenClip, TransformersClip
+from lightning_modules.clip_backends import OpenClip, TransformersClip
 from lightning_modules.text import TextEmbeddingModule
 from lightning_modules.text_encoder import TextEncoder
+from tests.commands import text_recipe, train_args
+from tests.tiny import TINY_HF_CLIP_CONFIG, TINY_OPEN_CLIP_CFG
 from train import cli_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,14 +47,9 @@ def text_run(tmp_path_factory, tiny_bert_dir) -> str:
     tmp = tmp_path_factory.mktemp("encode-fit")
     (tmp / "data").mkdir()
     data = write_pairs_dir(tmp / "data", train=16, validation=8, test=8)
-    cli = cli_main(["fit", "--seed_everything=0", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-                    "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp}",
-                    "--trainer.max_steps=2", "--checkpoint_every_n_steps=2", "--test_after_fit=false",
-                    "--model=lightning_modules.text.TextEmbeddingModule", "--model.evaluate_before_training=false",
-                    "--model.lr=1e-3", "--model.encoder=lightning_modules.text_encoder.TextEncoder",
-                    f"--model.encoder.model_name_or_path={tiny_bert_dir}", "--model.encoder.max_length=64",
-                    "--data=datamodules.pairs.PairDataModule", f"--data.dataset={data}", "--data.batch_size=8",
-                    "--data.num_workers=0"])
+    cli = cli_main(train_args(*text_recipe(tiny_bert_dir, data), "--trainer.max_steps=2", "--checkpoint_every_n_steps=2",
+                              "--test_after_fit=false", "--model.evaluate_before_training=false",
+                              "--model.encoder.max_length=64", save_dir=tmp))
     run = cli.trainer.log_dir
     assert os.path.isfile(os.path.join(run, "checkpoints", "last.ckpt"))
     assert os.path.isdir(os.path.join(run, "model"))

@@ -6,17 +6,15 @@ Every flag a message names is typed back in with a good value, to prove the CLI 
 import argparse
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 
 from cli_errors import constructor_error
+from tests.commands import ROOT, run_train, train_args
 from train import cli_main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = os.path.join(ROOT, "configs", "demo", "text.yaml")
 CLIP = os.path.join(ROOT, "configs", "demo", "clip.yaml")
 OPTIMIZER_FLAGS = {"--model.init_args.lr": "1.0e-04", "--model.init_args.weight_decay": "0.01",
@@ -76,9 +74,7 @@ def test_constructor_error_is_one_line_naming_the_flag(capsys, bad, message, goo
 
 def test_uncached_hub_model_offline_names_it_and_a_local_directory(tiny_bert_dir):
     flag = "--model.init_args.encoder.init_args.model_name_or_path"
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "fit", "--config", TEXT, flag,
-                          "some/uncached-model"], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert run.returncode == 2
+    run = run_train(["fit", "--config", TEXT, flag, "some/uncached-model"], cwd=os.getcwd(), returncode=2)
     assert len((run.stdout + run.stderr).strip().splitlines()) < 15 and "Traceback" not in run.stderr, run.stderr
     assert (f"error: {flag} 'some/uncached-model' is neither a local path nor in the Hugging Face cache, and "
             f"HF_HUB_OFFLINE=1 forbids downloading it: point at a local copy ({flag} /path/to/dir) or run once with "
@@ -88,7 +84,8 @@ def test_uncached_hub_model_offline_names_it_and_a_local_directory(tiny_bert_dir
 
 
 def test_uncached_clip_model_offline_names_it(capsys, tmp_path):
-    from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TransformersClip
+    from lightning_modules.clip_backends import TransformersClip
+    from tests.tiny import TINY_HF_CLIP_CONFIG
 
     flag = "--model.init_args.encoder.init_args.model_name_or_path"
     message = fails(capsys, "--config", CLIP, f"{flag}=openai/some-uncached-clip")
@@ -233,8 +230,7 @@ def test_a_ckpt_path_that_is_not_a_checkpoint_is_named_before_anything_runs(caps
 def test_a_ckpt_path_of_the_recipes_model_passes_the_check(clip_checkpoint):
     from test_predict import clip_args
 
-    cli_main(["validate", *clip_args(), "--ckpt_path", clip_checkpoint, "--trainer.accelerator=cpu",
-              "--trainer.logger=false", "--trainer.enable_progress_bar=false"])
+    cli_main(train_args(*clip_args(), "--ckpt_path", clip_checkpoint, "--trainer.logger=false", subcommand="validate"))
 
 
 def test_a_save_dir_that_cannot_hold_the_run_folder_is_refused_at_start_up(capsys, tmp_path):

@@ -13,7 +13,8 @@ from typing import NamedTuple
 import pytest
 
 from conftest import write_pairs_dir
-from test_report import run_fit, text_args
+from test_report import text_args
+from tests.commands import run_train
 from train import cli_main
 
 QUICK = ["--trainer.max_steps=2", "--test_after_fit=false", "--export.dirpath=null"]
@@ -30,25 +31,37 @@ def warnings_in(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if re.search(r"\.py:\d+: ", line)]
 
 
-class Evaluated(NamedTuple):
+class Fitted(NamedTuple):
     work: Path  # the working folder of every command
     run: Path  # the fit run: <work>/runs/text/version_0
+    args: list[str]  # the recipe's flags (no subcommand)
+
+
+class Evaluated(NamedTuple):
+    work: Path
+    run: Path
     fit_tree: dict[str, str | None]  # tree(run) before the evaluations
     done: dict[str, subprocess.CompletedProcess]  # subcommand → its process
-    args: list[str]  # the recipe's flags
+    args: list[str]
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory, tiny_bert_dir) -> Evaluated:
-    """One fit run, then each evaluation of it, naming its checkpoint each way --ckpt_path can."""
+def fitted(tmp_path_factory, tiny_bert_dir) -> Fitted:
+    """One fit run, in this process (the evaluations are what is under test): the run folder a train.py fit writes,
+    sooner."""
     work = tmp_path_factory.mktemp("evaluate")
     data = write_pairs_dir(work / "data", train=16, validation=8, test=8)
-    args = text_args(data, tiny_bert_dir, QUICK)
-    # in this process (the evaluations are what is under test): the run folder a train.py fit writes, sooner
+    args = text_args(data, tiny_bert_dir, QUICK, subcommand=None)
     cli_main(["fit", *args, f"--trainer.logger.save_dir={work / 'runs'}"])
-    run = work / "runs" / "text" / "version_0"
+    return Fitted(work, work / "runs" / "text" / "version_0", args)
+
+
+@pytest.fixture(scope="module")
+def evaluated(fitted) -> Evaluated:
+    """Each evaluation of the fit run, naming its checkpoint each way --ckpt_path can."""
+    work, run, args = fitted
     fit_tree = tree(run)
-    done = {subcommand: run_fit(args + ["--ckpt_path", ckpt], cwd=str(work), subcommand=subcommand)
+    done = {subcommand: run_train([subcommand, *args, "--ckpt_path", ckpt], cwd=str(work))
             for subcommand, ckpt in [("validate", "runs/text/version_0/checkpoints/last.ckpt"),
                                      ("test", "runs/text/version_0"), ("predict", "last")]}
     return Evaluated(work, run, fit_tree, done, args)
@@ -73,7 +86,7 @@ def test_a_second_validate_keeps_the_first_s_results(evaluated):
     work, run = evaluated.work, evaluated.run
     first = run / "validate" / "version_0" / "metrics.csv"
     results = first.read_text()
-    run_fit(evaluated.args + ["--ckpt_path", "last"], cwd=str(work), subcommand="validate")
+    run_train(["validate", *evaluated.args, "--ckpt_path", "last"], cwd=str(work))
     assert first.read_text() == results == (run / "validate" / "version_1" / "metrics.csv").read_text()
     assert sorted(os.listdir(work / "runs" / "text")) == ["version_0"]
 
@@ -94,28 +107,27 @@ def test_validate_and_test_print_litembed_s_table_not_lightning_s(evaluated):
         assert "DataLoader 0" not in console and "━━━" not in console  # Lightning's results table
 
 
-def test_a_checkpoint_loads_without_a_trainer(evaluated, tiny_bert_dir):
+def test_a_checkpoint_loads_without_a_trainer(fitted, tiny_bert_dir):
     from lightning_modules.text import TextEmbeddingModule
     from lightning_modules.text_encoder import TextEncoder
     from losses import MatryoshkaLoss, MultipleNegativesRankingLoss
 
     module = TextEmbeddingModule.load_from_checkpoint(  # the injected encoder and loss are not hyperparameters
-        evaluated.run / "checkpoints" / "last.ckpt", map_location="cpu",
+        fitted.run / "checkpoints" / "last.ckpt", map_location="cpu",
         encoder=TextEncoder(tiny_bert_dir, max_length=32), loss=MatryoshkaLoss(MultipleNegativesRankingLoss(), [32, 8]))
     assert module.history and module.global_step == 0  # the evaluations it carries; no trainer attached
 
 
 @pytest.mark.parametrize("ckpt_path", ["runs/text/version_0",
                                        pytest.param(None, marks=pytest.mark.slow)])  # the same code, one more process
-def test_an_evaluation_that_fails_leaves_no_folder(evaluated, tiny_bert_dir, ckpt_path):
+def test_an_evaluation_that_fails_leaves_no_folder(fitted, tiny_bert_dir, ckpt_path):
     """A split the data lacks is found after Lightning made the log folder (and wrote config.yaml into it)."""
-    work, run = evaluated.work, evaluated.run
+    work, run = fitted.work, fitted.run
     before = tree(work / "runs")
     save_dir = "runs" if ckpt_path else "elsewhere"
     args = text_args(str(work / "data"), tiny_bert_dir, [*QUICK, "--data.test_split=nope",
-                                                         f"--trainer.logger.save_dir={save_dir}"])
-    done = run_fit(args + (["--ckpt_path", ckpt_path] if ckpt_path else []), cwd=str(work), subcommand="test",
-                   returncode=2)
+                                                         f"--trainer.logger.save_dir={save_dir}"], subcommand="test")
+    done = run_train(args + (["--ckpt_path", ckpt_path] if ckpt_path else []), cwd=str(work), returncode=2)
     assert done.stderr.splitlines()[-1].startswith("error: --data.init_args.test_split 'nope': split not found")
     assert tree(work / "runs") == before and not (work / "elsewhere").exists()
 

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from conftest import TINY_BERT
 from metrics.collector import EmbeddingCollector
 from metrics.functional import information_retrieval_metrics
+from tests.commands import train_args
+from tests.tiny import TINY_BERT
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -25,18 +26,17 @@ def test_metrics_on_gpu_equal_cpu():
 def test_bf16_fit_with_fused_adamw(tmp_path, pairs_dir, minilm_path):
     from train import cli_main
 
-    cli = cli_main([
+    cli = cli_main(train_args(
         "--trainer.accelerator=gpu", "--trainer.devices=1", "--trainer.precision=bf16-mixed", "--trainer.max_steps=3",
         "--trainer.gradient_clip_val=1.0",
-        "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
+        "--trainer.logger=false", "--trainer.enable_checkpointing=false",
         "--model=lightning_modules.text.TextEmbeddingModule",
         "--model.encoder=lightning_modules.text_encoder.TextEncoder", f"--model.encoder.config={TINY_BERT}",
         f"--model.encoder.tokenizer_name_or_path={minilm_path}", "--export.dirpath=null",
         "--model.loss=losses.MatryoshkaLoss", "--model.loss.loss=losses.MultipleNegativesRankingLoss",
         "--model.loss.dims=[32, 16]",
         "--data=datamodules.pairs.PairDataModule", f"--data.dataset={pairs_dir}", "--data.batch_size=8",
-        "--data.num_workers=0",
-    ], run=False)
+        "--data.num_workers=0", subcommand=None), run=False)
     before = {k: v.clone() for k, v in cli.model.state_dict().items()}
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     optimizer = cli.trainer.optimizers[0]

@@ -1,18 +1,18 @@
 """GradCache gives the plain step's loss and parameter gradients (dropout on, same seed), for text and CLIP."""
 
-import json
 import re
 
 import pytest
 import torch
 
-from conftest import TINY_BERT
 from lightning_modules.clip import CLIPEmbeddingModule
-from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TransformersClip
+from lightning_modules.clip_backends import TransformersClip
 from lightning_modules.gradcache import cached_step, split_features
 from lightning_modules.text import TextEmbeddingModule
 from lightning_modules.text_encoder import TextEncoder
 from losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+from tests.commands import text_recipe, train_args
+from tests.tiny import TINY_BERT, TINY_HF_CLIP_CONFIG
 
 
 def grads(module) -> dict[str, torch.Tensor]:
@@ -125,15 +125,9 @@ def test_chunk_size_and_fp16_are_checked(tiny_bert_dir):
 def fit_text(model_dir, data_dir, *extra):
     from train import cli_main
 
-    return cli_main(["fit", "--seed_everything=0", "--trainer.accelerator=cpu", "--trainer.max_epochs=1",
-                     "--trainer.enable_progress_bar=false", "--trainer.logger=false",
-                     "--trainer.enable_checkpointing=false", "--trainer.accumulate_grad_batches=2",
-                     "--model=lightning_modules.text.TextEmbeddingModule",
-                     "--model.encoder=lightning_modules.text_encoder.TextEncoder",
-                     f"--model.encoder.model_name_or_path={model_dir}", "--model.lr=1e-3", "--export.dirpath=null",
-                     "--model.loss=losses.MatryoshkaLoss", "--model.loss.loss=losses.MultipleNegativesRankingLoss",
-                     f"--model.loss.dims={json.dumps([32, 8])}", "--data=datamodules.pairs.PairDataModule",
-                     f"--data.dataset={data_dir}", "--data.batch_size=8", "--data.num_workers=0", *extra])
+    return cli_main(train_args(*text_recipe(model_dir, data_dir), "--trainer.logger=false",
+                               "--trainer.enable_checkpointing=false", "--trainer.accumulate_grad_batches=2",
+                               "--export.dirpath=null", "--data.test_split=null", *extra))
 
 
 def test_fit_with_gradcache_equals_the_plain_fit(no_dropout_bert, pairs_dir):

@@ -193,7 +193,8 @@ def jpeg_variants() -> dict[str, bytes]:
 
 @pytest.mark.parametrize("name", list(jpeg_variants()))
 def test_the_tensor_route_gives_the_processor_the_same_pixels_as_pil(name):
-    from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TransformersClip
+    from lightning_modules.clip_backends import TransformersClip
+    from tests.tiny import TINY_HF_CLIP_CONFIG
     processor = TransformersClip(config=TINY_HF_CLIP_CONFIG).processor
     data = jpeg_variants()[name]
     tensor = load_pixels(data, where="row 0", tensors=True)

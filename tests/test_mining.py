@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from sentence_transformers import util
 
 from inference.mining import mine_dataset, mine_hard_negatives
+from tests.commands import NO_EXPORT, logged_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -337,16 +338,14 @@ def test_the_printed_command_trains_on_the_mined_folder(mined_dir, tiny_export, 
             "--trainer.callbacks.init_args.monitor=val/dim_32_cosine_ndcg@10",
             "--trainer.max_steps=2", "--trainer.log_every_n_steps=1", "--data.init_args.batch_size=4",
             "--data.init_args.num_workers=0", f"--trainer.logger.init_args.save_dir={tmp_path}",
-            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--test_after_fit=false"]
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--test_after_fit=false",
+            NO_EXPORT]
     cli = cli_main(command[2:] + tiny)
     assert cli.trainer.global_step == 2
     assert cli.datamodule.columns == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
     batch = next(iter(cli.datamodule.train_dataloader()))
     assert len(batch["features"]) == 5  # anchor, positive and three negatives reach the loss
-    with open(os.path.join(cli.trainer.log_dir, "metrics.csv")) as f:
-        losses = [row.split(",") for row in f.read().splitlines()]
-    column = losses[0].index("train/loss")
-    assert sum(1 for row in losses[1:] if row[column]) == 2
+    assert sum(1 for row in logged_rows(cli.trainer.log_dir) if row.get("train/loss")) == 2
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -14,19 +14,16 @@ import datamodules.pixel_cache as pixel_cache
 from datamodules.image_captions import ImageCaptionDataModule
 from datamodules.pixel_cache import PixelCache, plan_capacity
 from lightning_modules.clip import CLIPEmbeddingModule
-from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TINY_OPEN_CLIP_CFG, OpenClip, TransformersClip
-from tests.test_tower_cache import HF, exported, logged
+from lightning_modules.clip_backends import OpenClip, TransformersClip
+from tests.commands import clip_recipe, train_args
+from tests.test_tower_cache import exported, logged
+from tests.tiny import TINY_HF_CLIP_CONFIG, TINY_OPEN_CLIP_CFG
 from train import cli_main
 
 
-def fit(tmp_path, encoder, *extra, epochs=2):
-    return cli_main([
-        "fit", "--seed_everything=0", "--trainer.accelerator=cpu", f"--trainer.max_epochs={epochs}",
-        "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false", "--test_after_fit=false",
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}",
-        "--model=lightning_modules.clip.CLIPEmbeddingModule", *encoder, "--model.lr=1e-3",
-        "--model.learn_logit_scale=true", "--data=datamodules.image_captions.ImageCaptionDataModule",
-        "--data.builtin_rows=96", "--data.image_size=32", "--data.val_size=32", "--data.batch_size=8", *extra])
+def fit(tmp_path, backend, *extra, epochs=2):
+    return cli_main(train_args(*clip_recipe(backend), f"--trainer.max_epochs={epochs}", "--test_after_fit=false",
+                               "--model.learn_logit_scale=true", *extra, save_dir=tmp_path))
 
 
 def counting_loads(monkeypatch) -> list:
@@ -43,13 +40,13 @@ def counting_loads(monkeypatch) -> list:
 
 def test_each_image_is_preprocessed_once_and_training_equals_recomputing(tmp_path, monkeypatch):
     loads = counting_loads(monkeypatch)
-    cached = fit(tmp_path / "cached", HF, "--data.num_workers=0")
+    cached = fit(tmp_path / "cached", "transformers", "--data.num_workers=0")
     dm = cached.datamodule
     assert dm.pixel_offsets == {"val": 0, "train": 32} and dm.pixel_cache.stored() == 96
     # 64 training + 32 evaluation images, each decoded once (+ one to learn the shape) in 2 epochs and 4 evaluations
     assert len(loads) == 96 + 1
     loads.clear()
-    recomputed = fit(tmp_path / "recomputed", HF, "--data.num_workers=0", "--data.preprocess_cache_gb=0")
+    recomputed = fit(tmp_path / "recomputed", "transformers", "--data.num_workers=0", "--data.preprocess_cache_gb=0")
     evaluations = 4  # Lightning's sanity check, the base model's, one per epoch
     assert recomputed.datamodule.pixel_cache is None and len(loads) == 2 * 64 + evaluations * 32
     # every loss, learning rate and metric of every step, bit for bit; and the same exported weights

@@ -2,10 +2,7 @@
 the embeddings of a checkpoint, equal to the module's own ``embed`` of the items, each item once (under DDP too)."""
 
 import glob
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,56 +11,53 @@ import torch
 
 from conftest import write_pairs_dir
 from datamodules.images import load_image
-from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG
+from tests.commands import clip_recipe, run_train, text_recipe, train_args
 from train import cli_main
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMON = ["--seed_everything=0", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-          "--trainer.logger=lightning.pytorch.loggers.CSVLogger"]
 
 
 def text_args(model_dir, data_dir):
-    return ["--model=lightning_modules.text.TextEmbeddingModule",
-            "--model.encoder=lightning_modules.text_encoder.TextEncoder",
-            f"--model.encoder.model_name_or_path={model_dir}", "--model.encoder.max_length=64",
-            "--data=datamodules.pairs.PairDataModule", f"--data.dataset={data_dir}", "--data.test_split=test",
-            "--data.batch_size=8", "--data.eval_batch_size=7", "--data.num_workers=0"]
+    return [*text_recipe(model_dir, data_dir), "--model.encoder.max_length=64", "--data.eval_batch_size=7"]
 
 
 def clip_args():
-    return ["--model=lightning_modules.clip.CLIPEmbeddingModule",
-            "--model.encoder=lightning_modules.clip_backends.TransformersClip",
-            f"--model.encoder.config={json.dumps(TINY_HF_CLIP_CONFIG)}",
-            "--data=datamodules.image_captions.ImageCaptionDataModule", "--data.builtin_rows=48",
-            "--data.image_size=32", "--data.val_size=17", "--data.batch_size=8", "--data.eval_batch_size=5",
-            "--data.num_workers=0"]
+    return [*clip_recipe(), "--data.builtin_rows=48", "--data.val_size=17", "--data.eval_batch_size=5"]
 
 
 def fit_checkpoint(tmp_path, model_data_args):
     """A few optimizer steps, then the module's weights saved as a checkpoint."""
-    cli = cli_main(["fit", *COMMON, f"--trainer.logger.save_dir={tmp_path / 'fit'}", "--trainer.max_steps=3",
-                    "--test_after_fit=false", "--model.evaluate_before_training=false", "--export.dirpath=null",
-                    "--model.lr=1e-3", *model_data_args])
+    cli = cli_main(train_args(*model_data_args, "--trainer.max_steps=3", "--test_after_fit=false",
+                              "--model.evaluate_before_training=false", "--export.dirpath=null", "--model.lr=1e-3",
+                              save_dir=tmp_path / "fit"))
     path = str(tmp_path / "fit.ckpt")
     cli.trainer.save_checkpoint(path)
     return cli.model.eval(), path
+
+
+def predict_args(model_data_args, save_dir, *extra) -> list[str]:
+    return train_args(*model_data_args, *extra, save_dir=save_dir, subcommand="predict")
 
 
 def written(directory, stream):
     return np.load(os.path.join(directory, f"{stream}.npy")), pq.read_table(os.path.join(directory, f"{stream}.parquet"))
 
 
-@pytest.fixture()
-def odd_pairs(tmp_path) -> str:
+@pytest.fixture(scope="module")
+def odd_pairs(tmp_path_factory) -> str:
     """Streams of 21 items: two ranks embed 11 each, one item twice."""
-    return write_pairs_dir(tmp_path, train=32, validation=8, test=21)
+    return write_pairs_dir(tmp_path_factory.mktemp("odd-pairs"), train=32, validation=8, test=21)
 
 
-def test_predict_writes_the_checkpoints_embeddings_of_every_item(tmp_path, tiny_bert_dir, odd_pairs, capsys):
-    module, ckpt = fit_checkpoint(tmp_path, text_args(tiny_bert_dir, odd_pairs))
+@pytest.fixture(scope="module")
+def text_checkpoint(tmp_path_factory, tiny_bert_dir, odd_pairs):
+    """The module (in eval mode) and the checkpoint of a few steps on ``odd_pairs``: what the tests predict with."""
+    return fit_checkpoint(tmp_path_factory.mktemp("text-fit"), text_args(tiny_bert_dir, odd_pairs))
+
+
+def test_predict_writes_the_checkpoints_embeddings_of_every_item(tmp_path, tiny_bert_dir, odd_pairs, text_checkpoint,
+                                                                 capsys):
+    module, ckpt = text_checkpoint
     capsys.readouterr()
-    cli = cli_main(["predict", *COMMON, f"--trainer.logger.save_dir={tmp_path / 'predict'}", *text_args(
-        tiny_bert_dir, odd_pairs), f"--ckpt_path={ckpt}"])
+    cli = cli_main(predict_args(text_args(tiny_bert_dir, odd_pairs), tmp_path / "predict", f"--ckpt_path={ckpt}"))
     directory = os.path.join(cli.trainer.log_dir, "predictions")
     out = capsys.readouterr().out
     streams = cli.datamodule.streams["test"]
@@ -81,17 +75,16 @@ def test_predict_writes_the_checkpoints_embeddings_of_every_item(tmp_path, tiny_
 
 
 def test_predict_output_dir_from_the_command_line(tmp_path, tiny_bert_dir, pairs_dir):
-    cli = cli_main(["predict", *COMMON, f"--trainer.logger.save_dir={tmp_path}", *text_args(tiny_bert_dir, pairs_dir),
-                    "--trainer.callbacks=callbacks.prediction_writer.PredictionWriter",
-                    f"--trainer.callbacks.output_dir={tmp_path / 'out'}"])
+    cli = cli_main(predict_args(text_args(tiny_bert_dir, pairs_dir), tmp_path,
+                                "--trainer.callbacks=callbacks.prediction_writer.PredictionWriter",
+                                f"--trainer.callbacks.output_dir={tmp_path / 'out'}"))
     assert sum(type(c).__name__ == "PredictionWriter" for c in cli.trainer.callbacks) == 1  # it replaces the default
     assert sorted(os.listdir(tmp_path / "out")) == ["corpus.npy", "corpus.parquet", "query.npy", "query.parquet"]
 
 
 def test_clip_predict_writes_captions_and_images(tmp_path, capsys):
     module, ckpt = fit_checkpoint(tmp_path, clip_args())
-    cli = cli_main(["predict", *COMMON, f"--trainer.logger.save_dir={tmp_path / 'predict'}", *clip_args(),
-                    f"--ckpt_path={ckpt}"])
+    cli = cli_main(predict_args(clip_args(), tmp_path / "predict", f"--ckpt_path={ckpt}"))
     directory = os.path.join(cli.trainer.log_dir, "predictions")
     dm = cli.datamodule
     captions, images = dm.streams["val"]["caption"], dm.streams["val"]["image"]
@@ -114,17 +107,12 @@ def test_clip_predict_writes_captions_and_images(tmp_path, capsys):
     assert f"Wrote {len(images)} embeddings of dim" in capsys.readouterr().out
 
 
-def test_predict_with_two_processes_writes_each_item_once(tmp_path, tiny_bert_dir, odd_pairs):
+def test_predict_with_two_processes_writes_each_item_once(tmp_path, tiny_bert_dir, odd_pairs, text_checkpoint):
     """Two gloo ranks embed 11 of the 21 items each (rank 1 repeats item 0): the files equal one process's."""
-    _, ckpt = fit_checkpoint(tmp_path, text_args(tiny_bert_dir, odd_pairs))
-    one = cli_main(["predict", *COMMON, f"--trainer.logger.save_dir={tmp_path / 'one'}",
-                    *text_args(tiny_bert_dir, odd_pairs), f"--ckpt_path={ckpt}"])
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": ROOT}
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "predict", *COMMON,
-                          f"--trainer.logger.save_dir={tmp_path / 'ddp'}", *text_args(tiny_bert_dir, odd_pairs),
-                          "--trainer.devices=2", "--trainer.strategy=ddp", f"--ckpt_path={ckpt}"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    _, ckpt = text_checkpoint
+    one = cli_main(predict_args(text_args(tiny_bert_dir, odd_pairs), tmp_path / "one", f"--ckpt_path={ckpt}"))
+    run = run_train(predict_args(text_args(tiny_bert_dir, odd_pairs), tmp_path / "ddp", "--trainer.devices=2",
+                                 "--trainer.strategy=ddp", f"--ckpt_path={ckpt}"))
     (directory,) = glob.glob(str(tmp_path / "ddp" / "**" / "predictions"), recursive=True)
     assert run.stdout.count("Wrote 21 embeddings of dim 32") == 2  # rank 0 alone: one line per stream
     for stream in ("query", "corpus"):

@@ -1,7 +1,6 @@
 """What a `train.py fit` leaves behind: the exported model's card (numbers = the logged metrics of the exported
 checkpoint), plots, config, logs a Lightning user expects, a quiet console and one summary at the end."""
 
-import csv
 import glob
 import json
 import os
@@ -15,12 +14,11 @@ import numpy as np
 import pytest
 import yaml
 
-from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG
 from metrics.keys import parse_metric_key
 from reporting.card import check_no_absolute_paths
 from reporting.metrics_log import read_metrics
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.commands import ROOT, clip_recipe, logged_rows, run_train, text_recipe, train_args
+from train import cli_main
 
 
 def split_metric_key(key: str) -> tuple[str, str]:
@@ -29,29 +27,12 @@ def split_metric_key(key: str) -> tuple[str, str]:
     return parsed.set_name, parsed.metric
 
 
-def run_fit(args: list[str], cwd: str, subcommand: str = "fit", returncode: int = 0) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
-    env.pop("PYTHONWARNINGS", None)
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), subcommand, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == returncode, done.stderr[-3000:]
-    return done
-
-
-def text_args(data_dir: str, model_dir: str, extra=()) -> list[str]:
-    return ["--seed_everything=0", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
-            "--trainer.log_every_n_steps=2", "--trainer.enable_progress_bar=false",
-            "--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=runs",
-            "--trainer.logger.name=text",
-            "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
-            "--trainer.callbacks.monitor=val/dim_32_cosine_ndcg@10", "--trainer.callbacks.mode=max",
-            "--model=lightning_modules.text.TextEmbeddingModule",
-            "--model.encoder=lightning_modules.text_encoder.TextEncoder",
-            f"--model.encoder.model_name_or_path={model_dir}", "--model.encoder.max_length=32",
-            "--model.lr=3e-3", "--model.loss=losses.MatryoshkaLoss",
-            "--model.loss.loss=losses.MultipleNegativesRankingLoss", "--model.loss.dims=[32, 8]",
-            "--data=datamodules.pairs.PairDataModule", f"--data.dataset={data_dir}", "--data.test_split=test",
-            "--data.batch_size=8", "--data.num_workers=0", *extra]
+def text_args(data_dir: str, model_dir: str, extra=(), subcommand: str | None = "fit") -> list[str]:
+    """2 epochs of 6 steps, logged every 2, into runs/text/version_N; the best checkpoint by nDCG@10 exported."""
+    return train_args(*text_recipe(model_dir, data_dir), "--trainer.max_epochs=2", "--trainer.log_every_n_steps=2",
+                      "--trainer.logger.name=text", "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
+                      "--trainer.callbacks.monitor=val/dim_32_cosine_ndcg@10", "--trainer.callbacks.mode=max",
+                      "--model.lr=3e-3", *extra, save_dir="runs", subcommand=subcommand)
 
 
 def front_matter(card: str) -> dict:
@@ -75,7 +56,7 @@ def text_run(tmp_path_factory, tiny_bert_dir):
 
     work = tmp_path_factory.mktemp("report-text")
     data = write_pairs_dir(work / "data")
-    done = run_fit(text_args(data, tiny_bert_dir), cwd=str(work))
+    done = run_train(text_args(data, tiny_bert_dir), cwd=str(work))
     return work, os.path.join(str(work), "runs", "text", "version_0"), done
 
 
@@ -148,21 +129,17 @@ def test_the_run_leaves_config_lr_and_throughput_logs_and_a_summary(text_run):
     assert "runs/text/version_0/model/README.md" in summary
 
 
-def logged_rows(run: str) -> list[dict[str, str]]:
-    with open(os.path.join(run, "metrics.csv"), newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def test_the_logged_loss_is_the_mean_over_the_logging_window_as_in_sentence_transformers(text_run, tiny_bert_dir):
+def test_the_logged_loss_is_the_mean_over_the_logging_window_as_in_sentence_transformers(text_run, tiny_bert_dir,
+                                                                                      monkeypatch):
     """The same run logged at every step: each row of the run logged every 2 steps is the mean of its 2 steps' losses
     (ST's trainer logs ``loss`` so), and every row sits at the optimizer steps taken: 2, 4, …, not 1, 3, …"""
     work, run, _ = text_run
     every_step = os.path.join(str(work), "every-step")
     os.makedirs(every_step)
-    run_fit(text_args(os.path.join(str(work), "data"), tiny_bert_dir, ["--trainer.log_every_n_steps=1",
-                                                                          "--test_after_fit=false",
-                                                                          "--export.dirpath=null"]),
-            cwd=every_step)
+    monkeypatch.chdir(every_step)  # in this process: text_run is the train.py process; this run only logs more
+    cli_main(text_args(os.path.join(str(work), "data"), tiny_bert_dir, ["--trainer.log_every_n_steps=1",
+                                                                           "--test_after_fit=false",
+                                                                           "--export.dirpath=null"]))
     per_step = {int(r["step"]): float(r["train/loss"])
                 for r in logged_rows(os.path.join(every_step, "runs", "text", "version_0")) if r.get("train/loss")}
     assert sorted(per_step) == list(range(1, 13))  # 6 steps an epoch, 2 epochs, numbered from 1
@@ -283,7 +260,7 @@ def test_the_card_counts_an_unreadable_image_training_skipped_instead_of_failing
 
 @pytest.mark.parametrize("flag", ["--trainer.max_epochs", "--trainer.max_steps", "--trainer.limit_train_batches"])
 def test_a_fit_that_trains_nothing_is_refused_before_anything_loads(tmp_path, pairs_dir, flag):
-    done = run_fit(text_args(pairs_dir, "no/such-model", [f"{flag}=0"]), cwd=str(tmp_path), returncode=2)
+    done = run_train(text_args(pairs_dir, "no/such-model", [f"{flag}=0"]), cwd=str(tmp_path), returncode=2)
     assert done.stderr.splitlines()[-1] == (f"error: {flag} 0 trains nothing, and fit would export the base model as if fine-tuned; "
                            f"set {flag} above 0, or evaluate the base model with python train.py validate (or test) "
                            f"and the same arguments")
@@ -291,8 +268,8 @@ def test_a_fit_that_trains_nothing_is_refused_before_anything_loads(tmp_path, pa
 
 
 def test_the_refusal_s_advice_evaluates_the_base_model(tmp_path, pairs_dir, tiny_bert_dir):
-    done = run_fit(text_args(pairs_dir, tiny_bert_dir, ["--trainer.max_epochs=0"]), cwd=str(tmp_path),
-                   subcommand="validate")
+    done = run_train(text_args(pairs_dir, tiny_bert_dir, ["--trainer.max_epochs=0"], subcommand="validate"),
+                     cwd=str(tmp_path))
     assert re.search(r"^metric +validation$", done.stdout + done.stderr, re.M)  # litembed's table
     with open(tmp_path / "runs" / "text" / "validate" / "version_0" / "metrics.csv") as f:  # not a fit run's folder
         assert "val/dim_32_cosine_ndcg@10" in f.readline().split(",")
@@ -301,11 +278,11 @@ def test_the_refusal_s_advice_evaluates_the_base_model(tmp_path, pairs_dir, tiny
 
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_max_steps_inside_an_epoch_validates_and_exports_the_final_weights(tmp_path, pairs_dir, tiny_bert_dir,
-                                                                         accumulate):
+                                                                         accumulate, monkeypatch):
     """48 training rows in batches of 8: 6 batches an epoch; max_steps 2 stops inside the first one."""
-    run_fit(text_args(pairs_dir, tiny_bert_dir, ["--trainer.max_steps=2", "--test_after_fit=false",
-                                                 f"--trainer.accumulate_grad_batches={accumulate}"]),
-            cwd=str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # in this process: what is under test is what the run leaves in its folder
+    cli_main(text_args(pairs_dir, tiny_bert_dir, ["--trainer.max_steps=2", "--test_after_fit=false",
+                                                  f"--trainer.accumulate_grad_batches={accumulate}"]))
     run = tmp_path / "runs" / "text" / "version_0"
     rows = logged_rows(str(run))
     trained = [r["step"] for r in rows if r.get("train/loss")]
@@ -318,7 +295,7 @@ def test_max_steps_inside_an_epoch_validates_and_exports_the_final_weights(tmp_p
 def test_a_monitor_the_run_never_logs_is_refused_before_training(tmp_path, pairs_dir, tiny_bert_dir):
     """Lightning stopped at the end of the first validation, an epoch in; the monitor is known at the start."""
     args = text_args(pairs_dir, tiny_bert_dir, ["--trainer.callbacks.init_args.monitor=val/dim_384_cosine_ndcg@10"])
-    done = run_fit(args, cwd=str(tmp_path), returncode=2)
+    done = run_train(args, cwd=str(tmp_path), returncode=2)
     assert done.stderr.splitlines()[-1] == (
         "error: the monitor 'val/dim_384_cosine_ndcg@10' of trainer.callbacks' ModelCheckpoint is not a metric this run "
         "logs, so the first validation would stop the run: its validation logs 30 metrics, the closest "
@@ -329,13 +306,13 @@ def test_a_monitor_the_run_never_logs_is_refused_before_training(tmp_path, pairs
     assert not glob.glob(str(tmp_path / "runs" / "text" / "*" / "checkpoints" / "*"))  # not one step trained
 
 
-def test_tensorboard_logs_into_the_run_folder(tmp_path, tiny_bert_dir):
+def test_tensorboard_logs_into_the_run_folder(tmp_path, tiny_bert_dir, monkeypatch):
     pytest.importorskip("tensorboard")
     from conftest import write_pairs_dir
 
     data = write_pairs_dir(tmp_path / "data", train=16, validation=8, test=8)
-    run_fit(text_args(data, tiny_bert_dir, ["--tensorboard=true", "--trainer.max_steps=2",
-                                            "--export.dirpath=null"]), cwd=str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # in this process: what is under test is what the run leaves in its folder
+    cli_main(text_args(data, tiny_bert_dir, ["--tensorboard=true", "--trainer.max_steps=2", "--export.dirpath=null"]))
     run = tmp_path / "runs" / "text" / "version_0"
     assert glob.glob(str(run / "events.out.tfevents.*")) and (run / "metrics.csv").is_file()
     assert not (tmp_path / "runs" / "text" / "version_1").exists()
@@ -351,20 +328,14 @@ def test_tensorboard_logs_into_the_run_folder(tmp_path, tiny_bert_dir):
     assert [e.step for e in events.Scalars("val/dim_32_cosine_ndcg@10")] == [2]
 
 
-def test_a_clip_run_gets_a_card_too(tmp_path):
+def test_a_clip_run_gets_a_card_too(tmp_path, monkeypatch):
     from sentence_transformers import SentenceTransformer
 
-    args = ["--seed_everything=0", "--trainer.accelerator=cpu", "--trainer.max_epochs=1",
-            "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
-            "--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=runs",
-            "--trainer.logger.name=clip",
-            "--model=lightning_modules.clip.CLIPEmbeddingModule",
-            "--model.encoder=lightning_modules.clip_backends.TransformersClip",
-            f"--model.encoder.config={json.dumps(TINY_HF_CLIP_CONFIG)}",
-            "--data=datamodules.image_captions.ImageCaptionDataModule", "--data.builtin_rows=48",
-            "--data.image_size=32", "--data.val_size=16", "--data.val_name=shapes-eval", "--data.batch_size=8",
-            "--data.num_workers=0", "--model.learn_logit_scale=true"]
-    run_fit(args, cwd=str(tmp_path))
+    args = train_args(*clip_recipe(), "--trainer.logger.name=clip", "--model.lr=2e-5", "--data.builtin_rows=48",
+                      "--data.val_size=16", "--data.val_name=shapes-eval", "--model.learn_logit_scale=true",
+                      save_dir="runs")
+    monkeypatch.chdir(tmp_path)  # in this process: what is under test is what the run leaves in its folder
+    cli_main(args)
     run = tmp_path / "runs" / "clip" / "version_0"
     model = SentenceTransformer(str(run / "model"), device="cpu")
     card = (run / "model" / "README.md").read_text()

@@ -7,7 +7,6 @@ run's exactly; a batch served twice or skipped, a dropout mask drawn from anothe
 off by one step changes them.
 """
 
-import csv
 import fcntl
 import glob
 import json
@@ -27,9 +26,9 @@ from callbacks.resume import AtomicCheckpointIO
 from conftest import qa_rows, write_jsonl
 from datamodules.sampler import NoDuplicatesBatchSampler
 from lightning_modules.nonfinite import NonFiniteGuard
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": ROOT}
+from tests.commands import (ENV, NO_EXPORT, ROOT, WALL_CLOCK, logged_rows, run_train, text_recipe, train_args,
+                            train_command)
+from train import cli_main
 
 
 @pytest.fixture(scope="module")
@@ -43,38 +42,29 @@ def data(tmp_path_factory) -> str:
 
 
 def command(model_dir, data_dir, save_dir, *extra) -> list[str]:
-    """`python train.py fit` on 160 pairs, batch 16: 10 batches per epoch, 2 epochs, dropout on."""
-    return [sys.executable, os.path.join(ROOT, "train.py"), "fit", "--seed_everything=0", "--trainer.max_epochs=2",
-            "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
-            "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={save_dir}",
-            "--trainer.logger.name=run", "--model=lightning_modules.text.TextEmbeddingModule",
-            "--model.encoder=lightning_modules.text_encoder.TextEncoder",
-            f"--model.encoder.model_name_or_path={model_dir}", "--model.encoder.max_length=32", "--model.lr=1e-3",
-            "--model.loss=losses.MatryoshkaLoss", "--model.loss.loss=losses.MultipleNegativesRankingLoss",
-            "--model.loss.dims=[32, 8]", "--data=datamodules.pairs.PairDataModule", f"--data.dataset={data_dir}",
-            "--data.test_split=test", "--data.batch_size=16", "--data.num_workers=0", *extra]
-
-
-def run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result
+    """`train.py fit` on 160 pairs, batch 16: 10 batches per epoch, 2 epochs, dropout on."""
+    return train_args(*text_recipe(model_dir, data_dir), "--trainer.max_epochs=2", "--trainer.logger.name=run",
+                      "--data.batch_size=16", *extra, save_dir=save_dir)
 
 
 def interrupt(args: list[str], run_dir: str, after_step: int, sig: int, timeout: int = 300, group: bool = False):
-    """Start `args`, wait for a checkpoint at or after `after_step` (and the metrics flushed with it), signal it (with
-    `group`, its whole process group, DataLoader workers included, as a terminal's Ctrl-C does)."""
-    process = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=group)
+    """Start `train.py *args`, wait for a checkpoint at or after `after_step` (and the metrics flushed with it), signal
+    it (with `group`, its whole process group, DataLoader workers included, as a terminal's Ctrl-C does)."""
+    process = subprocess.Popen(train_command(args), cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=group)
     checkpoint, log = os.path.join(run_dir, "checkpoints", "last.ckpt"), os.path.join(run_dir, "metrics.csv")
     deadline = time.time() + timeout
+    seen = None  # the checkpoint file last read: read again only once it is replaced (the run needs the CPU)
     while True:
         assert process.poll() is None, "the run ended before the checkpoint: " + process.stderr.read()[-3000:]
         assert time.time() < deadline
         try:
-            flushed = os.path.getmtime(log) >= os.path.getmtime(checkpoint)
-            if flushed and torch.load(checkpoint, weights_only=True, mmap=True)["global_step"] >= after_step:
-                break
+            written = os.stat(checkpoint)
+            flushed = os.path.getmtime(log) >= written.st_mtime
+            if flushed and (written.st_ino, written.st_mtime_ns) != seen:
+                if torch.load(checkpoint, weights_only=True, mmap=True)["global_step"] >= after_step:
+                    break
+                seen = (written.st_ino, written.st_mtime_ns)
         except (OSError, RuntimeError, EOFError):  # not written yet
             pass
         time.sleep(0.01)
@@ -104,13 +94,9 @@ def run_printed_resume(output: str) -> tuple[str, subprocess.CompletedProcess]:
     return resume, resumed
 
 
-WALL_CLOCK = {"train/samples_per_s"}  # a rate measured on the clock: never equal between two runs
-
-
 def logged(run_dir: str) -> list[dict]:
     """The metrics log without wall-clock measurements (and the rows that held nothing else)."""
-    with open(os.path.join(run_dir, "metrics.csv"), newline="") as file:
-        rows = [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in csv.DictReader(file)]
+    rows = [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in logged_rows(run_dir)]
     return [row for row in rows if any(v for k, v in row.items() if k not in ("epoch", "step"))]
 
 
@@ -125,50 +111,62 @@ def assert_same_run(resumed_dir: str, reference_dir: str) -> None:
         assert torch.equal(value, exported[1][name]), name
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_bert_dir, data) -> dict[str, str]:
-    """The reference runs, uninterrupted: map-style and streamed with 2 workers."""
-    root = tmp_path_factory.mktemp("uninterrupted")
-    runs = {}
-    for name, extra in (("map", MAP), ("stream", STREAM)):
-        run(command(tiny_bert_dir, data, root / name, *extra))
-        runs[name] = str(root / name / "run" / "version_0")
-    return runs
-
-
 STREAM = ["--checkpoint_every_n_steps=3", "--data.streaming=true", "--data.num_workers=2", "--data.shuffle_buffer=40"]
 # a row every 2 steps, a checkpoint every 3: the checkpoints at steps 3 and 15 lie inside a logging window, whose loss
 # the resumed run must average as the uninterrupted one does
 MAP = ["--checkpoint_every_n_steps=3", "--trainer.log_every_n_steps=2"]
+KINDS = {"map": MAP, "stream": STREAM}
 
 
-@pytest.mark.parametrize("name, extra, kill_after", [
-    pytest.param("map", MAP, 3, marks=pytest.mark.slow),  # epoch 0, batch 3
-    ("map", MAP, 13),  # epoch 1, batch 5 (after the epoch-end evaluation); resumes from step 15
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_bert_dir, data):
+    """name → the run folder of the reference run, uninterrupted (map-style, or streamed with 2 workers): each run
+    once, when a test first asks for it."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    runs = {}
+
+    def reference(name: str) -> str:
+        if name not in runs:
+            # map-style in this process (what is under test is the train.py process compared with it); the stream's
+            # 2 DataLoader workers are not forked from pytest
+            args = command(tiny_bert_dir, data, root / name, *KINDS[name])
+            if name == "map":
+                cli_main(args)
+            else:
+                run_train(args)
+            runs[name] = str(root / name / "run" / "version_0")
+        return runs[name]
+
+    return reference
+
+
+@pytest.mark.parametrize("name, kill_after", [
+    pytest.param("map", 3, marks=pytest.mark.slow),  # epoch 0, batch 3
+    ("map", 13),  # epoch 1, batch 5 (after the epoch-end evaluation); resumes from step 15
     # 2 workers: each skips 2 batches of its own, the loader drops 1 more; every epoch's batches must also be the
     # uninterrupted run's (the workers once raced on HF's shared epoch counter: test_streaming.py)
-    ("stream", STREAM, 13),
+    ("stream", 13),
 ])
 def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path, tiny_bert_dir, data, uninterrupted,
-                                                                    name, extra, kill_after):
-    args = command(tiny_bert_dir, data, tmp_path, *extra)
+                                                                    name, kill_after):
+    args = command(tiny_bert_dir, data, tmp_path, *KINDS[name])
     run_dir = str(tmp_path / "run" / "version_0")
     code, _, _ = interrupt(args, run_dir, kill_after, signal.SIGKILL)
     assert code == -signal.SIGKILL
     saved = torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), weights_only=True)
     assert saved["epoch"] * 10 < saved["global_step"] < 20 and saved["global_step"] % 10  # mid-epoch
     assert not os.path.exists(os.path.join(run_dir, "model"))
-    resumed = run(args + ["--ckpt_path", "last"])
+    resumed = run_train(args + ["--ckpt_path", "last"])
     assert "Resuming" in resumed.stdout and not os.path.exists(str(tmp_path / "run" / "version_1"))
     assert "not resumable" not in resumed.stderr
-    assert_same_run(run_dir, uninterrupted[name])
+    assert_same_run(run_dir, uninterrupted(name))
 
 
 def test_sigterm_saves_at_the_step_boundary_prints_the_command_and_resumes(tmp_path, tiny_bert_dir, data):
     # accumulation 2: the checkpoint must wait for the optimizer step (it cannot hold half-summed gradients)
     extra = ["--trainer.accumulate_grad_batches=2", "--checkpoint_every_n_steps=1"]
     reference = tmp_path / "reference"
-    run(command(tiny_bert_dir, data, reference, *extra))
+    cli_main(command(tiny_bert_dir, data, reference, *extra))  # in this process: the reference, not under test
     args = command(tiny_bert_dir, data, tmp_path / "preempted", extra[0], "--checkpoint_every_n_steps=2")
     run_dir = str(tmp_path / "preempted" / "run" / "version_0")
     code, out, err = interrupt(args, run_dir, 2, signal.SIGTERM)  # mid-training
@@ -193,7 +191,7 @@ def test_sigterm_after_the_last_step_stops_and_the_printed_command_exports_and_t
     args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_epochs=1", "--checkpoint_every_n_steps=0",
                    signal_at(hook, at_step=10))
     run_dir = tmp_path / "run" / "version_0"
-    stopped = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    stopped = run_train(args, returncode=None)
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     assert said in stopped.stdout + stopped.stderr
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
@@ -229,7 +227,7 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path, tiny_bert_dir, d
     args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_epochs=1", "--checkpoint_every_n_steps=2",
                    signal_at("on_train_batch_start", "SIGINT", times=2, at_step=3))
     run_dir = str(tmp_path / "run" / "version_0")
-    result = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    result = run_train(args, returncode=None)
     assert result.returncode == -signal.SIGINT, result.stderr[-3000:]
     assert ("Ctrl-C again: stopping now, without saving this step; resume from the last checkpoint written "
             f"({os.path.join(run_dir, 'checkpoints', 'last.ckpt')}) with:") in result.stderr
@@ -240,7 +238,7 @@ def test_a_full_disk_mid_run_is_one_error_naming_the_checkpoint_and_the_resume(t
     full_disk = "--trainer.plugins=tests.failing_io.FullDisk"  # the second checkpoint write fails: ENOSPC
     args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_epochs=1", "--checkpoint_every_n_steps=2", full_disk)
     run_dir = tmp_path / "run" / "version_0"
-    result = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    result = run_train(args, returncode=None)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(error) == 1 and error[0].startswith(
@@ -253,8 +251,7 @@ def test_a_full_disk_mid_run_is_one_error_naming_the_checkpoint_and_the_resume(t
 
 
 def test_ckpt_path_last_without_a_run_to_resume_says_so(tmp_path, tiny_bert_dir, data):
-    result = subprocess.run(command(tiny_bert_dir, data, tmp_path, "--ckpt_path", "last"), cwd=ROOT, env=ENV,
-                            capture_output=True, text=True, timeout=300)
+    result = run_train(command(tiny_bert_dir, data, tmp_path, "--ckpt_path", "last"), returncode=None)
     assert result.returncode != 0
     assert f"--ckpt_path last: no run under {tmp_path}/run/ has checkpoints/last.ckpt" in result.stderr
     assert not glob.glob(str(tmp_path / "**" / "*.ckpt"), recursive=True)
@@ -263,10 +260,11 @@ def test_ckpt_path_last_without_a_run_to_resume_says_so(tmp_path, tiny_bert_dir,
 @pytest.mark.slow  # two fits (~30 s on 2 cores); the resume itself is covered by the SIGKILL and SIGTERM tests
 def test_resuming_a_checkpoint_from_elsewhere_starts_a_new_folder_and_exports(tmp_path, tiny_bert_dir, data):
     first = command(tiny_bert_dir, data, tmp_path / "first", "--trainer.max_steps=4", "--checkpoint_every_n_steps=4")
-    run(first)
+    run_train(first)
     moved = str(tmp_path / "step4.ckpt")
     os.rename(str(tmp_path / "first" / "run" / "version_0" / "checkpoints" / "last.ckpt"), moved)
-    resumed = run(command(tiny_bert_dir, data, tmp_path / "second", "--trainer.max_steps=6", "--ckpt_path", moved))
+    resumed = run_train(command(tiny_bert_dir, data, tmp_path / "second", "--trainer.max_steps=6", "--ckpt_path",
+                                moved))
     assert os.path.exists(str(tmp_path / "second" / "run" / "version_0" / "model" / "model.safetensors"))
     assert "Exported the model" in resumed.stdout + resumed.stderr
 
@@ -319,7 +317,7 @@ def test_a_diverging_run_skips_and_reports_non_finite_steps_then_stops_without_e
                                                                                          data):
     args = command(tiny_bert_dir, data, tmp_path, "--model.lr=1e6", "--trainer.max_epochs=1",
                    "--model.max_nonfinite_steps=3", "--checkpoint_every_n_steps=1")
-    result = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    result = run_train(args, returncode=None)
     assert result.returncode != 0
     assert "optimizer step 2 skipped: non-finite loss or gradient" in result.stderr
     assert "the batch's rows: " in result.stderr and "lower --model.init_args.lr" in result.stderr
@@ -337,13 +335,11 @@ def test_a_model_with_a_non_finite_weight_is_never_exported(tmp_path, tiny_bert_
     """The last line of defence (steps are skipped before a weight can go non-finite): export refuses, every rank."""
     from lightning.pytorch import Callback
 
-    from train import cli_main
-
     class Poison(Callback):
         def on_train_end(self, trainer, module):
             next(module.parameters()).data[0] = float("nan")
 
-    args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_steps=2", "--checkpoint_every_n_steps=0")[3:]
+    args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_steps=2", "--checkpoint_every_n_steps=0")[1:]
     cli = cli_main(args, run=False)
     cli.trainer.callbacks.append(Poison())
     with pytest.raises(RuntimeError, match=r"not exporting: 1 weight tensor\(s\) are not finite \(encoder\."):
@@ -364,31 +360,38 @@ def signals_at(*signals: tuple[int, str, int], monitor: bool = True, when_resumi
     return (MONITOR.removesuffix("]") + ", " if monitor else "--trainer.callbacks=[") + senders + "]"
 
 
+EVERY_5 = "--checkpoint_every_n_steps=5"  # one falls on step 10, the evaluating step
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory, tiny_bert_dir, data) -> str:
+    """The run folder of the uninterrupted run with the best-checkpoint monitor and a checkpoint every 5 steps."""
+    root = tmp_path_factory.mktemp("monitored")
+    cli_main(command(tiny_bert_dir, data, root, EVERY_5, MONITOR))  # in this process: the reference, not under test
+    return str(root / "run" / "version_0")
+
+
 @pytest.mark.parametrize("signals", [
     [(10, "on_validation_start", signal.SIGKILL)],  # step 10 ends epoch 0: killed before its evaluation ends
     # preempted at that step with a grace period shorter than the evaluation
     pytest.param([(10, "on_train_batch_end", signal.SIGTERM), (10, "on_validation_start", signal.SIGKILL)],
                  marks=pytest.mark.slow),
 ])
-def test_a_kill_before_an_evaluation_ends_repeats_it_on_resume(tmp_path, tiny_bert_dir, data, signals):
-    every = "--checkpoint_every_n_steps=5"  # one falls on step 10, the evaluating step
-    reference = tmp_path / "reference"
-    run(command(tiny_bert_dir, data, reference, every, MONITOR))
-    args = command(tiny_bert_dir, data, tmp_path / "killed", every)
+def test_a_kill_before_an_evaluation_ends_repeats_it_on_resume(tmp_path, tiny_bert_dir, data, monitored, signals):
+    args = command(tiny_bert_dir, data, tmp_path / "killed", EVERY_5)
     run_dir = str(tmp_path / "killed" / "run" / "version_0")
-    killed = subprocess.run(args + [signals_at(*signals)], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                            timeout=300)
+    killed = run_train(args + [signals_at(*signals)], returncode=None)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    run(args + [MONITOR, "--ckpt_path", "last"])
-    assert_same_run(run_dir, str(reference / "run" / "version_0"))  # the step-10 evaluation's row and the export
-    checkpoints = [sorted(os.listdir(os.path.join(d, "checkpoints"))) for d in (run_dir, reference / "run" / "version_0")]
+    run_train(args + [MONITOR, "--ckpt_path", "last"])
+    assert_same_run(run_dir, monitored)  # the step-10 evaluation's row and the export
+    checkpoints = [sorted(os.listdir(os.path.join(d, "checkpoints"))) for d in (run_dir, monitored)]
     assert checkpoints[0] == checkpoints[1]  # the same best checkpoint (epoch and step in its name) beside last.ckpt
 
 
 def test_resuming_inside_an_epoch_in_another_batch_order_is_refused_unless_the_epoch_starts_over(tmp_path,
                                                                                                  tiny_bert_dir, data):
-    args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_steps=3", "--checkpoint_every_n_steps=3")
-    run(args)  # stops after 3 of epoch 0's 10 batches
+    args = command(tiny_bert_dir, data, tmp_path, NO_EXPORT, "--trainer.max_steps=3", "--checkpoint_every_n_steps=3")
+    run_train(args)  # stops after 3 of epoch 0's 10 batches
     other = tmp_path / "other-data"
     other.mkdir()
     write_jsonl(other / "train.jsonl", qa_rows(80))
@@ -396,13 +399,12 @@ def test_resuming_inside_an_epoch_in_another_batch_order_is_refused_unless_the_e
         os.link(os.path.join(data, split), other / split)
     for changed, difference in (("--data.init_args.batch_size=32", "--data.init_args.batch_size 16 → 32"),
                                 (f"--data.init_args.dataset={other}", "--data.init_args.dataset (training rows) 160 → 80")):
-        refused = subprocess.run(args + [changed, "--ckpt_path", "last"], cwd=ROOT, env=ENV, capture_output=True,
-                                 text=True, timeout=300)
+        refused = run_train(args + [changed, "--ckpt_path", "last"], returncode=None)
         assert refused.returncode != 0
         assert "the checkpoint was written after 3 batches of epoch 0" in refused.stderr and difference in refused.stderr
         assert "add --resume_epoch_from_start true to train epoch 0 again from its first batch" in refused.stderr
-    resumed = run(args + ["--data.init_args.batch_size=32", "--trainer.max_steps=-1", "--trainer.max_epochs=1",
-                          "--resume_epoch_from_start=true", "--ckpt_path", "last"])
+    resumed = run_train(args + ["--data.init_args.batch_size=32", "--trainer.max_steps=-1", "--trainer.max_epochs=1",
+                                "--resume_epoch_from_start=true", "--ckpt_path", "last"])
     assert "epoch 0 trains again from its first batch (3 of its batches were trained" in resumed.stdout + resumed.stderr
     run_dir = str(tmp_path / "run" / "version_0")
     steps = [row["step"] for row in logged(run_dir) if row.get("train/loss")]
@@ -412,13 +414,13 @@ def test_resuming_inside_an_epoch_in_another_batch_order_is_refused_unless_the_e
 
 def test_a_second_fit_into_a_run_folder_in_use_is_refused_and_a_killed_ones_lock_blocks_nothing(tmp_path,
                                                                                                tiny_bert_dir, data):
-    args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_steps=3", "--checkpoint_every_n_steps=3")
-    run(args)
+    args = command(tiny_bert_dir, data, tmp_path, NO_EXPORT, "--trainer.max_steps=3", "--checkpoint_every_n_steps=3")
+    run_train(args)
     run_dir = str(tmp_path / "run" / "version_0")
     resume = args + ["--trainer.max_steps=-1", "--ckpt_path", "last"]
     # the first resume stops itself (SIGSTOP) at step 4, holding the folder and writing no checkpoint after step 3's
     stop = signals_at((4, "on_train_batch_end", signal.SIGSTOP), monitor=False, when_resuming=True)
-    first = subprocess.Popen(resume + [stop],
+    first = subprocess.Popen(train_command(resume + [stop]),
                              cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with open(os.path.join(run_dir, "fit.lock")) as lock:
@@ -431,7 +433,7 @@ def test_a_second_fit_into_a_run_folder_in_use_is_refused_and_a_killed_ones_lock
                 except BlockingIOError:
                     break
                 time.sleep(0.05)
-        second = subprocess.run(resume, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+        second = run_train(resume, returncode=None)
         assert second.returncode != 0
         assert f"{run_dir} is in use by another train.py fit (pid {first.pid}," in second.stderr
         assert f"resume with --ckpt_path {run_dir}" in second.stderr
@@ -441,7 +443,7 @@ def test_a_second_fit_into_a_run_folder_in_use_is_refused_and_a_killed_ones_lock
     stale = os.path.join(run_dir, "checkpoints", "last.ckpt.partial")  # as a kill while writing leaves it
     with open(stale, "wb") as file:
         file.write(b"\0" * 4096)
-    resumed = run(args[:-2] + ["--trainer.max_steps=5", "--ckpt_path", "last"])  # from step 3 again
+    resumed = run_train(args[:-2] + ["--trainer.max_steps=5", "--ckpt_path", "last"])  # from step 3 again
     assert not os.path.exists(stale) and "Removed 1 partly written checkpoint(s) left by a killed run" in \
         resumed.stdout + resumed.stderr
     steps = [int(row["step"]) for row in logged(run_dir) if row.get("train/loss")]
@@ -480,7 +482,7 @@ def test_the_best_checkpoint_is_a_hard_link_to_last_ckpt_of_its_step_and_keeps_i
     callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
         "monitor": "step", "mode": mode, "save_top_k": 1, "filename": f"{name}-{{step}}"}}
         for name, mode in (("first", "min"), ("latest", "max"))]
-    run(command(tiny_bert_dir, data, tmp_path, "--checkpoint_every_n_steps=0",
+    run_train(command(tiny_bert_dir, data, tmp_path, "--checkpoint_every_n_steps=0",
                 "--trainer.callbacks=" + json.dumps(callbacks)))
     folder = tmp_path / "run" / "version_0" / "checkpoints"
     assert sorted(os.listdir(folder)) == ["first-step=10.ckpt", "last.ckpt", "latest-step=20.ckpt"]

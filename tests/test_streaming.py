@@ -12,11 +12,13 @@ from conftest import qa_rows, write_jsonl
 from datamodules.image_captions import ImageCaptionDataModule
 from datamodules.pairs import PairDataModule
 from lightning_modules.clip import CLIPEmbeddingModule
-from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TransformersClip
+from lightning_modules.clip_backends import TransformersClip
 from lightning_modules.text import TextEmbeddingModule
 from lightning_modules.text_encoder import TextEncoder
 from test_clip import imagefolder, png
-from test_resume import command, logged, run
+from test_resume import command, logged
+from tests.commands import run_train
+from tests.tiny import TINY_HF_CLIP_CONFIG
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +141,8 @@ def test_unknown_length_with_max_steps_validates_the_weights_it_exports(tiny_ber
     data.mkdir()
     for split, rows in (("train", qa_rows(96)), ("validation", qa_rows(16, 1000)), ("test", qa_rows(16, 2000))):
         write_jsonl(data / f"{split}.json", rows)  # JSON lines in .json files: no row count without reading them
-    run(command(tiny_bert_dir, str(data), tmp_path, "--data.streaming=true", "--trainer.max_steps=3",
-                "--trainer.accumulate_grad_batches=2"))
+    run_train(command(tiny_bert_dir, str(data), tmp_path, "--data.streaming=true", "--trainer.max_steps=3",
+                      "--trainer.accumulate_grad_batches=2"))
     run_dir = tmp_path / "run" / "version_0"
     rows = logged(str(run_dir))
     trained = [row for row in rows if row.get("train/loss")]

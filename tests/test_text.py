@@ -5,30 +5,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_BERT, qa_rows, write_jsonl
+from conftest import qa_rows, write_jsonl
 from datamodules.pairs import PairDataModule
 from lightning_modules.text import TextEmbeddingModule
 from lightning_modules.text_encoder import TextEncoder
 from losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+from tests.commands import text_recipe, train_args
+from tests.tiny import TINY_BERT
 from train import cli_main
 
 
 def fit_args(tmp_path, model_dir, data_dir, dims, monitor, extra=()):
-    return [
-        "fit", "--seed_everything=0",
-        "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.max_epochs=1",
-        "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}",
-        "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
-        f"--trainer.callbacks.monitor={monitor}", "--trainer.callbacks.mode=max",
-        "--model=lightning_modules.text.TextEmbeddingModule",
-        "--model.encoder=lightning_modules.text_encoder.TextEncoder", f"--model.encoder.model_name_or_path={model_dir}",
-        "--model.encoder.max_length=64", "--model.lr=1e-4",
-        "--model.loss=losses.MatryoshkaLoss", "--model.loss.loss=losses.MultipleNegativesRankingLoss",
-        f"--model.loss.dims={json.dumps(dims)}",
-        "--data=datamodules.pairs.PairDataModule", f"--data.dataset={data_dir}", "--data.test_split=test",
-        "--data.batch_size=8", "--data.eval_batch_size=7", "--data.num_workers=0", *extra,
-    ]
+    return train_args(*text_recipe(model_dir, data_dir), "--trainer.devices=1",
+                      "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
+                      f"--trainer.callbacks.monitor={monitor}", "--trainer.callbacks.mode=max",
+                      "--model.encoder.max_length=64", "--model.lr=1e-4", f"--model.loss.dims={json.dumps(dims)}",
+                      "--data.eval_batch_size=7", *extra, save_dir=tmp_path)
 
 
 def test_fit_exports_a_model_sentence_transformers_loads(tmp_path, minilm_path, pairs_dir):

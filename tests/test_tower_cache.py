@@ -1,9 +1,7 @@
 """A locked image tower's embeddings are computed once and looked up: losses, metrics and the exported model equal
 recomputing the tower, training batches carry image numbers instead of pixels, and no image is decoded again."""
 
-import csv
 import glob
-import json
 import os
 
 import pytest
@@ -13,31 +11,20 @@ from safetensors.torch import load_file
 import datamodules.image_captions as image_captions
 from datamodules.image_captions import ImageCaptionDataModule
 from lightning_modules.clip import CLIPEmbeddingModule
-from lightning_modules.clip_backends import TINY_HF_CLIP_CONFIG, TINY_OPEN_CLIP_CFG, TransformersClip
+from lightning_modules.clip_backends import TransformersClip
+from tests.commands import WALL_CLOCK, clip_recipe, logged_rows, train_args
 from tests.test_clip import imagefolder
+from tests.tiny import TINY_HF_CLIP_CONFIG
 from train import cli_main
 
-HF = ["--model.encoder=lightning_modules.clip_backends.TransformersClip",
-      f"--model.encoder.config={json.dumps(TINY_HF_CLIP_CONFIG)}"]
-OPEN_CLIP = ["--model.encoder=lightning_modules.clip_backends.OpenClip",
-             f"--model.encoder.model_cfg={json.dumps(TINY_OPEN_CLIP_CFG)}"]
-
-
-def locked_fit(tmp_path, encoder, *extra):
-    return cli_main([
-        "fit", "--seed_everything=0", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
-        "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false", "--test_after_fit=false",
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}",
-        "--model=lightning_modules.clip.CLIPEmbeddingModule", *encoder, "--model.lr=1e-3", "--model.lock_image=true",
-        "--model.learn_logit_scale=true", "--data=datamodules.image_captions.ImageCaptionDataModule",
-        "--data.builtin_rows=96", "--data.image_size=32", "--data.val_size=32", "--data.batch_size=8",
-        "--data.num_workers=0", *extra])
+def locked_fit(tmp_path, backend, *extra):
+    return cli_main(train_args(*clip_recipe(backend), "--trainer.max_epochs=2", "--test_after_fit=false",
+                               "--model.lock_image=true", "--model.learn_logit_scale=true", *extra, save_dir=tmp_path))
 
 
 def logged(cli) -> list[dict]:
-    (path,) = glob.glob(os.path.join(cli.trainer.log_dir, "metrics.csv"))
-    with open(path) as f:  # the wall-clock rate is the one column allowed to differ
-        return [{k: v for k, v in row.items() if k != "train/samples_per_s"} for row in csv.DictReader(f)]
+    # the wall-clock rate is the one column allowed to differ
+    return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in logged_rows(cli.trainer.log_dir)]
 
 
 def exported(cli) -> dict[str, torch.Tensor]:
@@ -46,14 +33,14 @@ def exported(cli) -> dict[str, torch.Tensor]:
 
 
 def test_hf_clip_locked_image_tower_is_embedded_once_and_equals_recomputing(tmp_path, monkeypatch):
-    cached = locked_fit(tmp_path / "cached", HF)
+    cached = locked_fit(tmp_path / "cached", "transformers")
     dm, module = cached.datamodule, cached.model
     assert dm.keyed_train_images and module.constant_towers == {"image"}
     # 64 distinct training images (shapes: one image per row) + 32 evaluation images, embedded once
     assert module._image_table.shape == (len(dm.train_image_rows) + len(dm.streams["val"]["image"]), 32)
     batch = next(iter(dm.train_dataloader()))
     assert set(batch["features"][0]) == {"image_index"} and "pixel_values" not in batch["features"][0]
-    recomputed = locked_fit(tmp_path / "recomputed", HF, "--model.cache_locked_image_tower=false")
+    recomputed = locked_fit(tmp_path / "recomputed", "transformers", "--model.cache_locked_image_tower=false")
     assert not recomputed.datamodule.keyed_train_images and recomputed.model._image_table is None
     # every loss, learning rate and metric of every step, bit for bit; and the same exported weights
     assert logged(cached) == logged(recomputed) and len(logged(cached)) > 10
@@ -65,11 +52,11 @@ def test_hf_clip_locked_image_tower_is_embedded_once_and_equals_recomputing(tmp_
 
 
 def test_open_clip_random_crops_keep_training_images_computed_but_evaluation_images_cached(tmp_path):
-    cached = locked_fit(tmp_path / "cached", OPEN_CLIP)
+    cached = locked_fit(tmp_path / "cached", "open_clip")
     dm, module = cached.datamodule, cached.model
     assert not dm.keyed_train_images  # a random crop is a new image every epoch: nothing to cache in training
     assert module._image_table.shape[0] == len(dm.streams["val"]["image"])
-    recomputed = locked_fit(tmp_path / "recomputed", OPEN_CLIP, "--model.cache_locked_image_tower=false")
+    recomputed = locked_fit(tmp_path / "recomputed", "open_clip", "--model.cache_locked_image_tower=false")
     assert logged(cached) == logged(recomputed)
 
 
