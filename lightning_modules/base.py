@@ -18,7 +18,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
 from datamodules.batches import EMBEDDINGS, FEATURES, IDS, ROWS, STREAM
-from datamodules.contract import DataNeeds
+from datamodules.contract import DataNeeds, RetrievalData
 from lightning_modules.gradcache import cached_step
 from lightning_modules.nonfinite import NonFiniteGuard
 from lightning_modules.optim import build_optimizer
@@ -100,6 +100,12 @@ class EmbeddingModule(L.LightningModule):
         self._resumed = False
         self._collectors: dict[str, EmbeddingCollector] = {}
 
+    @property
+    def data(self) -> RetrievalData:
+        """The datamodule, through the one interface the module may use (``datamodules.contract.RetrievalData``):
+        evaluation tasks and loaders, batch facts, the epoch report."""
+        return self.trainer.datamodule
+
     def data_needs(self) -> DataNeeds:
         """What the datamodule takes from this model (``datamodule.connect``): the processor its collators call."""
         return DataNeeds(self.processor)
@@ -172,7 +178,7 @@ class EmbeddingModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.nonfinite.report(self.trainer)
-        self.trainer.datamodule.report_epoch(self.current_epoch)  # rows a stream skipped or read twice
+        self.data.report_epoch(self.current_epoch)  # rows a stream skipped or read twice
 
     def configure_optimizers(self) -> dict:
         # fused AdamW (CUDA and CPU) skips a step flagged non-finite on the device (NonFiniteGuard); it unscales fp16
@@ -250,7 +256,7 @@ class EmbeddingModule(L.LightningModule):
         """Every task's metrics at every dim. Under DDP the corpus is sharded, not gathered: each process scores the
         corpus items it embedded against all queries, and the top-k lists are gathered and merged, so every process
         computes the metrics of the whole corpus with 1/world of the scoring."""
-        tasks = self.trainer.datamodule.retrieval_tasks(stage)
+        tasks = self.data.retrieval_tasks(stage)
         rank, world = self.trainer.global_rank, self.trainer.world_size
         query_streams = {task.query_stream for task in tasks}
         corpus_streams = {task.corpus_stream for task in tasks}
@@ -275,14 +281,14 @@ class EmbeddingModule(L.LightningModule):
 
     def main_metric(self, stage: str) -> str:
         """The progress-bar metric: nDCG@10 of the first task at the largest dim."""
-        return metric_key(stage, self.trainer.datamodule.retrieval_tasks(stage)[0].name, self.eval_dims[0],
+        return metric_key(stage, self.data.retrieval_tasks(stage)[0].name, self.eval_dims[0],
                           PRIMARY_METRIC)
 
     def metric_keys(self, stage: str) -> list[str]:
         """Every key an evaluation of ``stage`` logs, known before any evaluation runs (to check monitors)."""
         one = torch.eye(2)  # the metric names come from the function that computes them, on two items
         names = information_retrieval_metrics(one, one, [[0], [1]]).keys()
-        return [metric_key(stage, task.name, dim, name) for task in self.trainer.datamodule.retrieval_tasks(stage)
+        return [metric_key(stage, task.name, dim, name) for task in self.data.retrieval_tasks(stage)
                 for dim in self.eval_dims for name in names]
 
     @torch.no_grad()
@@ -290,7 +296,7 @@ class EmbeddingModule(L.LightningModule):
         """Run the validation streams outside Lightning's loop (the base model, before any step)."""
         was_training = self.training
         self.eval()
-        loaders = self.trainer.datamodule.val_dataloader()
+        loaders = self.data.val_dataloader()
         with self.trainer.precision_plugin.forward_context():
             for loader in loaders if isinstance(loaders, list) else [loaders]:
                 for batch in loader:
@@ -310,7 +316,7 @@ class EmbeddingModule(L.LightningModule):
                                  "would reduce-scatter and reshard once per chunk: use --trainer.strategy ddp with "
                                  "GradCache (it gives any batch size the memory of one chunk), or FSDP without it")
             gathers = any(getattr(m, "gather_across_devices", False) for m in self.loss.modules())
-            if gathers and self.trainer.world_size > 1 and not self.trainer.datamodule.equal_batch_sizes:
+            if gathers and self.trainer.world_size > 1 and not self.data.equal_batch_sizes:
                 raise ValueError(
                     "gather_across_devices needs the same batch size on every rank at every step, but the last "
                     "batches of an epoch can be smaller: set --data.init_args.drop_last true (or stream the data: "
@@ -336,7 +342,7 @@ class EmbeddingModule(L.LightningModule):
         if self.trainer.fast_dev_run:
             rank_zero_info("fast_dev_run: one batch per stage, so no retrieval metrics and no export")
             return
-        if not self.evaluate_before_training or not self.trainer.datamodule.retrieval_tasks("val"):
+        if not self.evaluate_before_training or not self.data.retrieval_tasks("val"):
             return
         metrics = self._evaluate_now()
         self.history.append((-1, metrics))

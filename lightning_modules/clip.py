@@ -113,7 +113,7 @@ class CLIPEmbeddingModule(EmbeddingModule):
             return
         collector = EmbeddingCollector().to(self.device)
         with self.trainer.precision_plugin.forward_context():  # the dtype a recomputed embedding would have
-            for batch in self.trainer.datamodule.image_table_loader():
+            for batch in self.data.image_table_loader():
                 batch = move_data_to_device(batch, self.device)
                 collector.update(batch[IDS], self.encoder.encode_image(batch[FEATURES][PIXEL_VALUES]))
         self._image_table = collector.compute()
