@@ -43,8 +43,10 @@ def add_options(parser) -> None:
 
 
 def option_defaults() -> dict:
-    """The defaults of the top-level options, ``--ckpt_path`` (the subcommand's) included."""
+    """The defaults of the top-level options, the fit subcommand's own (``--ckpt_path``, ``--weights_only``) included:
+    LightningCLI adds ``Trainer.fit``'s arguments there."""
     from lightning.pytorch import Trainer
 
-    ckpt_path = inspect.signature(Trainer.fit).parameters["ckpt_path"].default
-    return {**{name: keywords["default"] for name, keywords in OPTIONS.items()}, "ckpt_path": ckpt_path}
+    fit = {name: p.default for name, p in inspect.signature(Trainer.fit).parameters.items()
+           if p.default is not inspect.Parameter.empty}
+    return {**fit, **{name: keywords["default"] for name, keywords in OPTIONS.items()}}
