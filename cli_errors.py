@@ -128,7 +128,7 @@ def unknown_key(path: list[str], key: str, cls: str | None, argv: list[str], par
     if [*path, key][0] in REFUSED:
         return refused([*path, key][0])
     if (moved := ".".join(p for p in [*path, key] if p != "init_args")) in MOVED:
-        return moved_key(path, key, MOVED[moved], argv)
+        return moved_key(path, key, moved, argv)
     accepted = init_parameters(import_object(cls)) if cls else child_keys(parser, path)
     close = difflib.get_close_matches(key, accepted, n=1)
     of = f" of {cls}" if cls else ""
@@ -142,10 +142,11 @@ def unknown_key(path: list[str], key: str, cls: str | None, argv: list[str], par
     return f"{' or '.join(files)}: unknown key '{key}' {where}{of}; {hint}"
 
 
-def moved_key(path: list[str], key: str, new: str, argv: list[str]) -> str:
-    """An option of an earlier litembed that moved: the flag (or the config file holding it) and the one to use."""
-    flag = ".".join([*path, key])
-    spellings = {flag, ".".join(p for p in [*path, key] if p != "init_args")}  # --model.export_dir is one too
+def moved_key(path: list[str], key: str, moved: str, argv: list[str]) -> str:
+    """An option of an earlier litembed that moved (``moved``: its ``MOVED`` key, init_args left out): the flag (or the
+    config file holding it) and the one to use."""
+    flag, new = ".".join([*path, key]), MOVED[moved]
+    spellings = {flag, moved}  # --model.init_args.export_dir and --model.export_dir
     typed = [(a.split("=")[0], s) for a in argv for s in spellings
              if a.split("=")[0] == f"--{s}" or a.startswith(f"--{s}.")]
     files = [f for f in config_files(argv) if re.search(rf"^\s*{re.escape(key)}\s*:", read(f), re.M)]

@@ -2,8 +2,9 @@
 once: ``train.py`` builds its parser from them and the model card reads their defaults here
 (``reporting.collect``), so a changed default cannot leave the card's "non-default hyperparameters" wrong."""
 
-import importlib
 import inspect
+
+from cli_errors import import_object
 
 # name → the parser's add_argument keywords
 OPTIONS: dict[str, dict] = {
@@ -29,17 +30,12 @@ OPTIONS: dict[str, dict] = {
 SECTIONS: dict[str, str] = {"export": "callbacks.export.ExportModel"}
 
 
-def section_class(name: str) -> type:
-    module, _, cls = SECTIONS[name].rpartition(".")
-    return getattr(importlib.import_module(module), cls)
-
-
 def add_options(parser) -> None:
     """Add the options and the class groups to a LightningCLI parser."""
     for name, keywords in OPTIONS.items():
         parser.add_argument(f"--{name}", **keywords)
     for name in SECTIONS:
-        parser.add_lightning_class_args(section_class(name), name)
+        parser.add_lightning_class_args(import_object(SECTIONS[name]), name)
 
 
 def option_defaults() -> dict:

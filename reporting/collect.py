@@ -6,7 +6,6 @@ which checkpoint was exported) in ``<run>/report.json``; ``build_card`` combines
 every number in the card is a logged value of the exported checkpoint.
 """
 
-import importlib
 import importlib.metadata
 import importlib.util
 import inspect
@@ -22,8 +21,9 @@ from collections import Counter
 import torch
 import yaml
 
-from datamodules.images import ImageLoadError, image_header
+from cli_errors import import_object
 from cli_options import SECTIONS, option_defaults
+from datamodules.images import ImageLoadError, image_header
 from lightning_modules.hub import hub_model_name
 from metrics.keys import PRIMARY_METRIC, parse_metric_key
 from reporting.card import CardData, DatasetInfo, EvalSet, TrainingLog
@@ -71,7 +71,7 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
         "train_datasets": [train] if train else [],
         "eval_datasets": evals,
         "losses": losses,
-        "methods": ["GradCache"] if module.gradcache_chunk_size is not None else [],
+        "methods": _methods(module.gradcache_chunk_size),
         "loss_parameters": module.loss_parameters(),
         "hyperparameters": _hyperparameters(os.path.join(run_dir, "config.yaml")),
         "versions": _versions(clip),
@@ -141,7 +141,7 @@ def facts_from_run_folder(run_dir: str) -> dict:
     from inference.models import load_model  # torch and the model libraries, for this rebuild only
 
     library = export_library(export_dir)
-    clip = _is_clip(_import(model["class_path"])) if model.get("class_path") else False
+    clip = _is_clip(import_object(model["class_path"])) if model.get("class_path") else False
     encoder = (args.get("encoder") or {}).get("init_args") or {}
     loss = _instantiate(args.get("loss"))
     losses = _losses(loss) if loss is not None else []
@@ -160,7 +160,7 @@ def facts_from_run_folder(run_dir: str) -> dict:
         "train_datasets": [],
         "eval_datasets": [],
         "losses": losses,
-        "methods": ["GradCache"] if args.get("gradcache_chunk_size") is not None else [],
+        "methods": _methods(args.get("gradcache_chunk_size")),
         "loss_parameters": loss.get_config_dict() if hasattr(loss, "get_config_dict") else {},
         "hyperparameters": _hyperparameters(config_path),
         "versions": {},
@@ -180,12 +180,12 @@ def _instantiate(node):
     if not (isinstance(node, dict) and "class_path" in node):
         return node
     arguments = {key: _instantiate(value) for key, value in (node.get("init_args") or {}).items()}
-    return _import(node["class_path"])(**arguments)
+    return import_object(node["class_path"])(**arguments)
 
 
-def _import(class_path: str):
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+def _methods(gradcache_chunk_size: int | None) -> list[str]:
+    """The training methods beyond the loss that the card cites (``CardData.methods``)."""
+    return ["GradCache"] if gradcache_chunk_size is not None else []
 
 
 def export_library(export_dir: str) -> str:
@@ -231,7 +231,8 @@ def build_card(run_dir: str, facts: dict | None = None, log: MetricsLog | None =
         usage_sentences=facts["usage_sentences"], widget=facts.get("widget", []), usage_images=None,
         train_datasets=[DatasetInfo(**d) for d in facts["train_datasets"]],
         eval_datasets=[DatasetInfo(**d) for d in facts["eval_datasets"]],
-        losses=facts["losses"], methods=facts.get("methods", []), loss_parameters=facts["loss_parameters"], evaluations=evaluations,
+        losses=facts["losses"], methods=facts.get("methods", []), loss_parameters=facts["loss_parameters"],
+        evaluations=evaluations,
         training_log=_training_log(log, exported, facts["steps_per_epoch"], primary),
         hyperparameters=hyper["all"], non_default_hyperparameters=hyper["non_default"],
         versions=facts["versions"], plots=[(_plot_caption(p), os.path.relpath(p, os.path.join(
@@ -468,7 +469,7 @@ def _comparable(value):
 
 def _class_defaults(class_path: str) -> dict:
     try:
-        cls = _import(class_path)
+        cls = import_object(class_path)
     except (ImportError, AttributeError):
         return {}
     defaults: dict = {}
