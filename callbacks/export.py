@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-from reporting.collect import gather_facts
+from reporting.collect import gather_facts, is_clip
 from reporting.report import save_facts, write_report
 from reporting.tables import format_table
 
@@ -49,17 +49,27 @@ class ExportModel(Callback):
             default: the export folder.
         language: the card's ``language`` (hub metadata).
         license: the card's ``license`` (hub metadata).
+        usage_images: images the usage snippet of a CLIP model's card encodes and compares with its sentences: file
+            names as a reader of the card opens them (files you publish beside the model) or URLs. None: the snippet
+            shows how, commented out.
     """
 
     def __init__(self, dirpath: str | None = "model", title: str | None = None, model_id: str | None = None,
-                 language: list[str] = ["en"], license: str = "apache-2.0") -> None:
+                 language: list[str] = ["en"], license: str = "apache-2.0",
+                 usage_images: list[str] | None = None) -> None:
         self.dirpath = dirpath
-        self.card_options = {"title": title, "model_id": model_id, "language": list(language), "license": license}
+        self.card_options = {"title": title, "model_id": model_id, "language": list(language), "license": license,
+                             "usage_images": list(usage_images) if usage_images else None}
         self.run_dir: str | None = None
         self.written: dict[str, object] = {}
         self.best: tuple[str, float | None, str | None] | None = None  # (checkpoint, score, monitor)
         self._started: float | None = None
         self.trained = False  # training has ended: what follows is the export (and train.py's test)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.card_options["usage_images"] and not is_clip(type(pl_module)):
+            raise ValueError(f"--export.usage_images: {type(pl_module).__name__} embeds texts only; its card's usage "
+                             f"snippet encodes sentences (leave the option out)")
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._started = time.monotonic()

@@ -45,9 +45,10 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
     """Everything the card needs that ``metrics.csv`` does not hold, as JSON-ready values (no absolute paths).
     Called on rank 0 alone: nothing here may be a collective (``trainer.log_dir`` is one; the caller passes it in).
     ``exported_step``: the optimizer steps the exported weights took (the validation logged at that step evaluated
-    them, if one did); ``options``: ``title``, ``model_id``, ``language``, ``license`` (``--export.*``)."""
+    them, if one did); ``options``: ``title``, ``model_id``, ``language``, ``license``, ``usage_images``
+    (``--export.*``)."""
     encoder = module.encoder
-    clip = _is_clip(type(module))
+    clip = is_clip(type(module))
     library = export_library(export_dir)  # written before the facts are gathered
     losses = _losses(module.loss)
     steps_per_epoch = max(1, -(-trainer.num_training_batches // trainer.accumulate_grad_batches)) if (
@@ -95,6 +96,7 @@ def _model_facts(given: str | None, clip: bool, library: str, losses: list[str],
         "model_id": options.get("model_id"),
         "language": options.get("language") or ["en"],
         "license": options.get("license") or "apache-2.0",
+        "usage_images": options.get("usage_images") or None,
         "base_model": hub_id or base_name,
         "base_model_on_hub": hub_id is not None,
         "model_type": "open_clip" if library == "open_clip" else "Sentence Transformer",
@@ -141,7 +143,7 @@ def facts_from_run_folder(run_dir: str) -> dict:
     from inference.models import load_model  # torch and the model libraries, for this rebuild only
 
     library = export_library(export_dir)
-    clip = _is_clip(import_object(model["class_path"])) if model.get("class_path") else False
+    clip = is_clip(import_object(model["class_path"])) if model.get("class_path") else False
     encoder = (args.get("encoder") or {}).get("init_args") or {}
     loss = _instantiate(args.get("loss"))
     losses = _losses(loss) if loss is not None else []
@@ -193,7 +195,7 @@ def export_library(export_dir: str) -> str:
     return "sentence-transformers" if os.path.isfile(os.path.join(export_dir, "modules.json")) else "open_clip"
 
 
-def _is_clip(module_class: type) -> bool:
+def is_clip(module_class: type) -> bool:
     """A CLIP dual encoder (images and texts): the card describes both towers and cites CLIP."""
     from lightning_modules.clip import CLIPEmbeddingModule
 
@@ -228,7 +230,7 @@ def build_card(run_dir: str, facts: dict | None = None, log: MetricsLog | None =
         max_seq_length=facts["max_seq_length"], output_dim=facts["output_dim"], similarity=facts["similarity"],
         architecture=facts["architecture"], usage_model_id=facts["model_id"] or facts["usage_path"],
         language=facts["language"], license=facts["license"],
-        usage_sentences=facts["usage_sentences"], widget=facts.get("widget", []), usage_images=None,
+        usage_sentences=facts["usage_sentences"], widget=facts.get("widget", []), usage_images=facts.get("usage_images"),
         train_datasets=[DatasetInfo(**d) for d in facts["train_datasets"]],
         eval_datasets=[DatasetInfo(**d) for d in facts["eval_datasets"]],
         losses=facts["losses"], methods=facts.get("methods", []), loss_parameters=facts["loss_parameters"],

@@ -333,7 +333,7 @@ def test_a_clip_run_gets_a_card_too(tmp_path, monkeypatch):
 
     args = train_args(*clip_recipe(), "--trainer.logger.name=clip", "--model.lr=2e-5", "--data.builtin_rows=48",
                       "--data.val_size=16", "--data.val_name=shapes-eval", "--model.learn_logit_scale=true",
-                      save_dir="runs")
+                      "--export.usage_images=[assets/desk.jpg, https://example.com/cake.png]", save_dir="runs")
     monkeypatch.chdir(tmp_path)  # in this process: what is under test is what the run leaves in its folder
     cli_main(args)
     run = tmp_path / "runs" / "clip" / "version_0"
@@ -351,4 +351,16 @@ def test_a_clip_run_gets_a_card_too(tmp_path, monkeypatch):
     names = {r["dataset"]["name"] for r in meta["model-index"][0]["results"]}
     assert {"shapes-eval", "shapes-eval-image2text"} <= {n.replace(" ", "-") for n in names} | names
     assert "image (PNG)" in card and "radford2021learning" in card
+    # the images the user named for the usage snippet (--export.usage_images)
+    assert ("images = [\n    Image.open('assets/desk.jpg'),\n    Image.open(urlopen('https://example.com/cake.png')),\n]"
+            in card and "# [3, 2]" in card)
+
+
+def test_usage_images_on_a_text_model_are_refused(tmp_path, pairs_dir, tiny_bert_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        cli_main(text_args(pairs_dir, tiny_bert_dir, ["--export.usage_images=[photo.jpg]", "--trainer.max_steps=1"]))
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --export.usage_images: TextEmbeddingModule embeds texts only; its card's usage snippet encodes "
+        "sentences (leave the option out)")
 
