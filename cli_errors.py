@@ -32,9 +32,16 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 PACKAGES = ("lightning_modules", "losses", "datamodules", "callbacks")  # ValueErrors raised here are bad input
 OPTIMIZER_ARGS = ("lr", "weight_decay", "betas", "eps", "lr_schedule", "warmup_ratio")
 REFUSED = ("optimizer", "lr_scheduler")
-# options that moved: old key (init_args left out) → the key that replaced it; a recipe or command line of an earlier
-# version is told the new name instead of the closest one
-MOVED = {"card": "export", "model.export_dir": "export.dirpath"}
+EXPORT_MOVED = ("the export's options are one group, --export.dirpath (the folder, null: no export), --export.title, "
+                "--export.model_id, --export.language and --export.license")
+NONFINITE_MOVED = ("the guard against non-finite steps is a callback of fit (callbacks.nonfinite), no longer an argument "
+                   "of the model")
+# options that moved: old key (init_args left out) → (the key that replaced it, why); a recipe or command line of an
+# earlier version is told the new name instead of the closest one
+MOVED = {"card": ("export", EXPORT_MOVED), "model.export_dir": ("export.dirpath", EXPORT_MOVED),
+         "model.max_nonfinite_steps": ("max_nonfinite_steps", NONFINITE_MOVED)}
+# model arguments an earlier litembed saved in its checkpoints' hyperparameters → where the option is now
+RETIRED = {"export_dir": "--export.dirpath", "max_nonfinite_steps": "--max_nonfinite_steps"}
 # jsonargparse's nested report: 'Parser key "model":', "- Problem with given class_path 'x.Y':", Union boilerplate
 NESTING = re.compile(r"""\s*(?:- )?(?:Parser key "(?P<key>[\w.]+)":|Problem with given class_path '(?P<cls>[\w.]+)':"""
                      r"""|Does not validate against any of the Union subtypes|Subtypes: .*|Errors:)\s*(?P<rest>.*)""")
@@ -145,21 +152,17 @@ def unknown_key(path: list[str], key: str, cls: str | None, argv: list[str], par
 def moved_key(path: list[str], key: str, moved: str, argv: list[str]) -> str:
     """An option of an earlier litembed that moved (``moved``: its ``MOVED`` key, init_args left out): the flag (or the
     config file holding it) and the one to use."""
-    flag, new = ".".join([*path, key]), MOVED[moved]
+    flag, (new, why) = ".".join([*path, key]), MOVED[moved]
     spellings = {flag, moved}  # --model.init_args.export_dir and --model.export_dir
     typed = [(a.split("=")[0], s) for a in argv for s in spellings
              if a.split("=")[0] == f"--{s}" or a.startswith(f"--{s}.")]
     files = [f for f in config_files(argv) if re.search(rf"^\s*{re.escape(key)}\s*:", read(f), re.M)]
     if typed or not files:
         old, spelling = typed[0] if typed else (f"--{flag}", flag)
-        return f"{old} was renamed {old.replace(f'--{spelling}', f'--{new}', 1)}: {MOVED_WHY}"
+        return f"{old} was renamed {old.replace(f'--{spelling}', f'--{new}', 1)}: {why}"
     where = f"under {'.'.join(path)}" if path else "at the top level"
     return f"{' or '.join(files)}: key '{key}' {where} was renamed '{new}'{' (at the top level)' if path else ''}: " \
-           f"{MOVED_WHY}"
-
-
-MOVED_WHY = ("the export's options are one group, --export.dirpath (the folder, null: no export), --export.title, "
-             "--export.model_id, --export.language and --export.license")
+           f"{why}"
 
 
 def child_keys(parser, path: list[str]) -> list[str]:

@@ -15,6 +15,10 @@ OPTIONS: dict[str, dict] = {
         type=int, default=500,
         help="fit writes <run>/checkpoints/last.ckpt every this many optimizer steps (0: never), after every "
              "evaluation, when training ends and on SIGTERM or Ctrl-C; --ckpt_path last (or the run folder) resumes"),
+    "max_nonfinite_steps": dict(
+        type=int, default=10,
+        help="optimizer steps skipped for a non-finite loss or gradient (never applied to the weights, each reported "
+             "with its step and rows) after which fit stops; 0: stop at the first (callbacks.nonfinite)"),
     "resume_epoch_from_start": dict(
         type=bool, default=False,
         help="with --ckpt_path, train the epoch the checkpoint stopped in again from its first batch, in this run's "

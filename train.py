@@ -12,13 +12,15 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from callbacks.data_report import DataReport
 from callbacks.export import ExportModel, untrained_fit
-from callbacks.validation import ValidatedFit
+from callbacks.nonfinite import NonFiniteGuard
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.resume import STOP_SIGNALS, ResumableCheckpoint, exit_code, lock_run_folder, resolve_resume, \
     resume_command, run_folder, signal_name
 from callbacks.training_log import TrainingLog
-from cli_errors import ShortErrorsCLI, checkpoint_problem, fail
+from callbacks.validation import ValidatedFit
+from cli_errors import RETIRED, ShortErrorsCLI, checkpoint_problem, fail
 from cli_options import add_options
 from lightning_modules.base import EmbeddingModule
 from reporting.console import quiet
@@ -57,6 +59,24 @@ class LitEmbedCLI(ShortErrorsCLI):
         if ckpt_path and os.path.isfile(ckpt_path):
             self._check_checkpoint(subcommand, ckpt_path)
         super()._parse_ckpt_path()
+        if ckpt_path and os.path.isfile(ckpt_path):
+            self._drop_retired_arguments(subcommand, ckpt_path)
+
+    def _drop_retired_arguments(self, subcommand: str, ckpt_path: str) -> None:
+        """A checkpoint of an earlier litembed holds model arguments that moved elsewhere (``RETIRED``): LightningCLI
+        puts the ones the model no longer takes in ``dict_kwargs``, which the model would be called with. Those moved
+        are left out, saying where they went; any other stops the run here, in one line."""
+        model = self.config[subcommand].get("model")
+        extra = dict(model.get("dict_kwargs") or {}) if model is not None and "dict_kwargs" in model else {}
+        for key, value in extra.items():
+            if key not in RETIRED:
+                fail(f"--ckpt_path {ckpt_path}: the checkpoint's model was built with {key}={value!r}, which "
+                     f"{model.class_path} does not take (a checkpoint of another litembed version); "
+                     f"{checkpoint_advice(subcommand)}")
+            print(f"{ckpt_path}: the model argument {key}={value!r} of the litembed that wrote it is "
+                  f"{RETIRED[key]} now; this run uses the recipe's", flush=True)
+        if extra:
+            model.dict_kwargs = {}
 
     def _check_checkpoint(self, subcommand: str, ckpt_path: str) -> None:
         """Refuse ``--ckpt_path`` in one line if the file is no checkpoint of this recipe's model: before the data
@@ -212,6 +232,10 @@ class LitEmbedCLI(ShortErrorsCLI):
                                                      epoch_from_start=config.resume_epoch_from_start))
             if not _has(callbacks, TrainingLog):
                 callbacks.append(TrainingLog())
+            if not _has(callbacks, NonFiniteGuard):  # after TrainingLog: the row of the step that stops a run is logged
+                callbacks.append(NonFiniteGuard(config.max_nonfinite_steps))
+            if not _has(callbacks, DataReport):
+                callbacks.append(DataReport())
             if not _has(callbacks, ValidatedFit):
                 callbacks.append(ValidatedFit())
         if self.subcommand == "predict" and not _has(callbacks, PredictionWriter):

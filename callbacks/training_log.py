@@ -9,7 +9,8 @@ Every ``log_every_n_steps`` optimizer steps one row goes to every logger, at the
 - ``lr-<Optimizer>[/pg<i>]``: each parameter group's learning rate for the next step (ST's ``learning_rate``),
   spelt as Lightning's ``LearningRateMonitor`` spells it;
 - ``train/samples_per_s``: training rows of the last ``window`` batches on all devices per wall-clock second;
-- what the module adds (``EmbeddingModule.training_log_values``): the learned logit scale, skipped steps.
+- what the module and the other callbacks add (their ``training_log_values()``): the learned logit scale
+  (``CLIPEmbeddingModule``), skipped steps (``NonFiniteGuard``).
 
 Nothing here waits for the device between rows: the loss is summed on the device, the rate measured on the host. At
 a row, one small all-reduce (under DDP) and one copy to the host, where Lightning's own logging synchronised too.
@@ -109,7 +110,9 @@ class TrainingLog(Callback):
         row.update(learning_rates(trainer))
         if self.rate is not None:
             row["train/samples_per_s"] = self.rate
-        row.update({k: float(v) for k, v in pl_module.training_log_values().items()})
+        for source in [pl_module, *trainer.callbacks]:
+            if source is not self and callable(getattr(source, "training_log_values", None)):
+                row.update({k: float(v) for k, v in source.training_log_values().items()})
         log_row(trainer, row)
 
     def state_dict(self) -> dict:

@@ -379,6 +379,11 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
             self._epoch_report.add(batch.pop(REPORT))
         return batch
 
+    def training_rows(self, positions: list[int], total: int | None = None) -> str | None:
+        """Training rows (``__row__`` values) as a user finds them (files and 1-based lines); None before ``setup``."""
+        where = self.where.get("train")
+        return None if where is None else where.rows(positions, total=total)
+
     def report_epoch(self, epoch: int) -> None:
         """Log what this rank's stream skipped or read twice in the epoch that ended, then start counting anew."""
         report, self._epoch_report = self._epoch_report, EpochReport()

@@ -40,7 +40,7 @@ class RetrievalTask:
 
 
 class RetrievalData(Protocol):
-    """What the model may read from the datamodule (``RetrievalDataModule`` provides it)."""
+    """What the model and litembed's callbacks may read from the datamodule (``RetrievalDataModule`` provides it)."""
 
     def retrieval_tasks(self, stage: str) -> list[RetrievalTask]:
         """The evaluation tasks of ``stage`` ("val", "test"); none without that split."""
@@ -52,8 +52,12 @@ class RetrievalData(Protocol):
     def equal_batch_sizes(self) -> bool:
         """Whether every training batch on every rank has ``batch_size`` rows (what a cross-device gather needs)."""
 
+    def training_rows(self, positions: list[int], total: int | None = None) -> str | None:
+        """Training rows (a batch's ``rows``) as a user finds them: ``"lines 70, 91 of data/train.jsonl"``, and how
+        many of ``total`` are not named (``callbacks.nonfinite``)."""
+
     def report_epoch(self, epoch: int) -> None:
-        """Log what the training stream skipped or read twice in the epoch that ended."""
+        """Log what the training stream skipped or read twice in the epoch that ended (``callbacks.data_report``)."""
 
 
 class ImageTableData(RetrievalData, Protocol):

@@ -17,10 +17,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
-from datamodules.batches import EMBEDDINGS, FEATURES, IDS, ROWS, STREAM
+from datamodules.batches import EMBEDDINGS, FEATURES, IDS, STREAM
 from datamodules.contract import DataNeeds, RetrievalData
 from lightning_modules.gradcache import cached_step
-from lightning_modules.nonfinite import NonFiniteGuard
 from lightning_modules.optim import build_optimizer
 from metrics.collector import EmbeddingCollector
 from metrics.functional import information_retrieval_metrics
@@ -57,8 +56,6 @@ class EmbeddingModule(L.LightningModule):
             plain step (dropout masks included) with the activation memory of one chunk per encoder tower, for about
             one extra forward pass: the batch, and so the in-batch negatives, is no longer capped by device memory.
             None: plain steps.
-        max_nonfinite_steps: optimizer steps skipped for a non-finite loss or gradient (never applied to the weights)
-            after which the run stops; each is reported with its step and rows. 0: stop at the first.
     """
 
     def __init__(
@@ -72,7 +69,6 @@ class EmbeddingModule(L.LightningModule):
         warmup_ratio: float = 0.0,
         evaluate_before_training: bool = True,
         gradcache_chunk_size: int | None = None,
-        max_nonfinite_steps: int = 10,
     ) -> None:
         # the hooks a subclass must define, checked here rather than through ABC: jsonargparse refuses an abstract
         # base class for --model, and then `--model.<arg>` before the checkpoint names the class fails
@@ -88,10 +84,7 @@ class EmbeddingModule(L.LightningModule):
         if gradcache_chunk_size is not None and gradcache_chunk_size < 1:
             raise ValueError(f"--model.init_args.gradcache_chunk_size must be ≥ 1 (rows embedded at once), got "
                              f"{gradcache_chunk_size}")
-        if max_nonfinite_steps < 0:
-            raise ValueError(f"--model.init_args.max_nonfinite_steps must be ≥ 0, got {max_nonfinite_steps}")
         self.gradcache_chunk_size = gradcache_chunk_size
-        self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         self.loss = loss
         self.optim_args = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps, schedule=lr_schedule,
                                warmup_ratio=warmup_ratio)
@@ -103,7 +96,7 @@ class EmbeddingModule(L.LightningModule):
     @property
     def data(self) -> RetrievalData:
         """The datamodule, through the one interface the module may use (``datamodules.contract.RetrievalData``):
-        evaluation tasks and loaders, batch facts, the epoch report."""
+        evaluation tasks and loaders, batch facts."""
         return self.trainer.datamodule
 
     def data_needs(self) -> DataNeeds:
@@ -135,7 +128,6 @@ class EmbeddingModule(L.LightningModule):
             loss = self.loss(*(self.embed(features) for features in columns), **self.loss_kwargs())
         else:
             loss = self.gradcache_loss(columns, 1 / self.trainer.accumulate_grad_batches)
-        self.nonfinite.loss(loss, batch.get(ROWS))
         # for callbacks that monitor it (this batch's loss); the loggers get TrainingLog's mean over the logging window.
         # Not on the progress bar: showing it would copy the loss to the host (a device sync) every step
         self.log("train/loss", loss, batch_size=next(iter(columns[0].values())).shape[0], logger=False)
@@ -144,8 +136,7 @@ class EmbeddingModule(L.LightningModule):
     def training_log_values(self) -> dict[str, Tensor]:
         """Values logged with the training loss at every logging step (``callbacks.training_log.TrainingLog``), as
         device tensors: read once per row."""
-        skipped = self.nonfinite.count()
-        return {} if skipped is None else {"train/nonfinite_steps": skipped.squeeze()}
+        return {}
 
     def gradcache_loss(self, columns: list[dict[str, Tensor]], grad_factor: float) -> Tensor:
         """A GradCache step over the batch's columns: all chunks but each tower's last are backpropagated here, into
@@ -167,22 +158,10 @@ class EmbeddingModule(L.LightningModule):
         if self.gradcache_chunk_size is not None:
             optimizer.zero_grad(set_to_none=True)
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        # fp16's loss scaler finds and skips non-finite steps itself (and litembed's AdamW is not fused with it)
-        if not self._loss_scaler():
-            self.nonfinite.before_step(optimizer)
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if not self.trainer.fit_loop.epoch_loop._should_accumulate():
-            self.nonfinite.after_step(self.global_step, self.trainer)
-
-    def on_train_epoch_end(self) -> None:
-        self.nonfinite.report(self.trainer)
-        self.data.report_epoch(self.current_epoch)  # rows a stream skipped or read twice
-
     def configure_optimizers(self) -> dict:
-        # fused AdamW (CUDA and CPU) skips a step flagged non-finite on the device (NonFiniteGuard); it unscales fp16
-        # gradients inside step(), after clipping would have run: not with a loss scaler, which skips such steps itself
+        # fused AdamW (CUDA and CPU) skips a step flagged non-finite on the device (callbacks.nonfinite); it unscales
+        # fp16 gradients inside step(), after clipping would have run: not with a loss scaler, which skips such steps
+        # itself
         fused = self.device.type in ("cuda", "cpu") and not self._loss_scaler()
         return build_optimizer(self, total_steps=self.trainer.estimated_stepping_batches, fused=fused, **self.optim_args)
 
@@ -323,7 +302,7 @@ class EmbeddingModule(L.LightningModule):
                     "--data.init_args.streaming true yields full batches only)")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["litembed"] = {"history": self.history, "nonfinite": self.nonfinite.state_dict(self.trainer)}
+        checkpoint["litembed"] = {"history": self.history}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self._trainer is not None and self._trainer.state.fn != "fit":  # (load_from_checkpoint has no trainer)
@@ -333,7 +312,6 @@ class EmbeddingModule(L.LightningModule):
             checkpoint.pop("callbacks", None)
         state = checkpoint.get("litembed", {})
         self.history = list(state.get("history", []))
-        self.nonfinite.load_state_dict(state.get("nonfinite", {}))
         self._resumed = True
 
     def on_train_start(self) -> None:

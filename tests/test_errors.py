@@ -146,6 +146,8 @@ def test_the_optimizer_flags_named_are_accepted(capsys):
 
 MOVED_WHY = ("the export's options are one group, --export.dirpath (the folder, null: no export), --export.title, "
              "--export.model_id, --export.language and --export.license")
+NONFINITE_WHY = ("the guard against non-finite steps is a callback of fit (callbacks.nonfinite), no longer an argument "
+                 "of the model")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -162,6 +164,24 @@ def test_the_export_options_of_earlier_versions_are_refused_with_their_new_names
         (tmp_path / "old.yaml").write_text(args)
         args, message = ["--config", str(tmp_path / "old.yaml")], message.format(file=tmp_path / "old.yaml")
     assert fails(capsys, "--config", TEXT, *args) == message
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model.max_nonfinite_steps=3"],
+     f"--model.max_nonfinite_steps was renamed --max_nonfinite_steps: {NONFINITE_WHY}"),
+    (["--model.init_args.max_nonfinite_steps", "3"],
+     f"--model.init_args.max_nonfinite_steps was renamed --max_nonfinite_steps: {NONFINITE_WHY}"),
+    ("model:\n  init_args:\n    max_nonfinite_steps: 3\n",
+     f"{{file}}: key 'max_nonfinite_steps' under model.init_args was renamed 'max_nonfinite_steps' (at the top level): "
+     f"{NONFINITE_WHY}"),
+], ids=["flag", "flag_space", "key"])
+def test_the_model_s_nonfinite_limit_of_earlier_versions_is_refused_with_its_new_name(capsys, tmp_path, args, message):
+    test_the_export_options_of_earlier_versions_are_refused_with_their_new_names(capsys, tmp_path, args, message)
+
+
+def test_the_nonfinite_limit_is_a_top_level_option(capsys):
+    assert printed_config(capsys, "--config", TEXT, "--max_nonfinite_steps=3")["max_nonfinite_steps"] == 3
+    assert "max_nonfinite_steps" not in printed_config(capsys, "--config", TEXT)["model"]["init_args"]
 
 
 def test_the_new_export_flags_named_are_accepted(capsys):

@@ -22,10 +22,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from callbacks.nonfinite import NonFiniteGuard
 from callbacks.resume import AtomicCheckpointIO
 from conftest import qa_rows, write_jsonl
 from datamodules.sampler import NoDuplicatesBatchSampler
-from lightning_modules.nonfinite import NonFiniteGuard
 from tests.commands import (ENV, NO_EXPORT, ROOT, WALL_CLOCK, logged_rows, run_train, text_recipe, train_args,
                             train_command)
 from train import cli_main
@@ -316,12 +316,13 @@ def test_a_non_finite_step_leaves_weights_and_adamw_state_untouched():
 def test_a_diverging_run_skips_and_reports_non_finite_steps_then_stops_without_exporting(tmp_path, tiny_bert_dir,
                                                                                          data):
     args = command(tiny_bert_dir, data, tmp_path, "--model.lr=1e6", "--trainer.max_epochs=1",
-                   "--model.max_nonfinite_steps=3", "--checkpoint_every_n_steps=1")
+                   "--max_nonfinite_steps=3", "--checkpoint_every_n_steps=1")
     result = run_train(args, returncode=None)
     assert result.returncode != 0
     assert "optimizer step 2 skipped: non-finite loss or gradient" in result.stderr
-    assert "the batch's rows: " in result.stderr and "lower --model.init_args.lr" in result.stderr
-    assert "4 optimizer steps had a non-finite loss or gradient, more than --model.init_args.max_nonfinite_steps 3" \
+    assert "the batch's rows: lines " in result.stderr and "lower --model.init_args.lr" in result.stderr
+    assert f" of {os.path.join(data, 'train-00000-of-00002.jsonl')}; lines " in result.stderr  # the datamodule names them
+    assert "4 optimizer steps had a non-finite loss or gradient, more than --max_nonfinite_steps 3" \
         in result.stderr
     run_dir = tmp_path / "run" / "version_0"
     assert not os.path.exists(run_dir / "model")
@@ -345,6 +346,31 @@ def test_a_model_with_a_non_finite_weight_is_never_exported(tmp_path, tiny_bert_
     with pytest.raises(RuntimeError, match=r"not exporting: 1 weight tensor\(s\) are not finite \(encoder\."):
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert not glob.glob(str(tmp_path / "**" / "model"), recursive=True)
+
+
+def test_a_checkpoint_of_the_version_whose_model_held_the_nonfinite_guard_resumes(tmp_path, tiny_bert_dir, data,
+                                                                                  capsys):
+    """Before the guard was a callback, the model took max_nonfinite_steps (and export_dir) and its checkpoint held the
+    skipped count under "litembed": such a checkpoint resumes, the count goes on from it, the moved arguments are
+    named."""
+    args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_steps=2", "--checkpoint_every_n_steps=1", NO_EXPORT,
+                   "--test_after_fit=false", "--model.evaluate_before_training=false")
+    cli_main(args)
+    path = tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["callbacks"]["NonFiniteGuard"] == {"skipped": 0}
+    del checkpoint["callbacks"]["NonFiniteGuard"]
+    checkpoint["hyper_parameters"].update(max_nonfinite_steps=10, export_dir="model")
+    checkpoint["litembed"]["nonfinite"] = {"skipped": 3}
+    torch.save(checkpoint, path)
+    capsys.readouterr()
+    cli_main(train_args(*args[1:], "--trainer.max_steps=3", "--ckpt_path", str(path)))
+    printed = capsys.readouterr().out
+    assert f"{path}: the model argument max_nonfinite_steps=10 of the litembed that wrote it is --max_nonfinite_steps " \
+           f"now; this run uses the recipe's" in printed
+    assert f"{path}: the model argument export_dir='model' of the litembed that wrote it is --export.dirpath now" in printed
+    assert [row["train/nonfinite_steps"] for row in logged(str(path.parent.parent))
+            if row["step"] == "3" and row["train/loss"]] == ["3.0"]
 
 
 MONITOR = '--trainer.callbacks=[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": ' \

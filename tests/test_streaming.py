@@ -17,8 +17,9 @@ from lightning_modules.text import TextEmbeddingModule
 from lightning_modules.text_encoder import TextEncoder
 from test_clip import imagefolder, png
 from test_resume import command, logged
-from tests.commands import run_train
+from tests.commands import NO_EXPORT, run_train
 from tests.tiny import TINY_HF_CLIP_CONFIG
+from train import cli_main
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +169,22 @@ def test_bad_rows_are_skipped_counted_and_reported(text_module, tmp_path, caplog
         dm.report_epoch(0)
     assert "training row(s) skipped" in caplog.text and "column 'positive' has an empty or non-text value ('  ')" in caplog.text
     assert "case 7?" in caplog.text  # the row is named by its other values
+
+
+def test_a_fit_reports_the_rows_its_stream_skipped_at_the_end_of_the_epoch(tiny_bert_dir, tmp_path, caplog):
+    """The report a fit makes (``callbacks.data_report``), not only the datamodule's count."""
+    rows = qa_rows(41)  # 5 batches of 8 from the 40 good rows: the stream is read once
+    rows[3]["positive"] = "  "
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "validation.jsonl", qa_rows(16, 1000))
+    with caplog.at_level(logging.WARNING):
+        cli_main(command(tiny_bert_dir, str(tmp_path), tmp_path / "runs", "--data.streaming=true", "--data.batch_size=8",
+                         "--trainer.max_epochs=1", "--data.test_split=null", "--model.evaluate_before_training=false",
+                         NO_EXPORT))
+    assert caplog.text.count("training row(s) skipped") == 1
+    assert "epoch 0, rank 0: 1 training row(s) skipped, e.g.:" in caplog.text
+    assert f"{tmp_path} (train stream): column 'positive' has an empty or non-text value ('  ') in the row " \
+           f"{{'anchor': 'How do I handle sending mail case 3?'}}" in caplog.text
 
 
 def test_imagefolder_stream_skips_unreadable_images_or_refuses_them(tmp_path, caplog):

@@ -1,4 +1,5 @@
-"""Optimizer steps with a non-finite loss or gradient are skipped on the device and reported, never applied.
+"""Optimizer steps with a non-finite loss or gradient are skipped on the device and reported, never applied: a
+callback, which ``train.py`` adds to every fit (``--max_nonfinite_steps``).
 
 Before each optimizer step one flag is computed on the device (``torch._amp_foreach_non_finite_check_and_unscale_``,
 the check GradScaler runs, over all gradients, OR-ed with the step's losses) and handed to AdamW as ``found_inf``:
@@ -11,7 +12,10 @@ skipped. An optimizer that is not fused (some device without fused AdamW) gets t
 import logging
 
 import torch
+from lightning.pytorch import Callback
 from torch import Tensor
+
+from datamodules.batches import ROWS
 
 log = logging.getLogger(__name__)
 
@@ -19,18 +23,26 @@ ROWS_SHOWN = 10  # rows named per skipped step
 
 
 class NonFiniteSteps(RuntimeError):
-    """More optimizer steps had a non-finite loss or gradient than ``--model.init_args.max_nonfinite_steps``."""
+    """More optimizer steps had a non-finite loss or gradient than ``--max_nonfinite_steps``."""
 
 
-class NonFiniteGuard:
-    """Per-run state: the current step's flag and rows, the steps not yet looked at, the count skipped.
+class NonFiniteGuard(Callback):
+    """Flag each optimizer step on the device, skip the flagged ones, report them with their rows, stop the run past
+    ``max_steps``; ``train/nonfinite_steps`` in the training rows (``callbacks.training_log``). A checkpoint carries the
+    count, so a resumed run stops where the uninterrupted one would.
+
+    Under fp16 mixed precision the loss scaler finds and skips non-finite steps itself (and litembed's AdamW is not
+    fused with it): the guard leaves those steps alone.
 
     Args:
         max_steps: skipped steps tolerated; one more stops the run.
     """
 
-    def __init__(self, max_steps: int) -> None:
+    def __init__(self, max_steps: int = 10) -> None:
+        if max_steps < 0:
+            raise ValueError(f"--max_nonfinite_steps must be ≥ 0, got {max_steps}")
         self.max_steps = max_steps
+        self._trainer = None  # for the training rows' locations when a checkpoint drains the queue
         self.skipped = 0  # skipped steps seen on the host
         self._loss_bad: Tensor | None = None  # (1,) any non-finite loss among this optimizer step's batches
         self._rows: list = []  # this step's rows (file rows where the data knows them)
@@ -38,7 +50,37 @@ class NonFiniteGuard:
         self._pending: list[tuple[int, Tensor, list]] = []  # (step, flag, rows) not yet read on the host
         self._total: Tensor | None = None  # (1,) skipped steps of this process's flags, on the device
         self._restored = 0  # skipped steps of the run before the checkpoint this process resumed
+        self._batch_rows: list | None = None  # the rows of the batch being trained on
 
+    # the Lightning hooks
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._trainer = trainer
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._batch_rows = batch.get(ROWS) if isinstance(batch, dict) else None
+
+    def on_before_backward(self, trainer, pl_module, loss: Tensor) -> None:
+        # the loss Lightning backpropagates (divided by accumulate_grad_batches; with GradCache, the step's whole loss)
+        self.loss(loss, self._batch_rows)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if not str(trainer.precision).startswith("16"):  # fp16's loss scaler skips such steps itself
+            self.before_step(optimizer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # after TrainingLog's (train.py adds this callback after it): the row of a step that stops the run is written
+        if not trainer.fit_loop._should_accumulate():
+            self.after_step(trainer.global_step, trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.report(trainer)
+
+    def training_log_values(self) -> dict[str, Tensor]:
+        """For ``TrainingLog``'s rows: the run's skipped steps so far, on the device (read once per row)."""
+        skipped = self.count()
+        return {} if skipped is None else {"train/nonfinite_steps": skipped.squeeze()}
+
+    # the guard itself
     def loss(self, loss: Tensor, rows: list | None) -> None:
         bad = ~torch.isfinite(loss.detach()).reshape(1)
         self._loss_bad = bad if self._loss_bad is None else self._loss_bad | bad
@@ -83,8 +125,8 @@ class NonFiniteGuard:
             self.report(trainer)
 
     def count(self) -> Tensor | None:
-        """(1,) the run's skipped steps so far, this optimizer step's included (it is queued only when the module's
-        batch-end hook runs, after the callbacks'), on the device; None before the first step's flag."""
+        """(1,) the run's skipped steps so far, this optimizer step's included (whether or not its batch-end hook has
+        queued it yet), on the device; None before the first step's flag."""
         flags = [t for t in (self._total, self._found) if t is not None]
         return sum(flags) + self._restored if flags else None
 
@@ -95,31 +137,39 @@ class NonFiniteGuard:
             last = [c.last_model_path for c in trainer.checkpoint_callbacks if getattr(c, "last_model_path", "")]
             raise NonFiniteSteps(
                 f"{self.skipped} optimizer steps had a non-finite loss or gradient, more than "
-                f"--model.init_args.max_nonfinite_steps {self.max_steps}: stopping. None of them was applied to the "
+                f"--max_nonfinite_steps {self.max_steps}: stopping. None of them was applied to the "
                 f"weights{f'; the last checkpoint is {last[0]}' if last else ''}. {HINT}")
 
     def _drain(self, trainer=None) -> None:
         if not self._pending:
             return
-        where = getattr(getattr(trainer, "datamodule", None), "where", {}).get("train")
+        data = getattr(trainer, "datamodule", None)  # datamodules.contract.RetrievalData
         pending, self._pending = self._pending, []
         flags = torch.cat([flag for _, flag, _ in pending]).cpu()  # the one sync
         for (step, _, rows), flag in zip(pending, flags.tolist()):
             if flag:
                 self.skipped += 1
                 known = [r for r in rows if r is not None]
-                shown = (where.rows(known[:ROWS_SHOWN], total=len(rows)) if where is not None and known else
-                         ", ".join(str(r) for r in rows[:ROWS_SHOWN]) + (", …" if len(rows) > ROWS_SHOWN else ""))
+                shown = data.training_rows(known[:ROWS_SHOWN], total=len(rows)) \
+                    if hasattr(data, "training_rows") and known else None
+                shown = shown or ", ".join(str(r) for r in rows[:ROWS_SHOWN]) + (", …" if len(rows) > ROWS_SHOWN else "")
                 log.warning("optimizer step %d skipped: non-finite loss or gradient (%d skipped so far, the run stops "
                             "after %d); the batch's rows: %s.%s", step, self.skipped, self.max_steps,
                             shown or "unknown", f" {HINT}" if self.skipped == 1 else "")
 
-    def state_dict(self, trainer=None) -> dict:
-        self._drain(trainer)
+    # the checkpoint
+    def state_dict(self) -> dict:
+        self._drain(self._trainer)
         return {"skipped": self.skipped}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.skipped = self._restored = state.get("skipped", 0)
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.skipped = self._restored = state_dict.get("skipped", 0)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # a checkpoint of an earlier litembed, whose model kept the count (Lightning calls load_state_dict after this
+        # hook, when the checkpoint holds this callback's state)
+        if self.state_key not in checkpoint.get("callbacks", {}):
+            self.load_state_dict(checkpoint.get("litembed", {}).get("nonfinite", {}))
 
 
 HINT = ("Usual causes: a learning rate too high (lower --model.init_args.lr), fp16 overflow (--trainer.precision "
