@@ -6,6 +6,8 @@ import difflib
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+from metrics.keys import stage_of
+
 
 class ValidatedFit(Callback):
     """Refuse a ``val/`` monitor the run never logs at the start of fit, and validate at the optimizer step that
@@ -25,7 +27,7 @@ class ValidatedFit(Callback):
             return
         for callback in trainer.callbacks:
             monitor = getattr(callback, "monitor", None)
-            if isinstance(callback, (ModelCheckpoint, EarlyStopping)) and monitor and monitor.startswith("val/") \
+            if isinstance(callback, (ModelCheckpoint, EarlyStopping)) and monitor and stage_of(monitor) == "val" \
                     and monitor not in keys:
                 close = difflib.get_close_matches(monitor, keys, n=3, cutoff=0)
                 raise ValueError(

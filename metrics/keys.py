@@ -84,6 +84,13 @@ def metric_key(stage: str, task: str, dim: int | None, metric: str, *, base: boo
     return f"{stage + '/' if stage else ''}{set_name + '_' if set_name else ''}{metric}{BASE_SUFFIX if base else ''}"
 
 
+def stage_of(key: str) -> str | None:
+    """The evaluation stage a logged key belongs to (``val/…`` → "val", ``test/…`` → "test"), None for any other key
+    (``train/loss``, ``epoch``). A monitor such as ``val/loss`` has a stage without being a retrieval metric key."""
+    stage, slash, _ = key.partition("/")
+    return stage if slash and stage in STAGES else None
+
+
 def parse_metric_key(key: str) -> MetricKey:
     """Read a metric key back into its parts: the inverse of :func:`metric_key`.
 

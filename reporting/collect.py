@@ -25,7 +25,7 @@ from cli_errors import import_object
 from cli_options import SECTIONS, option_defaults
 from datamodules.images import ImageLoadError, image_header
 from lightning_modules.hub import hub_model_name
-from metrics.keys import PRIMARY_METRIC, parse_metric_key
+from metrics.keys import PRIMARY_METRIC, parse_metric_key, stage_of
 from reporting.card import CardData, DatasetInfo, EvalSet, TrainingLog
 from reporting.metrics_log import Evaluation, MetricsLog, read_metrics
 
@@ -253,8 +253,11 @@ def _losses(loss) -> list[str]:
 def _primary(monitor: str | None) -> str:
     """The metric shown in bold and in the training log: the one the best checkpoint was chosen by (the bge seed's
     map@100), else nDCG@10."""
-    if monitor and monitor.startswith("val/"):
-        return parse_metric_key(monitor).metric
+    if monitor and stage_of(monitor) == "val":
+        try:
+            return parse_metric_key(monitor).metric
+        except ValueError:  # a validation value that is no retrieval metric (a loss): the card's default
+            pass
     return PRIMARY_METRIC
 
 
