@@ -186,9 +186,10 @@ def test_the_nonfinite_limit_is_a_top_level_option(capsys):
 
 def test_the_new_export_flags_named_are_accepted(capsys):
     config = printed_config(capsys, "--config", TEXT, "--export.dirpath=out", "--export.title=Mine",
-                            "--export.model_id=me/mine", "--export.language=[de]", "--export.license=mit")
+                            "--export.model_id=me/mine", "--export.language=[de]", "--export.license=mit",
+                            "--export.usage_images=[a.png, https://example.com/b.png]")
     assert config["export"] == {"dirpath": "out", "title": "Mine", "model_id": "me/mine", "language": ["de"],
-                                "license": "mit"}
+                                "license": "mit", "usage_images": ["a.png", "https://example.com/b.png"]}
 
 
 def test_print_config_still_works_and_has_no_optimizer(capsys):
