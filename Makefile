@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 LATEST_VENV ?= .venv-latest
+# pytest processes the suite runs in (pytest-xdist), each taking whole test files, so a file's shared fits run once
+TEST_WORKERS ?= 2
 # the tests that compare litembed with sentence-transformers and open_clip themselves
 PARITY_TESTS := tests/test_losses.py tests/test_mining.py tests/test_retrieval.py tests/test_sampler.py \
 	tests/test_text.py tests/test_encode.py tests/test_clip_backends.py
@@ -31,10 +33,10 @@ demo-clip: $(STAMP)
 	$(PY) train.py fit --config configs/demo/clip.yaml
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile
 
 # The newest versions pyproject.toml allows, in a venv of their own, against the parity tests: a new
 # sentence-transformers release becomes a deliberate bump of requirements.lock (make lock), not a red CI.

@@ -75,6 +75,7 @@ def test_text_fit_with_two_processes_equals_one_process_accumulating_two(tmp_pat
         assert ddp_losses[step] == pytest.approx(value, rel=1e-5), step
 
 
+@pytest.mark.slow  # 3 processes (~39 s); the text recipe's 2-process fit is the default suite's
 def test_clip_fit_with_two_processes_equals_one_process_accumulating_two(tmp_path):
     args = clip_recipe()
     ddp = check_ddp_run(fit(args + DDP, tmp_path / "ddp"), tmp_path / "ddp")
@@ -98,6 +99,7 @@ def gathered(tmp_path_factory, no_dropout_bert, pairs) -> tuple[subprocess.Compl
     return fit(text_args(no_dropout_bert, pairs, GATHER, "--data.init_args.drop_last", "true") + DDP, log_dir), log_dir
 
 
+@pytest.mark.slow  # a 2-process fit and a refused one (~43 s)
 def test_gather_without_drop_last_is_refused_at_start_up_and_the_flag_fixes_it(tmp_path, no_dropout_bert, pairs,
                                                                               gathered):
     refused = fit(text_args(no_dropout_bert, pairs, GATHER) + DDP, tmp_path / "refused")

@@ -199,6 +199,7 @@ def _ddp_gradients(rank: int, world: int, port: int, minilm_path: str, out: str)
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # 2 gloo processes (~11 s)
 def test_gradients_equal_the_plain_step_under_ddp_with_gather(tmp_path, minilm_path):
     """2 gloo ranks, gather_across_devices, dropout on: GradCache's all-reduced gradients equal the plain step's."""
     import socket

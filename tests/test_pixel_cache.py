@@ -38,6 +38,7 @@ def counting_loads(monkeypatch) -> list:
     return calls
 
 
+@pytest.mark.slow  # two CLIP fits (~20 s)
 def test_each_image_is_preprocessed_once_and_training_equals_recomputing(tmp_path, monkeypatch):
     loads = counting_loads(monkeypatch)
     cached = fit(tmp_path / "cached", "transformers", "--data.num_workers=0")

@@ -107,6 +107,7 @@ def test_clip_predict_writes_captions_and_images(tmp_path, capsys):
     assert f"Wrote {len(images)} embeddings of dim" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 2 gloo processes (~18 s)
 def test_predict_with_two_processes_writes_each_item_once(tmp_path, tiny_bert_dir, odd_pairs, text_checkpoint):
     """Two gloo ranks embed 11 of the 21 items each (rank 1 repeats item 0): the files equal one process's."""
     _, ckpt = text_checkpoint

@@ -186,6 +186,7 @@ def test_the_card_and_plots_are_rebuilt_from_the_run_folder(text_run):
     assert os.path.isfile(os.path.join(run, "evaluation.png"))
 
 
+@pytest.mark.slow  # a whole process rebuilding the card (~18 s)
 def test_a_run_folder_without_report_json_gets_its_card_from_config_metrics_and_export(text_run, tmp_path):
     """The card step's failure (or a deletion) leaves no report.json: the rebuild it prints still works, from what the
     folder holds, and says what the card lacks; its numbers are the test metrics of the exported weights."""
@@ -258,7 +259,9 @@ def test_the_card_counts_an_unreadable_image_training_skipped_instead_of_failing
     assert [row["image"] for row in info["samples"]] == ["<PNG image mode=RGB size=8x6>", "<unreadable image>"]
 
 
-@pytest.mark.parametrize("flag", ["--trainer.max_epochs", "--trainer.max_steps", "--trainer.limit_train_batches"])
+@pytest.mark.parametrize("flag", [  # a whole process each (~8 s): one in the default suite
+    "--trainer.max_steps", pytest.param("--trainer.max_epochs", marks=pytest.mark.slow),
+    pytest.param("--trainer.limit_train_batches", marks=pytest.mark.slow)])
 def test_a_fit_that_trains_nothing_is_refused_before_anything_loads(tmp_path, pairs_dir, flag):
     done = run_train(text_args(pairs_dir, "no/such-model", [f"{flag}=0"]), cwd=str(tmp_path), returncode=2)
     assert done.stderr.splitlines()[-1] == (f"error: {flag} 0 trains nothing, and fit would export the base model as if fine-tuned; "
@@ -267,6 +270,7 @@ def test_a_fit_that_trains_nothing_is_refused_before_anything_loads(tmp_path, pa
     assert "Traceback" not in done.stderr and not os.path.exists(tmp_path / "runs")
 
 
+@pytest.mark.slow  # a whole process (~9 s)
 def test_the_refusal_s_advice_evaluates_the_base_model(tmp_path, pairs_dir, tiny_bert_dir):
     done = run_train(text_args(pairs_dir, tiny_bert_dir, ["--trainer.max_epochs=0"], subcommand="validate"),
                      cwd=str(tmp_path))
@@ -276,7 +280,7 @@ def test_the_refusal_s_advice_evaluates_the_base_model(tmp_path, pairs_dir, tiny
     assert os.listdir(tmp_path / "runs" / "text") == ["validate"]
 
 
-@pytest.mark.parametrize("accumulate", [1, 2])
+@pytest.mark.parametrize("accumulate", [1, pytest.param(2, marks=pytest.mark.slow)])  # a fit each (~10 s)
 def test_max_steps_inside_an_epoch_validates_and_exports_the_final_weights(tmp_path, pairs_dir, tiny_bert_dir,
                                                                          accumulate, monkeypatch):
     """48 training rows in batches of 8: 6 batches an epoch; max_steps 2 stops inside the first one."""

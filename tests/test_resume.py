@@ -142,10 +142,12 @@ def uninterrupted(tmp_path_factory, tiny_bert_dir, data):
 
 @pytest.mark.parametrize("name, kill_after", [
     pytest.param("map", 3, marks=pytest.mark.slow),  # epoch 0, batch 3
-    ("map", 13),  # epoch 1, batch 5 (after the epoch-end evaluation); resumes from step 15
+    # epoch 1, batch 5 (after the epoch-end evaluation); resumes from step 15. (A SIGKILL resumed in the default suite:
+    # test_a_kill_before_an_evaluation_ends_repeats_it_on_resume; a mid-epoch resume: test_sigterm_saves_at_the_step_…)
+    pytest.param("map", 13, marks=pytest.mark.slow),
     # 2 workers: each skips 2 batches of its own, the loader drops 1 more; every epoch's batches must also be the
     # uninterrupted run's (the workers once raced on HF's shared epoch counter: test_streaming.py)
-    ("stream", 13),
+    pytest.param("stream", 13, marks=pytest.mark.slow),
 ])
 def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path, tiny_bert_dir, data, uninterrupted,
                                                                     name, kill_after):
@@ -182,10 +184,12 @@ def test_sigterm_saves_at_the_step_boundary_prints_the_command_and_resumes(tmp_p
 
 @pytest.mark.parametrize("hook, said", [
     # the last evaluation finishes (its results go into last.ckpt: the resume does not redo it), then the run stops
-    ("on_validation_batch_start", "Preempted at step 10: saved "),
-    ("on_fit_end", "SIGTERM received during the export of the model: stopped. Training is complete ("),
-    ("on_test_batch_start", "SIGTERM received during the test of the exported model: stopped. Training is complete ("),
-])
+    pytest.param("on_validation_batch_start", "Preempted at step 10: saved ", marks=pytest.mark.slow),
+    pytest.param("on_fit_end", "SIGTERM received during the export of the model: stopped. Training is complete (",
+                 marks=pytest.mark.slow),
+    pytest.param("on_test_batch_start", "SIGTERM received during the test of the exported model: stopped. Training is "
+                 "complete (", marks=pytest.mark.slow),
+])  # 2 processes each (~30 s): a SIGTERM resumed stays in the default suite (test_sigterm_saves_at_the_step_boundary…)
 def test_sigterm_after_the_last_step_stops_and_the_printed_command_exports_and_tests(tmp_path, tiny_bert_dir, data,
                                                                                      hook, said):
     args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_epochs=1", "--checkpoint_every_n_steps=0",
@@ -207,6 +211,7 @@ def test_sigterm_after_the_last_step_stops_and_the_printed_command_exports_and_t
         resumed.stderr
 
 
+@pytest.mark.slow  # 2 processes (~26 s); SIGTERM's path is the default suite's
 def test_ctrl_c_saves_at_the_step_boundary_prints_the_command_and_resumes(tmp_path, tiny_bert_dir, data):
     # 2 DataLoader workers, which the terminal's Ctrl-C reaches too: they must go on serving the step's next batch
     args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_epochs=1", "--checkpoint_every_n_steps=2",
@@ -223,6 +228,7 @@ def test_ctrl_c_saves_at_the_step_boundary_prints_the_command_and_resumes(tmp_pa
     assert os.path.exists(os.path.join(run_dir, "model", "model.safetensors"))
 
 
+@pytest.mark.slow  # a whole process (~7 s)
 def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path, tiny_bert_dir, data):
     args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_epochs=1", "--checkpoint_every_n_steps=2",
                    signal_at("on_train_batch_start", "SIGINT", times=2, at_step=3))
@@ -234,6 +240,7 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path, tiny_bert_dir, d
     assert torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), weights_only=True)["global_step"] == 2
 
 
+@pytest.mark.slow  # 2 processes (~25 s)
 def test_a_full_disk_mid_run_is_one_error_naming_the_checkpoint_and_the_resume(tmp_path, tiny_bert_dir, data):
     full_disk = "--trainer.plugins=tests.failing_io.FullDisk"  # the second checkpoint write fails: ENOSPC
     args = command(tiny_bert_dir, data, tmp_path, "--trainer.max_epochs=1", "--checkpoint_every_n_steps=2", full_disk)
@@ -414,6 +421,7 @@ def test_a_kill_before_an_evaluation_ends_repeats_it_on_resume(tmp_path, tiny_be
     assert checkpoints[0] == checkpoints[1]  # the same best checkpoint (epoch and step in its name) beside last.ckpt
 
 
+@pytest.mark.slow  # 4 processes (~31 s)
 def test_resuming_inside_an_epoch_in_another_batch_order_is_refused_unless_the_epoch_starts_over(tmp_path,
                                                                                                  tiny_bert_dir, data):
     args = command(tiny_bert_dir, data, tmp_path, NO_EXPORT, "--trainer.max_steps=3", "--checkpoint_every_n_steps=3")
@@ -438,6 +446,7 @@ def test_resuming_inside_an_epoch_in_another_batch_order_is_refused_unless_the_e
     assert any(row.get("val/dim_32_cosine_ndcg@10") for row in logged(run_dir))
 
 
+@pytest.mark.slow  # 3 processes (~29 s)
 def test_a_second_fit_into_a_run_folder_in_use_is_refused_and_a_killed_ones_lock_blocks_nothing(tmp_path,
                                                                                                tiny_bert_dir, data):
     args = command(tiny_bert_dir, data, tmp_path, NO_EXPORT, "--trainer.max_steps=3", "--checkpoint_every_n_steps=3")
@@ -502,6 +511,7 @@ def test_a_checkpoint_is_written_beside_its_file_and_a_failed_write_leaves_no_pa
     assert torch.equal(torch.load(target)["step"], torch.arange(1000))  # the previous checkpoint, whole
 
 
+@pytest.mark.slow  # 2 processes (~16 s)
 def test_the_best_checkpoint_is_a_hard_link_to_last_ckpt_of_its_step_and_keeps_it(tmp_path, tiny_bert_dir, data):
     """Evaluations at steps 10 and 20; two recipe ModelCheckpoints monitor the step: `first` keeps step 10 (then a
     non-best evaluation), `latest` keeps step 20 (and removes its step-10 file, a name of the same file)."""

@@ -134,6 +134,7 @@ def test_unknown_length_needs_a_row_cap_or_max_steps(text_module, tmp_path, monk
         make(PairDataModule, text_module, dataset=str(path), val_split=None, batch_size=8)
 
 
+@pytest.mark.slow  # a whole process (~16 s)
 def test_unknown_length_with_max_steps_validates_the_weights_it_exports(tiny_bert_dir, tmp_path):
     """The refusal's advice typed back: the run is one epoch of max_steps optimizer steps (here of 2 batches each),
     so it validates at the end of that epoch and exports the validated weights. An endless epoch was never

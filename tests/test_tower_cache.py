@@ -32,6 +32,7 @@ def exported(cli) -> dict[str, torch.Tensor]:
     return load_file(path)
 
 
+@pytest.mark.slow  # two CLIP fits (~18 s); the open_clip case stays in the default suite
 def test_hf_clip_locked_image_tower_is_embedded_once_and_equals_recomputing(tmp_path, monkeypatch):
     cached = locked_fit(tmp_path / "cached", "transformers")
     dm, module = cached.datamodule, cached.model
