@@ -14,6 +14,7 @@ REPORT = "report"
 STREAM = "stream"
 IDS = "ids"
 EMBEDDINGS = "embeddings"
+SOURCE = "source"
 # keys of an image column's features: pixels to embed, or rows of the model's table of (constant) image embeddings
 PIXEL_VALUES = "pixel_values"
 IMAGE_INDEX = "image_index"
@@ -25,6 +26,7 @@ class TrainBatch(TypedDict):
     features: list[dict[str, Tensor]]  # one features dict per loss column: anchor, positive, negatives…
     rows: list[int | None]  # each row's ``__row__``, for messages about the batch (a non-finite loss)
     report: NotRequired["EpochReport"]  # a stream's: what its worker skipped since its last batch (not transferred)
+    source: NotRequired[str]  # in a mixture of sources (datamodules.mixture): the source the batch's rows come from
 
 
 class EvalBatch(TypedDict):

@@ -20,14 +20,20 @@ served, as in sentence-transformers, which draws only the announced count.
 
 Under DDP every rank serves the same source at the same step (what a cross-device gather, GradCache and a loss per
 source need): the order is drawn over the per-rank batch counts, which every rank shares.
+
+:class:`MixtureSource` is the training source (``datamodules.sources.TrainSource``) of several map-style sources: one
+DataLoader whose batches are each source's own collated batches, named by the source (``TrainBatch["source"]``).
 """
 
-from collections.abc import Iterator, Sequence
+import bisect
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from datamodules.batches import SOURCE
 from datamodules.sampler import NoDuplicatesBatchSampler
+from datamodules.sources import MapStyleSource, TrainSource
 
 SAMPLINGS = ("proportional", "round_robin")
 
@@ -137,3 +143,68 @@ class MixtureBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self.source_batches())
+
+
+class MixtureSource(TrainSource):
+    """Several map-style sources, each batch from one of them in the order of :class:`MixtureBatchSampler`.
+
+    Args:
+        sources: name → that source's rows, value codes, batch size, ``drop_last`` and collate function (its own
+            columns); a batch carries its source's name under ``SOURCE``.
+        sampling: ``proportional`` or ``round_robin``.
+        seed: seeds every source's batches and the interleaving with the epoch (as sentence-transformers' trainer seed
+            does); the sources' own seeds are not used.
+    """
+
+    def __init__(self, sources: Mapping[str, MapStyleSource], sampling: str = "proportional", seed: int = 0) -> None:
+        if not sources:
+            raise ValueError("a mixture needs at least one source")
+        if sampling not in SAMPLINGS:  # here, before any loader is built
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+        self.sources, self.sampling, self.seed = dict(sources), sampling, seed
+
+    @property
+    def equal_batch_sizes(self) -> bool:
+        # every rank serves the same source at every step, so sources may differ in batch size
+        return all(source.drop_last for source in self.sources.values())
+
+    def dataloader(self, *, epoch: int, rank: int, world: int, options: dict,
+                   resume: tuple[int, int] | None = None) -> DataLoader:
+        sources = list(self.sources.values())
+        samplers = [NoDuplicatesBatchSampler(s.row_values, s.batch_size, drop_last=s.drop_last, seed=self.seed,
+                                             num_replicas=world, rank=rank) for s in sources]
+        mixture = MixtureBatchSampler(samplers, self.sampling, self.seed)
+        if resume is not None:
+            mixture.resume(*resume)
+        mixture.set_epoch(epoch)  # len() of this epoch
+        rows = ConcatenatedRows([s.dataset for s in sources], mixture.offsets)
+        collate = MixtureCollator(list(self.sources), [s.collate for s in sources])
+        return DataLoader(rows, batch_sampler=mixture, collate_fn=collate, **options)
+
+
+class ConcatenatedRows(Dataset):
+    """The sources' rows one after the other, each item ``(source index, row)``: the collator needs to know whose."""
+
+    def __init__(self, datasets: Sequence, offsets: Sequence[int]) -> None:
+        self.datasets, self.offsets = list(datasets), list(offsets)
+
+    def __len__(self) -> int:
+        return self.offsets[-1] + len(self.datasets[-1])
+
+    def __getitem__(self, index: int) -> tuple[int, object]:
+        k = bisect.bisect_right(self.offsets, index) - 1
+        return k, self.datasets[k][index - self.offsets[k]]
+
+
+class MixtureCollator:
+    """A batch of one source's rows → that source's collated batch, with the source's name."""
+
+    def __init__(self, names: Sequence[str], collates: Sequence[Callable]) -> None:
+        self.names, self.collates = list(names), list(collates)
+
+    def __call__(self, items: list[tuple[int, object]]) -> dict:
+        sources = {k for k, _ in items}
+        if len(sources) != 1:  # the sampler never mixes sources in a batch; a batch that did would mix domains
+            raise RuntimeError(f"a mixture batch holds rows of {len(sources)} sources: {sorted(sources)}")
+        (k,) = sources
+        return {**self.collates[k]([row for _, row in items]), SOURCE: self.names[k]}

@@ -5,14 +5,16 @@ import random
 from collections import Counter
 
 import datasets
+import numpy as np
 import pytest
 import torch
 from sentence_transformers.base.sampler import NoDuplicatesBatchSampler as STSampler
 from sentence_transformers.base.sampler import ProportionalBatchSampler, RoundRobinBatchSampler
 from torch.utils.data import ConcatDataset
 
-from datamodules.mixture import MixtureBatchSampler, announced_batches, source_slots
+from datamodules.mixture import MixtureBatchSampler, MixtureSource, announced_batches, source_slots
 from datamodules.sampler import NoDuplicatesBatchSampler
+from datamodules.sources import MapStyleSource
 
 ST_SAMPLERS = {"proportional": ProportionalBatchSampler, "round_robin": RoundRobinBatchSampler}
 
@@ -114,3 +116,34 @@ def test_a_resumed_epoch_serves_the_rest_of_the_same_order():
     resumed.resume(2, 5)
     assert list(resumed) == whole[5:]
     assert list(resumed) == whole  # the next pass over the epoch is whole again
+
+
+class Collate:
+    """A source's own collate function (its columns): the rows' ids and column count."""
+
+    def __call__(self, rows: list[dict]) -> dict:
+        return {"rows": [row["id"] for row in rows], "columns": len(rows[0]) - 1}
+
+
+def map_style(rows: list[dict], batch_size: int) -> MapStyleSource:
+    codes = {}
+    values = [[codes.setdefault(v, len(codes)) for v in row.values()] for row in rows]
+    return MapStyleSource([{**row, "id": i} for i, row in enumerate(rows)], np.array(values), batch_size, False,
+                          seed=99, collate=Collate())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_mixture_loader_serves_each_source_s_own_batches_in_the_mixture_s_order(workers):
+    data = mixture_rows(6)
+    names = ["qa", "nli", "titles"]
+    source = MixtureSource({name: map_style(rows, 8) for name, rows in zip(names, data)}, "proportional", seed=3)
+    options = {"num_workers": workers, "persistent_workers": False, "pin_memory": False}
+    served = [(batch["source"], batch["rows"], batch["columns"])
+              for batch in source.dataloader(epoch=1, rank=0, world=1, options=options)]
+    expected = ours(data, "proportional", 8, False, seed=3, epoch=1)  # the mixture's seed, not the sources' 99
+    assert served == [(names[k], batch, len(data[k][0])) for k, batch in expected.source_batches()]
+    resumed = source.dataloader(epoch=1, rank=0, world=1, options=options, resume=(1, 4))
+    assert len(resumed) == len(served) and [b["rows"] for b in resumed] == [rows for _, rows, _ in served[4:]]
+    assert not source.equal_batch_sizes  # without drop_last the last batches may be smaller
+    with pytest.raises(ValueError, match="sampling must be one of proportional, round_robin, got 'weighted'"):
+        MixtureSource({"qa": map_style(data[0], 8)}, "weighted")
