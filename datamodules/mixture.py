@@ -26,13 +26,13 @@ DataLoader whose batches are each source's own collated batches, named by the so
 """
 
 import bisect
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.batches import SOURCE
-from datamodules.sampler import NoDuplicatesBatchSampler
+from datamodules.sampler import EpochBatchSampler, NoDuplicatesBatchSampler
 from datamodules.sources import MapStyleSource, TrainSource
 
 SAMPLINGS = ("proportional", "round_robin")
@@ -41,6 +41,11 @@ SAMPLINGS = ("proportional", "round_robin")
 def announced_batches(rows: int, batch_size: int, drop_last: bool) -> int:
     """The batch count sentence-transformers' ``NoDuplicatesBatchSampler.__len__`` announces for ``rows`` rows."""
     return rows // batch_size if drop_last else -(-rows // batch_size)
+
+
+def check_sampling(sampling: str) -> None:
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
 
 
 def source_slots(counts: Sequence[int], sampling: str, seed: int, epoch: int) -> list[int]:
@@ -57,16 +62,15 @@ def source_slots(counts: Sequence[int], sampling: str, seed: int, epoch: int) ->
         Source indices, one per slot; ``proportional``: each source ``counts[k]`` times; ``round_robin``: ``0, 1, …``
         repeated ``min(counts)`` times.
     """
+    check_sampling(sampling)
     if sampling == "round_robin":
         return [k for _ in range(min(counts, default=0)) for k in range(len(counts))]
-    if sampling != "proportional":
-        raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
     sources = [k for k, count in enumerate(counts) for _ in range(count)]
     generator = torch.Generator().manual_seed(seed + epoch)
     return [sources[i] for i in torch.randperm(len(sources), generator=generator).tolist()]
 
 
-class MixtureBatchSampler(Sampler[list[int]]):
+class MixtureBatchSampler(EpochBatchSampler):
     """Batches of row indices into the concatenation of the sources' rows (source ``k``'s rows follow those of sources
     ``0 … k-1``), each batch from one source, in the order described above.
 
@@ -81,42 +85,28 @@ class MixtureBatchSampler(Sampler[list[int]]):
                  seed: int = 0) -> None:
         if not samplers:
             raise ValueError("a mixture needs at least one source")
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+        check_sampling(sampling)
+        super().__init__()
         self.samplers = list(samplers)
         self.sampling = sampling
         self.seed = seed
-        self.epoch = 0
         self.offsets = [0]
         for sampler in self.samplers[:-1]:
             self.offsets.append(self.offsets[-1] + len(sampler.row_values))
-        self._cache: tuple[int, list[tuple[int, list[int]]]] | None = None
-        self._resume: tuple[int, int] | None = None
-
-    @property
-    def sampler(self) -> "MixtureBatchSampler":
-        """This sampler, for Lightning, which calls ``set_epoch`` on ``dataloader.batch_sampler.sampler`` only."""
-        return self
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().set_epoch(epoch)
         for sampler in self.samplers:
             sampler.set_epoch(epoch)
-
-    def resume(self, epoch: int, batches: int) -> None:
-        """Resuming a run that trained ``batches`` of epoch ``epoch``: that epoch serves the rest."""
-        self._resume = (epoch, batches)
 
     def _sharded(self) -> bool:
         return self.samplers[0].num_replicas > 1
 
-    def source_batches(self) -> list[tuple[int, list[int]]]:
+    def _form_batches(self) -> list[tuple[int, list[int]]]:
         """This rank's (source, batch) pairs of the current epoch, the batch's row indices local to its source."""
-        if self._cache is not None and self._cache[0] == self.epoch:
-            return self._cache[1]
         sharded = self._sharded()
         if sharded:  # each source's batches on this rank (one-row batches already left out): counts all ranks share
-            per_source = [sampler._rank_batches() for sampler in self.samplers]
+            per_source = [sampler.epoch_batches() for sampler in self.samplers]
             counts = [len(batches) for batches in per_source]
         else:  # what sentence-transformers' samplers yield in their first pass, and the counts they announce
             per_source = [[batch for batch in s.st_batches() if not s.drop_last or len(batch) == s.batch_size]
@@ -131,18 +121,11 @@ class MixtureBatchSampler(Sampler[list[int]]):
             batch, taken[k] = per_source[k][taken[k]], taken[k] + 1
             if sharded or len(batch) > 1 or self.samplers[k].batch_size == 1:  # (a one-row batch has no negative)
                 served.append((k, batch))
-        self._cache = (self.epoch, served)
         return served
 
-    def __iter__(self) -> Iterator[list[int]]:
-        skip = 0
-        if self._resume is not None and self._resume[0] == self.epoch:
-            skip, self._resume = self._resume[1], None
-        for k, batch in self.source_batches()[skip:]:
-            yield [self.offsets[k] + i for i in batch]
-
-    def __len__(self) -> int:
-        return len(self.source_batches())
+    def _indices(self, batch: tuple[int, list[int]]) -> list[int]:
+        k, rows = batch
+        return [self.offsets[k] + i for i in rows]
 
 
 class MixtureSource(TrainSource):
@@ -159,8 +142,7 @@ class MixtureSource(TrainSource):
     def __init__(self, sources: Mapping[str, MapStyleSource], sampling: str = "proportional", seed: int = 0) -> None:
         if not sources:
             raise ValueError("a mixture needs at least one source")
-        if sampling not in SAMPLINGS:  # here, before any loader is built
-            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+        check_sampling(sampling)  # here, before any loader is built
         self.sources, self.sampling, self.seed = dict(sources), sampling, seed
 
     @property

@@ -76,7 +76,54 @@ def no_duplicate_batches(order: Sequence[int], row_values: Sequence[Sequence[Has
     return batches
 
 
-class NoDuplicatesBatchSampler(Sampler[list[int]]):
+class EpochBatchSampler(Sampler[list[int]]):
+    """A batch sampler that forms an epoch's batches once (``epoch_batches``, for ``set_epoch``'s epoch) and can resume
+    inside an epoch. Subclasses form the batches (``_form_batches``) and may turn each into row indices
+    (``_indices``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch = 0
+        self._cache: tuple[int, list] | None = None  # (epoch, its batches)
+        self._resume: tuple[int, int] | None = None
+
+    @property
+    def sampler(self) -> "EpochBatchSampler":
+        """This sampler, for Lightning, which calls ``set_epoch`` on ``dataloader.batch_sampler.sampler`` only."""
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume(self, epoch: int, batches: int) -> None:
+        """Resuming a run that trained ``batches`` of epoch ``epoch``: that epoch serves the rest (``len`` stays the
+        whole epoch's, as Lightning counts on from ``batches``)."""
+        self._resume = (epoch, batches)
+
+    def epoch_batches(self) -> list:
+        """This rank's batches of the current epoch, formed once."""
+        if self._cache is None or self._cache[0] != self.epoch:
+            self._cache = (self.epoch, self._form_batches())
+        return self._cache[1]
+
+    def _form_batches(self) -> list:
+        raise NotImplementedError
+
+    def _indices(self, batch) -> list[int]:
+        return batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            skip, self._resume = self._resume[1], None
+        for batch in self.epoch_batches()[skip:]:
+            yield self._indices(batch)
+
+    def __len__(self) -> int:
+        return len(self.epoch_batches())
+
+
+class NoDuplicatesBatchSampler(EpochBatchSampler):
     """Shuffled batches of row indices where no value repeats within a batch, in any column.
 
     Args:
@@ -115,6 +162,7 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
         if len(row_values) == 0:
             raise ValueError("row_values is empty: there is nothing to sample")
+        super().__init__()
         distributed = dist.is_available() and dist.is_initialized()
         self.num_replicas = num_replicas if num_replicas is not None else dist.get_world_size() if distributed else 1
         self.rank = rank if rank is not None else dist.get_rank() if distributed else 0
@@ -135,22 +183,6 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.seed = seed
-        self.epoch = 0
-        self._cache: tuple[int, list[list[int]]] | None = None
-        self._resume: tuple[int, int] | None = None
-
-    @property
-    def sampler(self) -> "NoDuplicatesBatchSampler":
-        """This sampler, for Lightning, which calls ``set_epoch`` on ``dataloader.batch_sampler.sampler`` only."""
-        return self
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def resume(self, epoch: int, batches: int) -> None:
-        """Resuming a run that trained ``batches`` of epoch ``epoch``: that epoch serves the rest (``len`` stays the
-        whole epoch's, as Lightning counts on from ``batches``)."""
-        self._resume = (epoch, batches)
 
     def st_batches(self) -> list[list[int]]:
         """sentence-transformers' batches of the current epoch without ``drop_last``; some may hold one row."""
@@ -169,26 +201,15 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
         smallest = self.batch_size if self.drop_last else min(2, self.batch_size)
         return [batch for batch in self.st_batches() if len(batch) >= smallest]
 
-    def _rank_batches(self) -> list[list[int]]:
-        if self._cache is None or self._cache[0] != self.epoch:
-            batches, world = self.global_batches(), self.num_replicas
-            left_out = len(self.row_values) - sum(map(len, batches))
-            if left_out and not self.drop_last and self.rank == 0:
-                log.info("epoch %d: %d of %d training rows left out, each of which would have been a batch of one "
-                         "row (no in-batch negative)", self.epoch, left_out, len(self.row_values))
-            # rows are left out before padding, so every rank pads to the same count
-            if self.drop_last:
-                batches = batches[: len(batches) - len(batches) % world]
-            else:
-                batches += [batches[i % len(batches)] for i in range(-len(batches) % world)]
-            self._cache = (self.epoch, batches[self.rank :: world])
-        return self._cache[1]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        skip = 0
-        if self._resume is not None and self._resume[0] == self.epoch:
-            skip, self._resume = self._resume[1], None
-        yield from self._rank_batches()[skip:]
-
-    def __len__(self) -> int:
-        return len(self._rank_batches())
+    def _form_batches(self) -> list[list[int]]:
+        batches, world = self.global_batches(), self.num_replicas
+        left_out = len(self.row_values) - sum(map(len, batches))
+        if left_out and not self.drop_last and self.rank == 0:
+            log.info("epoch %d: %d of %d training rows left out, each of which would have been a batch of one "
+                     "row (no in-batch negative)", self.epoch, left_out, len(self.row_values))
+        # rows are left out before padding, so every rank pads to the same count
+        if self.drop_last:
+            batches = batches[: len(batches) - len(batches) % world]
+        else:
+            batches += [batches[i % len(batches)] for i in range(-len(batches) % world)]
+        return batches[self.rank :: world]

@@ -102,9 +102,9 @@ def test_round_robin_alternates_sources_until_the_smallest_is_used_up():
 def test_every_rank_serves_the_same_source_at_every_step(drop_last):
     data = mixture_rows(2)
     ranks = [ours(data, "proportional", 4, drop_last, seed=1, epoch=1, num_replicas=2, rank=r) for r in range(2)]
-    sources = [[k for k, _ in mixture.source_batches()] for mixture in ranks]
+    sources = [[k for k, _ in mixture.epoch_batches()] for mixture in ranks]
     assert sources[0] == sources[1] and len(set(sources[0])) == 3
-    batches = [[tuple(b) for _, b in mixture.source_batches()] for mixture in ranks]
+    batches = [[tuple(b) for _, b in mixture.epoch_batches()] for mixture in ranks]
     if drop_last:  # the ranks' batches are distinct halves of each source's batches
         assert not set(batches[0]) & set(batches[1])
 
@@ -141,7 +141,7 @@ def test_a_mixture_loader_serves_each_source_s_own_batches_in_the_mixture_s_orde
     served = [(batch["source"], batch["rows"], batch["columns"])
               for batch in source.dataloader(epoch=1, rank=0, world=1, options=options)]
     expected = ours(data, "proportional", 8, False, seed=3, epoch=1)  # the mixture's seed, not the sources' 99
-    assert served == [(names[k], batch, len(data[k][0])) for k, batch in expected.source_batches()]
+    assert served == [(names[k], batch, len(data[k][0])) for k, batch in expected.epoch_batches()]
     resumed = source.dataloader(epoch=1, rank=0, world=1, options=options, resume=(1, 4))
     assert len(resumed) == len(served) and [b["rows"] for b in resumed] == [rows for _, rows, _ in served[4:]]
     assert not source.equal_batch_sizes  # without drop_last the last batches may be smaller
