@@ -67,7 +67,7 @@ class LitEmbedCLI(ShortErrorsCLI):
         puts the ones the model no longer takes in ``dict_kwargs``, which the model would be called with. Those moved
         are left out, saying where they went; any other stops the run here, in one line."""
         model = self.config[subcommand].get("model")
-        extra = dict(model.get("dict_kwargs") or {}) if model is not None and "dict_kwargs" in model else {}
+        extra = dict(model.get("dict_kwargs") or {}) if model is not None else {}
         for key, value in extra.items():
             if key not in RETIRED:
                 fail(f"--ckpt_path {ckpt_path}: the checkpoint's model was built with {key}={value!r}, which "

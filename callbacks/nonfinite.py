@@ -16,6 +16,7 @@ from lightning.pytorch import Callback
 from torch import Tensor
 
 from datamodules.batches import ROWS
+from lightning_modules.optim import uses_loss_scaler
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class NonFiniteGuard(Callback):
         self.loss(loss, self._batch_rows)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if not str(trainer.precision).startswith("16"):  # fp16's loss scaler skips such steps itself
+        if not uses_loss_scaler(trainer):  # fp16's loss scaler skips such steps itself
             self.before_step(optimizer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
@@ -152,7 +153,8 @@ class NonFiniteGuard(Callback):
                 known = [r for r in rows if r is not None]
                 shown = data.training_rows(known[:ROWS_SHOWN], total=len(rows)) \
                     if hasattr(data, "training_rows") and known else None
-                shown = shown or ", ".join(str(r) for r in rows[:ROWS_SHOWN]) + (", …" if len(rows) > ROWS_SHOWN else "")
+                shown = shown or ", ".join(str(r) for r in rows[:ROWS_SHOWN]) + (
+                    ", …" if len(rows) > ROWS_SHOWN else "")
                 log.warning("optimizer step %d skipped: non-finite loss or gradient (%d skipped so far, the run stops "
                             "after %d); the batch's rows: %s.%s", step, self.skipped, self.max_steps,
                             shown or "unknown", f" {HINT}" if self.skipped == 1 else "")

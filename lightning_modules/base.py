@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from datamodules.batches import EMBEDDINGS, FEATURES, IDS, STREAM
 from datamodules.contract import DataNeeds, RetrievalData
 from lightning_modules.gradcache import cached_step
-from lightning_modules.optim import build_optimizer
+from lightning_modules.optim import build_optimizer, uses_loss_scaler
 from metrics.collector import EmbeddingCollector
 from metrics.functional import information_retrieval_metrics
 from metrics.keys import PRIMARY_METRIC, metric_key, parse_metric_key
@@ -166,7 +166,7 @@ class EmbeddingModule(L.LightningModule):
         return build_optimizer(self, total_steps=self.trainer.estimated_stepping_batches, fused=fused, **self.optim_args)
 
     def _loss_scaler(self) -> bool:
-        return str(self.trainer.precision).startswith("16")
+        return uses_loss_scaler(self.trainer)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         if gradient_clip_val and gradient_clip_algorithm != "value" and isinstance(self.trainer.strategy, FSDPStrategy):

@@ -13,6 +13,12 @@ from torch import nn
 SCHEDULES = ("constant", "linear", "cosine")
 
 
+def uses_loss_scaler(trainer) -> bool:
+    """fp16 mixed precision: Lightning's loss scaler unscales the gradients and skips non-finite steps itself, so the
+    optimizer is not fused with it and the non-finite guard (``callbacks.nonfinite``) leaves its steps alone."""
+    return str(trainer.precision).startswith("16")
+
+
 def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
     """Split trainable parameters so biases, norm weights and scalars (logit scale) get no weight decay."""
     decay, no_decay = [], []

@@ -108,9 +108,8 @@ def parse_metric_key(key: str) -> MetricKey:
     Raises:
         ValueError: if no part of ``key`` starts with a similarity.
     """
-    stage, slash, name = key.partition("/")
-    if not slash or stage not in STAGES:
-        stage, name = "", key
+    stage = stage_of(key) or ""
+    name = key.partition("/")[2] if stage else key
     base = name.endswith(BASE_SUFFIX)
     name = name.removesuffix(BASE_SUFFIX)
     starts = [match.start() for match in _SIMILARITY_PREFIX.finditer(name)]
