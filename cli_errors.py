@@ -34,8 +34,8 @@ OPTIMIZER_ARGS = ("lr", "weight_decay", "betas", "eps", "lr_schedule", "warmup_r
 REFUSED = ("optimizer", "lr_scheduler")
 EXPORT_MOVED = ("the export's options are one group, --export.dirpath (the folder, null: no export), --export.title, "
                 "--export.model_id, --export.language and --export.license")
-NONFINITE_MOVED = ("the guard against non-finite steps is a callback of fit (callbacks.nonfinite), no longer an argument "
-                   "of the model")
+NONFINITE_MOVED = ("the guard against non-finite steps is a callback of fit (callbacks.nonfinite), no longer an "
+                   "argument of the model")
 # options that moved: old key (init_args left out) → (the key that replaced it, why); a recipe or command line of an
 # earlier version is told the new name instead of the closest one
 MOVED = {"card": ("export", EXPORT_MOVED), "model.export_dir": ("export.dirpath", EXPORT_MOVED),

@@ -356,7 +356,8 @@ def test_a_clip_run_gets_a_card_too(tmp_path, monkeypatch):
     assert {"shapes-eval", "shapes-eval-image2text"} <= {n.replace(" ", "-") for n in names} | names
     assert "image (PNG)" in card and "radford2021learning" in card
     # the images the user named for the usage snippet (--export.usage_images)
-    assert ("images = [\n    Image.open('assets/desk.jpg'),\n    Image.open(urlopen('https://example.com/cake.png')),\n]"
+    assert ("images = [\n    Image.open('assets/desk.jpg'),\n"
+            "    Image.open(urlopen('https://example.com/cake.png')),\n]"
             in card and "# [3, 2]" in card)
 
 

@@ -328,7 +328,8 @@ def test_a_diverging_run_skips_and_reports_non_finite_steps_then_stops_without_e
     assert result.returncode != 0
     assert "optimizer step 2 skipped: non-finite loss or gradient" in result.stderr
     assert "the batch's rows: lines " in result.stderr and "lower --model.init_args.lr" in result.stderr
-    assert f" of {os.path.join(data, 'train-00000-of-00002.jsonl')}; lines " in result.stderr  # the datamodule names them
+    # the datamodule names them
+    assert f" of {os.path.join(data, 'train-00000-of-00002.jsonl')}; lines " in result.stderr
     assert "4 optimizer steps had a non-finite loss or gradient, more than --max_nonfinite_steps 3" \
         in result.stderr
     run_dir = tmp_path / "run" / "version_0"
@@ -373,9 +374,10 @@ def test_a_checkpoint_of_the_version_whose_model_held_the_nonfinite_guard_resume
     capsys.readouterr()
     cli_main(train_args(*args[1:], "--trainer.max_steps=3", "--ckpt_path", str(path)))
     printed = capsys.readouterr().out
-    assert f"{path}: the model argument max_nonfinite_steps=10 of the litembed that wrote it is --max_nonfinite_steps " \
-           f"now; this run uses the recipe's" in printed
-    assert f"{path}: the model argument export_dir='model' of the litembed that wrote it is --export.dirpath now" in printed
+    assert f"{path}: the model argument max_nonfinite_steps=10 of the litembed that wrote it is " \
+           f"--max_nonfinite_steps now; this run uses the recipe's" in printed
+    assert f"{path}: the model argument export_dir='model' of the litembed that wrote it is --export.dirpath now" \
+        in printed
     assert [row["train/nonfinite_steps"] for row in logged(str(path.parent.parent))
             if row["step"] == "3" and row["train/loss"]] == ["3.0"]
 

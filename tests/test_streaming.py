@@ -179,9 +179,9 @@ def test_a_fit_reports_the_rows_its_stream_skipped_at_the_end_of_the_epoch(tiny_
     write_jsonl(tmp_path / "train.jsonl", rows)
     write_jsonl(tmp_path / "validation.jsonl", qa_rows(16, 1000))
     with caplog.at_level(logging.WARNING):
-        cli_main(command(tiny_bert_dir, str(tmp_path), tmp_path / "runs", "--data.streaming=true", "--data.batch_size=8",
-                         "--trainer.max_epochs=1", "--data.test_split=null", "--model.evaluate_before_training=false",
-                         NO_EXPORT))
+        cli_main(command(tiny_bert_dir, str(tmp_path), tmp_path / "runs", "--data.streaming=true",
+                         "--data.batch_size=8", "--trainer.max_epochs=1", "--data.test_split=null",
+                         "--model.evaluate_before_training=false", NO_EXPORT))
     assert caplog.text.count("training row(s) skipped") == 1
     assert "epoch 0, rank 0: 1 training row(s) skipped, e.g.:" in caplog.text
     assert f"{tmp_path} (train stream): column 'positive' has an empty or non-text value ('  ') in the row " \
