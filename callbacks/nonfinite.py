@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch import Callback
 from torch import Tensor
 
-from datamodules.batches import ROWS
+from datamodules.batches import ROWS, SOURCE
 from lightning_modules.optim import uses_loss_scaler
 
 log = logging.getLogger(__name__)
@@ -46,23 +46,24 @@ class NonFiniteGuard(Callback):
         self._trainer = None  # for the training rows' locations when a checkpoint drains the queue
         self.skipped = 0  # skipped steps seen on the host
         self._loss_bad: Tensor | None = None  # (1,) any non-finite loss among this optimizer step's batches
-        self._rows: list = []  # this step's rows (file rows where the data knows them)
+        self._rows: list[tuple[str | None, object]] = []  # this step's (source, row): a mixture's source, a file row
         self._found: Tensor | None = None  # (1,) float 0/1: this step was skipped
         self._pending: list[tuple[int, Tensor, list]] = []  # (step, flag, rows) not yet read on the host
         self._total: Tensor | None = None  # (1,) skipped steps of this process's flags, on the device
         self._restored = 0  # skipped steps of the run before the checkpoint this process resumed
-        self._batch_rows: list | None = None  # the rows of the batch being trained on
+        self._batch_rows: tuple[str | None, list | None] = (None, None)  # the batch being trained on: source, rows
 
     # the Lightning hooks
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._trainer = trainer
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        self._batch_rows = batch.get(ROWS) if isinstance(batch, dict) else None
+        self._batch_rows = (batch.get(SOURCE), batch.get(ROWS)) if isinstance(batch, dict) else (None, None)
 
     def on_before_backward(self, trainer, pl_module, loss: Tensor) -> None:
         # the loss Lightning backpropagates (divided by accumulate_grad_batches; with GradCache, the step's whole loss)
-        self.loss(loss, self._batch_rows)
+        source, rows = self._batch_rows
+        self.loss(loss, rows, source)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if not uses_loss_scaler(trainer):  # fp16's loss scaler skips such steps itself
@@ -82,10 +83,10 @@ class NonFiniteGuard(Callback):
         return {} if skipped is None else {"train/nonfinite_steps": skipped.squeeze()}
 
     # the guard itself
-    def loss(self, loss: Tensor, rows: list | None) -> None:
+    def loss(self, loss: Tensor, rows: list | None, source: str | None = None) -> None:
         bad = ~torch.isfinite(loss.detach()).reshape(1)
         self._loss_bad = bad if self._loss_bad is None else self._loss_bad | bad
-        self._rows.extend(rows or [])
+        self._rows.extend((source, row) for row in rows or [])
 
     def before_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Flag the step (on the device) and make the optimizer skip it when the flag is set."""
@@ -150,11 +151,7 @@ class NonFiniteGuard(Callback):
         for (step, _, rows), flag in zip(pending, flags.tolist()):
             if flag:
                 self.skipped += 1
-                known = [r for r in rows if r is not None]
-                shown = data.training_rows(known[:ROWS_SHOWN], total=len(rows)) \
-                    if hasattr(data, "training_rows") and known else None
-                shown = shown or ", ".join(str(r) for r in rows[:ROWS_SHOWN]) + (
-                    ", …" if len(rows) > ROWS_SHOWN else "")
+                shown = "; ".join(_named_rows(data, source, rows) for source, rows in _by_source(rows).items())
                 log.warning("optimizer step %d skipped: non-finite loss or gradient (%d skipped so far, the run stops "
                             "after %d); the batch's rows: %s.%s", step, self.skipped, self.max_steps,
                             shown or "unknown", f" {HINT}" if self.skipped == 1 else "")
@@ -177,3 +174,19 @@ class NonFiniteGuard(Callback):
 HINT = ("Usual causes: a learning rate too high (lower --model.init_args.lr), fp16 overflow (--trainer.precision "
         "bf16-mixed or 32-true), a similarity scale too large for the precision (lower the loss's scale), or an "
         "empty or degenerate row in the batch.")
+
+
+def _by_source(rows: list[tuple[str | None, object]]) -> dict[str | None, list]:
+    grouped: dict[str | None, list] = {}
+    for source, row in rows:
+        grouped.setdefault(source, []).append(row)
+    return grouped
+
+
+def _named_rows(data, source: str | None, rows: list) -> str:
+    """``rows`` (of ``source`` in a mixture) as the data names them (files and lines), else their numbers."""
+    known = [r for r in rows if r is not None]
+    kwargs = {"source": source} if source is not None else {}
+    shown = data.training_rows(known[:ROWS_SHOWN], total=len(rows), **kwargs) \
+        if hasattr(data, "training_rows") and known else None
+    return shown or ", ".join(str(r) for r in rows[:ROWS_SHOWN]) + (", …" if len(rows) > ROWS_SHOWN else "")

@@ -8,6 +8,8 @@ Every ``log_every_n_steps`` optimizer steps one row goes to every logger, at the
   was skipped (``NonFiniteGuard``), not trained: it is left out of the mean, as ST's ``logging_nan_inf_filter`` does.
 - ``lr-<Optimizer>[/pg<i>]``: each parameter group's learning rate for the next step (ST's ``learning_rate``),
   spelt as Lightning's ``LearningRateMonitor`` spells it;
+- ``train/<source>_loss``: with several training sources (``datamodules.mixture``), the mean loss of each source's
+  batches since the previous row, all devices' (every device trains on the same source at a step);
 - ``train/samples_per_s``: training rows of the last ``window`` batches on all devices per wall-clock second;
 - what the module and the other callbacks add (their ``training_log_values()``): the learned logit scale
   (``CLIPEmbeddingModule``), skipped steps (``NonFiniteGuard``).
@@ -23,7 +25,8 @@ import torch
 from lightning.pytorch import Callback
 from torch import Tensor
 
-from datamodules.batches import ROWS
+from datamodules.batches import ROWS, SOURCE
+from metrics.keys import TRAIN_LOSS, source_loss_key
 from reporting.metrics_log import log_row
 
 
@@ -45,6 +48,8 @@ class TrainingLog(Callback):
         self._step_loss: Tensor | None = None  # (1,) this optimizer step's loss so far (its accumulated batches)
         self._sum: Tensor | None = None  # (2,) finite step losses since the last row: their sum, their count
         self._restored: list[float] | None = None  # a checkpoint's sum and count, for rank 0 to go on from
+        # a mixture's: each source's finite batch losses since the last row (their sum, their count), on the device
+        self._sources: dict[str, Tensor] = {}
         self._rank, self._world, self._strategy = 0, 1, None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -71,6 +76,13 @@ class TrainingLog(Callback):
         if isinstance(loss, Tensor):  # Lightning divided it by accumulate_grad_batches: the sum is the step's mean
             loss = loss.detach().float().reshape(1)
             self._step_loss = loss if self._step_loss is None else self._step_loss + loss
+            source = batch.get(SOURCE) if isinstance(batch, dict) else None
+            if source is not None:
+                batch_loss = loss * trainer.accumulate_grad_batches
+                finite = torch.isfinite(batch_loss)
+                added = torch.cat([torch.where(finite, batch_loss, 0.0), finite.float()])
+                held = self._sources.get(source)
+                self._sources[source] = added if held is None else held.to(added.device) + added
         if trainer.fit_loop._should_accumulate():
             return
         if self._step_loss is not None:
@@ -105,8 +117,9 @@ class TrainingLog(Callback):
             total = self._strategy.reduce(self._sum.clone(), reduce_op="sum") if self._world > 1 else self._sum
             loss_sum, steps = total.tolist()  # the one copy to the host per row
             if steps:
-                row["train/loss"] = loss_sum / steps
+                row[TRAIN_LOSS] = loss_sum / steps
             self._sum = None
+        row.update(self._source_losses())
         row.update(learning_rates(trainer))
         if self.rate is not None:
             row["train/samples_per_s"] = self.rate
@@ -115,17 +128,38 @@ class TrainingLog(Callback):
                 row.update({k: float(v) for k, v in source.training_log_values().items()})
         log_row(trainer, row)
 
+    def _source_losses(self, keep: bool = False) -> dict[str, float]:
+        """Each source's mean batch loss since the last row, over all devices (which trained the same sources);
+        ``keep``: a checkpoint's read, which leaves the sums to go on with."""
+        if not self._sources:
+            return {}
+        names = sorted(self._sources)  # the same on every rank: every rank trains the same source at a step
+        device = self._strategy.root_device if self._strategy is not None else torch.device("cpu")
+        stacked = torch.stack([self._sources[name].to(device) for name in names])
+        if self._world > 1:
+            stacked = self._strategy.reduce(stacked, reduce_op="sum")
+        if not keep:
+            self._sources = {}
+        sums = dict(zip(names, stacked.tolist()))
+        return {source_loss_key(name): total / count for name, (total, count) in sums.items() if count} if not keep \
+            else sums
+
     def state_dict(self) -> dict:
         # every rank writes its state (Lightning saves rank 0's): the loss of every device goes in rank 0's, so the
         # resumed run's next row averages what the uninterrupted one would
+        sources = self._source_losses(keep=True)
         if self._sum is None:
-            return {"loss_sum": list(self._restored or [0.0, 0.0])}
+            return {"loss_sum": list(self._restored or [0.0, 0.0]), "source_loss_sums": sources}
         total = self._strategy.reduce(self._sum.clone(), reduce_op="sum") if self._world > 1 else self._sum
-        return {"loss_sum": total.tolist()}
+        return {"loss_sum": total.tolist(), "source_loss_sums": sources}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._restored = list(state_dict.get("loss_sum", [0.0, 0.0]))
         self._sum = None
+        # rank 0 goes on from every device's sums, the others from zeros (the next row adds all ranks' up); every
+        # rank holds the same sources, which the row's all-reduce stacks in one order
+        sums = state_dict.get("source_loss_sums", {})
+        self._sources = {name: torch.tensor(values if self._rank == 0 else [0.0, 0.0]) for name, values in sums.items()}
 
 
 def learning_rates(trainer) -> dict[str, float]:

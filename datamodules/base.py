@@ -15,12 +15,13 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.batches import REPORT
+from datamodules.batches import REPORT, SOURCE, STREAM
 from datamodules.builtin_datasets import SEED, Builtins
 from datamodules.checks import check_batches, check_columns, check_eval_size, check_files
 from datamodules.contract import DataNeeds, RetrievalTask
 from datamodules.loading import count_rows, load_splits
 from datamodules.locations import Where
+from datamodules.mixture import MixtureSource, build_sources, source_errors, source_flag, source_task
 from datamodules.sources import EpochReport, MapStyleSource, StreamingSource, TrainSource
 from datamodules.splits import HOLD_OUT, arrow_columns, check_val_size, materialize, pick_splits, select_split, \
     split_not_found
@@ -74,6 +75,16 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
             takes a core from the model: on 2 cores one worker cut MiniLM training from 11.7 to 10 pairs/s). A stream
             uses at most one worker per shard.
         seed: seed of the batch order (shuffled anew every epoch) and of the validation carve.
+        sources: train on several sources (``datamodules.mixture``): each source's name → its options, any of this
+            datamodule's but ``sampling``, ``seed``, ``num_workers`` and ``eval_batch_size`` (the mixture's), plus a
+            ``weight`` for weighted sampling. A source inherits every option it does not set from the recipe's
+            (these), so ``--data.init_args.batch_size`` sets every source's; the recipe's own ``dataset`` is then
+            only that default. Each batch comes from one source; each source's validation data is its own retrieval
+            task (``val/<source>_…``), and their mean is logged as ``val/mean_…``.
+        sampling: with ``sources``: ``proportional`` (each source's batches once per epoch, interleaved at random:
+            sentence-transformers' default), ``round_robin`` (one batch of each source in turn until the smallest runs
+            out) or ``weighted`` (each batch's source drawn by the sources' ``weight``; as many batches per epoch as
+            all sources have; a source drawn more often than it has batches is read again, reshuffled, and logged).
     """
 
     def __init__(
@@ -95,6 +106,8 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         stream_window: int | None = None,
         num_workers: int | None = None,
         seed: int = SEED,
+        sources: dict[str, dict] | None = None,
+        sampling: str = "proportional",
     ) -> None:
         super().__init__()
         if batch_size < 2:
@@ -130,11 +143,24 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches of it already trained), from a checkpoint
         self._files_checked = False  # prepare_data and setup both need the local files read before HF loads them
         self._batch_order: dict[str, object] | None = None
+        self.source_name: str | None = None  # a source of a mixture: its name (set by the mixture)
+        self.source_options: list[str] = []  # the options the source sets itself
+        self.mixture_weight = 1.0
+        # the sources of a mixture, each a datamodule of this class (datamodules.mixture.build_sources)
+        self.sources: dict[str, RetrievalDataModule] = build_sources(self, sources, sampling)
+        self._stream_owner: dict[str, dict[str, tuple[RetrievalDataModule, str]]] = {}  # mixture stream → source's
 
     def connect(self, needs: DataNeeds) -> None:
         """Take what the model hands the data (``model.data_needs()``): the processor the collators call. Subclasses
         that serve a model's constant towers read ``needs.constant_towers`` too."""
         self.processor = needs.processor
+        for name, source in self.sources.items():
+            with source_errors(name, source.source_options):
+                source.connect(needs)
+
+    def source_defaults(self, name: str, count: int) -> dict:
+        """Options a source named ``name`` of ``count`` takes unless it sets them (before the recipe's)."""
+        return {}
 
     def builtins(self) -> Builtins:
         """``builtin:<name>`` datasets this datamodule can generate."""
@@ -211,6 +237,11 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
     def prepare_data(self) -> None:
         """Download and convert the data once per node (local rank 0): every rank's ``setup`` then reads the cache."""
         h = self.hparams
+        if self.sources:
+            for name, source in self.sources.items():
+                with source_errors(name, source.source_options):
+                    source.prepare_data()
+            return
         self.check_files()
         if not h.streaming and not h.dataset.startswith("builtin:"):
             load_splits(h.dataset, self.builtins(), h.data_files)
@@ -220,7 +251,10 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
             raise ValueError(f"{type(self).__name__} has no processor to build batches with: call "
                              f"datamodule.connect(model.data_needs()) before trainer.fit, validate, test or predict "
                              f"(as train.py does)")
-        if self.splits:  # idempotent: fit, validate and test share the prepared data
+        if self.splits or self.train_source is not None:  # idempotent: fit, validate and test share the prepared data
+            return
+        if self.sources:
+            self._setup_sources(stage)
             return
         h = self.hparams
         self.check_files()
@@ -260,6 +294,29 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         else:
             self.train_source = self._streaming_source(*train)
 
+    def _setup_sources(self, stage: str | None) -> None:
+        """Set every source up, then serve their evaluation streams and tasks under the mixture's names and their
+        training batches through one ``MixtureSource``."""
+        for name, source in self.sources.items():
+            source.trainer = self.trainer
+            with source_errors(name, source.source_options):
+                source.setup(stage)
+            for stage_name, streams in source.streams.items():
+                names = {stream: f"{name}.{stream}" for stream in streams}
+                for stream, qualified in names.items():
+                    self.streams.setdefault(stage_name, {})[qualified] = streams[stream]
+                    self._stream_owner.setdefault(stage_name, {})[qualified] = (source, stream)
+                self.tasks.setdefault(stage_name, []).extend(
+                    source_task(name, task, names) for task in source.tasks[stage_name])
+        streamed = [name for name, source in self.sources.items() if not isinstance(source.train_source, MapStyleSource)]
+        if streamed:
+            raise ValueError(f"--data.init_args.sources: {', '.join(streamed)} stream(s) their training split; a "
+                             f"mixture of streamed sources is not served yet: drop streaming from them")
+        h = self.hparams
+        weights = [source.mixture_weight for source in self.sources.values()] if h.sampling == "weighted" else None
+        self.train_source = MixtureSource({name: source.train_source for name, source in self.sources.items()},
+                                          h.sampling, h.seed, weights)
+
     def _check_eval_size(self, split_name: str, streams: dict[str, list], tasks: list[RetrievalTask]) -> None:
         h, where = self.hparams, self.where[split_name]
         held_out = split_name == "validation" and bool(h.val_size) and where.file_split == h.train_split
@@ -274,11 +331,12 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
             names = value if key == "columns" else [value] if key.endswith("_column") and value else None
             for column in names or []:
                 flags.setdefault(column, f"--data.init_args.{key}")
-        where = {name: Where(f"{h.dataset} ({name} split)", h.dataset, split, h.data_files, flags)
+        label = f"source {self.source_name!r}: {h.dataset}" if self.source_name else h.dataset
+        where = {name: Where(f"{label} ({name} split)", h.dataset, split, h.data_files, flags)
                  for name, split in (("train", h.train_split), ("validation", h.val_split), ("test", h.test_split))
                  if split is not None}
         if h.val_size and (h.val_split is None or h.val_split not in raw):  # rows of the train files
-            where["validation"] = Where(f"{h.dataset} (validation rows held out of the {h.train_split} split by "
+            where["validation"] = Where(f"{label} (validation rows held out of the {h.train_split} split by "
                                         f"--data.init_args.val_size)", h.dataset, h.train_split, h.data_files, flags)
         return where
 
@@ -348,6 +406,20 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         batches after the ones trained, which are those batches only if none of this changed. The data is identified
         by its rows: their count and a hash of up to 1,000 of them spread over the split (the train files' names and
         sizes for a stream), so a moved copy of the same data still resumes."""
+        if self._batch_order is None and self.sources:
+            h = self.hparams
+            order = {"--data.init_args.sampling": h.sampling, "--data.init_args.seed": h.seed,
+                     "--data.init_args.sources (names, in order)": list(self.sources)}
+            for name, source in self.sources.items():
+                source.trainer = self.trainer
+                for key, value in source.batch_order().items():
+                    option = key.split(" ", 1)[0].removeprefix("--data.init_args.")
+                    if option in source.source_options:
+                        key = key.replace(f"--data.init_args.{option}", source_flag(name, option), 1)
+                    order[f"source {name!r}: {key}"] = value
+                if h.sampling == "weighted":
+                    order[source_flag(name, "weight")] = source.mixture_weight
+            self._batch_order = order
         if self._batch_order is None:
             h, source = self.hparams, self.train_source
             options = self.loader_options() if self.trainer is not None else {"num_workers": h.num_workers}
@@ -376,25 +448,41 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         if isinstance(batch, dict) and REPORT in batch:  # what a stream's worker skipped since its last batch
-            self._epoch_report.add(batch.pop(REPORT))
+            owner = self.sources[batch[SOURCE]] if self.sources and SOURCE in batch else self
+            owner._epoch_report.add(batch.pop(REPORT))
         return batch
 
-    def training_rows(self, positions: list[int], total: int | None = None) -> str | None:
-        """Training rows (``__row__`` values) as a user finds them (files and 1-based lines); None before ``setup``."""
+    def training_rows(self, positions: list[int], total: int | None = None, source: str | None = None) -> str | None:
+        """Training rows (``__row__`` values, of ``source`` in a mixture) as a user finds them (files and 1-based
+        lines); None before ``setup``."""
+        if self.sources:
+            part = self.sources.get(source)
+            rows = part.training_rows(positions, total) if part is not None else None
+            return f"source {source!r}: {rows}" if rows else None
         where = self.where.get("train")
         return None if where is None else where.rows(positions, total=total)
 
     def report_epoch(self, epoch: int) -> None:
-        """Log what this rank's stream skipped or read twice in the epoch that ended, then start counting anew."""
+        """Log what this rank's stream skipped or read twice in the epoch that ended, then start counting anew (every
+        source of a mixture, and which sources weighted sampling read again)."""
+        for source in self.sources.values():
+            source.trainer = self.trainer
+            source.report_epoch(epoch)
+        sampler = getattr(self.train_source, "sampler", None)
+        if sampler is not None and any(sampler.rereads) and self.rank()[0] == 0:
+            log.warning("epoch %d: weighted sampling drew more batches than a pass holds from %s: read again, "
+                        "reshuffled", epoch, ", ".join(f"{name!r} ({count} more pass(es))" for name, count in
+                                                       zip(self.sources, sampler.rereads) if count))
         report, self._epoch_report = self._epoch_report, EpochReport()
         rank = self.rank()[0]
+        label = f"source {self.source_name!r}: " if self.source_name else ""
         if report.skipped:
-            log.warning("epoch %d, rank %d: %d training row(s) skipped, e.g.:\n  %s", epoch, rank, report.skipped,
-                        "\n  ".join(report.examples))
+            log.warning("%sepoch %d, rank %d: %d training row(s) skipped, e.g.:\n  %s", label, epoch, rank,
+                        report.skipped, "\n  ".join(report.examples))
         if report.repeated_passes:
-            log.warning("epoch %d, rank %d: a worker's shards ran out %d time(s) before the epoch's batches were "
-                        "complete and were read again (more skipped rows or fewer shards than the others)", epoch,
-                        rank, report.repeated_passes)
+            log.warning("%sepoch %d, rank %d: a worker's shards ran out %d time(s) before the epoch's batches were "
+                        "complete and were read again (more skipped rows or fewer shards than the others)", label,
+                        epoch, rank, report.repeated_passes)
 
     @property
     def equal_batch_sizes(self) -> bool:
@@ -432,6 +520,10 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
             return self._eval_loader_cache[key]
         loaders = []
         for stream, values in self.streams[stage].items():
+            owner, own_name = self._stream_owner.get(stage, {}).get(stream, (self, stream))
+            collate = owner.stream_collator(own_name, stage)
+            if owner is not self:
+                collate = RenamedStream(collate, stream)
             # every rank gets the same number of items, at least one (a rank without a stream would skip the gather
             # that computes its metrics): the last ranks repeat a few first items, which the collector drops
             padded = -(-len(values) // world) * world
@@ -439,7 +531,7 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
             # longest texts first, as ST's encode does: batches of similar length waste less padding
             items.sort(key=lambda item: -len(item[1]) if isinstance(item[1], str) else 0)
             loaders.append(DataLoader(items, batch_size=self.hparams.eval_batch_size,
-                                      collate_fn=self.stream_collator(stream, stage), **options))
+                                      collate_fn=collate, **options))
         self._eval_loader_cache[key] = loaders
         return loaders
 
@@ -459,12 +551,25 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
     def item_columns(self, stage: str, stream: str) -> dict[str, list]:
         """What each item of an evaluation stream is, by id, as named columns (``train.py predict`` writes them next
         to the embeddings): its text."""
+        owner, own_name = self._stream_owner.get(stage, {}).get(stream, (self, stream))
+        if owner is not self:
+            return owner.item_columns(stage, own_name)
         return {"text": list(self.streams[stage][stream])}
 
     def test_dataloader(self) -> list[DataLoader]:
         if "test" not in self.streams:
             raise ValueError("no test split: set --data.init_args.test_split to the name of the dataset's test split")
         return self._eval_loaders("test")
+
+
+class RenamedStream:
+    """A source's evaluation collator whose batches carry the mixture's name of the stream."""
+
+    def __init__(self, collate: Callable, stream: str) -> None:
+        self.collate, self.stream = collate, stream
+
+    def __call__(self, items):
+        return {**self.collate(items), STREAM: self.stream}
 
 
 def _rows_hash(split: datasets.Dataset, columns: Sequence[str], rows: int = 1000) -> str:

@@ -31,12 +31,15 @@ class RetrievalTask:
 
     ``relevant[q]`` holds the ids (row positions) in ``corpus_stream`` that answer query ``q`` of ``query_stream``.
     The module encodes every stream once and scores all tasks (and all Matryoshka dims) from those embeddings.
+    ``source``: in a mixture, the training source whose validation data the task is; with tasks of several sources
+    the module also logs their mean (``metrics.keys.MEAN_TASK``).
     """
 
     name: str
     query_stream: str
     corpus_stream: str
     relevant: list[set[int]]
+    source: str = ""
 
 
 class RetrievalData(Protocol):
@@ -52,9 +55,9 @@ class RetrievalData(Protocol):
     def equal_batch_sizes(self) -> bool:
         """Whether every training batch on every rank has ``batch_size`` rows (what a cross-device gather needs)."""
 
-    def training_rows(self, positions: list[int], total: int | None = None) -> str | None:
-        """Training rows (a batch's ``rows``) as a user finds them: ``"lines 70, 91 of data/train.jsonl"``, and how
-        many of ``total`` are not named (``callbacks.nonfinite``)."""
+    def training_rows(self, positions: list[int], total: int | None = None, source: str | None = None) -> str | None:
+        """Training rows (a batch's ``rows``, of its ``source`` in a mixture) as a user finds them: ``"lines 70, 91 of
+        data/train.jsonl"``, and how many of ``total`` are not named (``callbacks.nonfinite``)."""
 
     def report_epoch(self, epoch: int) -> None:
         """Log what the training stream skipped or read twice in the epoch that ended (``callbacks.data_report``)."""

@@ -164,8 +164,17 @@ class ImageCaptionDataModule(RetrievalDataModule):
         self.pixel_offsets: dict[str, int] = {}  # each part's first image number in the pixel cache
 
     def connect(self, needs: DataNeeds) -> None:
+        if self.sources and "image" in needs.constant_towers:
+            raise ValueError("--model.init_args.cache_locked_image_tower looks image embeddings up in one table of the "
+                             "training and evaluation images, which a mixture of --data.init_args.sources does not "
+                             "build: turn the cache off (the locked tower then embeds the images each step)")
         super().connect(needs)
         self.image_table_in_model = "image" in needs.constant_towers
+
+    def source_defaults(self, name: str, count: int) -> dict:
+        """A source's metric keys start with its name (``val/<name>_cosine_…``), and the sources share the pixel
+        cache's room."""
+        return {"val_name": name, "test_name": name, "preprocess_cache_gb": self.hparams.preprocess_cache_gb / count}
 
     @property
     def keyed_train_images(self) -> bool:

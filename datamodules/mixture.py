@@ -26,16 +26,29 @@ DataLoader whose batches are each source's own collated batches, named by the so
 """
 
 import bisect
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+import contextvars
+import copy
+import logging
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.batches import SOURCE
+from datamodules.contract import RetrievalTask
 from datamodules.sampler import EpochBatchSampler, NoDuplicatesBatchSampler
 from datamodules.sources import MapStyleSource, TrainSource
+from metrics.keys import MEAN_TASK
 
-SAMPLINGS = ("proportional", "round_robin")
+log = logging.getLogger(__name__)
+
+SAMPLINGS = ("proportional", "round_robin", "weighted")
+# a datamodule's options that the mixture sets for every source: one seed orders all batches, one set of loader
+# workers serves them, one evaluation batch size
+MIXTURE_OPTIONS = ("sources", "sampling", "seed", "num_workers", "eval_batch_size")
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")
 
 
 def announced_batches(rows: int, batch_size: int, drop_last: bool) -> int:
@@ -45,44 +58,61 @@ def announced_batches(rows: int, batch_size: int, drop_last: bool) -> int:
 
 def check_sampling(sampling: str) -> None:
     if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+        raise ValueError(f"--data.init_args.sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
 
 
-def source_slots(counts: Sequence[int], sampling: str, seed: int, epoch: int) -> list[int]:
+def source_slots(counts: Sequence[int], sampling: str, seed: int, epoch: int,
+                 weights: Sequence[float] | None = None) -> list[int]:
     """The source of each batch slot of an epoch.
 
     Args:
         counts: each source's batch count (sentence-transformers' announced count in one process; the per-rank count
             under DDP).
-        sampling: ``proportional`` or ``round_robin``.
-        seed: with ``epoch``, seeds the proportional interleaving (``seed + epoch``, as sentence-transformers).
+        sampling: ``proportional``, ``round_robin`` or ``weighted``.
+        seed: with ``epoch``, seeds the proportional interleaving and the weighted draws (``seed + epoch``, as
+            sentence-transformers seeds its samplers).
         epoch: the epoch.
+        weights: ``weighted``: each source's weight (any positive numbers; normalised here).
 
     Returns:
         Source indices, one per slot; ``proportional``: each source ``counts[k]`` times; ``round_robin``: ``0, 1, …``
-        repeated ``min(counts)`` times.
+        repeated ``min(counts)`` times; ``weighted``: ``sum(counts)`` slots, each source drawn independently with
+        probability ``weights[k] / sum(weights)``.
     """
     check_sampling(sampling)
     if sampling == "round_robin":
         return [k for _ in range(min(counts, default=0)) for k in range(len(counts))]
-    sources = [k for k, count in enumerate(counts) for _ in range(count)]
     generator = torch.Generator().manual_seed(seed + epoch)
+    if sampling == "weighted":
+        if weights is None or len(weights) != len(counts) or min(weights, default=0) <= 0:
+            raise ValueError(f"weighted sampling needs one positive weight per source, got {weights}")
+        probabilities = torch.tensor(weights, dtype=torch.float64)
+        total = sum(counts)
+        return torch.multinomial(probabilities, total, replacement=True, generator=generator).tolist() if total else []
+    sources = [k for k, count in enumerate(counts) for _ in range(count)]
     return [sources[i] for i in torch.randperm(len(sources), generator=generator).tolist()]
+
+
+REREAD_SEED_STRIDE = 1_000_003  # pass p of an epoch is seeded seed + p × stride + epoch: no other pass's seed
 
 
 class MixtureBatchSampler(EpochBatchSampler):
     """Batches of row indices into the concatenation of the sources' rows (source ``k``'s rows follow those of sources
     ``0 … k-1``), each batch from one source, in the order described above.
 
+    With ``weighted`` sampling a source drawn more often than it has batches in the epoch is read again: its next pass
+    is shuffled anew (its seed moved by ``REREAD_SEED_STRIDE`` per pass), and ``rereads`` counts the passes.
+
     Args:
         samplers: one ``NoDuplicatesBatchSampler`` per source, over that source's rows, all with the same seed,
             ``num_replicas`` and ``rank``.
-        sampling: ``proportional`` or ``round_robin``.
+        sampling: ``proportional``, ``round_robin`` or ``weighted``.
         seed: seeds the interleaving with the epoch (sentence-transformers uses its trainer seed for both).
+        weights: ``weighted``: one positive weight per source.
     """
 
     def __init__(self, samplers: Sequence[NoDuplicatesBatchSampler], sampling: str = "proportional",
-                 seed: int = 0) -> None:
+                 seed: int = 0, weights: Sequence[float] | None = None) -> None:
         if not samplers:
             raise ValueError("a mixture needs at least one source")
         check_sampling(sampling)
@@ -90,6 +120,8 @@ class MixtureBatchSampler(EpochBatchSampler):
         self.samplers = list(samplers)
         self.sampling = sampling
         self.seed = seed
+        self.weights = list(weights) if weights is not None else None
+        self.rereads: list[int] = [0] * len(self.samplers)  # passes read again in the current epoch, per source
         self.offsets = [0]
         for sampler in self.samplers[:-1]:
             self.offsets.append(self.offsets[-1] + len(sampler.row_values))
@@ -104,9 +136,9 @@ class MixtureBatchSampler(EpochBatchSampler):
 
     def _form_batches(self) -> list[tuple[int, list[int]]]:
         """This rank's (source, batch) pairs of the current epoch, the batch's row indices local to its source."""
-        sharded = self._sharded()
+        sharded = self._sharded() or self.sampling == "weighted"
         if sharded:  # each source's batches on this rank (one-row batches already left out): counts all ranks share
-            per_source = [sampler.epoch_batches() for sampler in self.samplers]
+            per_source = [list(sampler.epoch_batches()) for sampler in self.samplers]
             counts = [len(batches) for batches in per_source]
         else:  # what sentence-transformers' samplers yield in their first pass, and the counts they announce
             per_source = [[batch for batch in s.st_batches() if not s.drop_last or len(batch) == s.batch_size]
@@ -115,13 +147,26 @@ class MixtureBatchSampler(EpochBatchSampler):
         if self.sampling == "round_robin":  # ST zips its samplers: as many rounds as the shortest one yields
             counts = [min(map(len, per_source))] * len(per_source)
         served, taken = [], [0] * len(self.samplers)
-        for k in source_slots(counts, self.sampling, self.seed, self.epoch):
+        self.rereads = [0] * len(self.samplers)
+        for k in source_slots(counts, self.sampling, self.seed, self.epoch, self.weights):
             if taken[k] == len(per_source[k]):
-                continue  # a source that formed fewer batches than announced: not reshuffled to fill its slots
+                if self.sampling != "weighted" or not per_source[k]:
+                    continue  # a source that formed fewer batches than announced: not reshuffled to fill its slots
+                self.rereads[k] += 1
+                per_source[k] += self._reread(k, self.rereads[k])
             batch, taken[k] = per_source[k][taken[k]], taken[k] + 1
             if sharded or len(batch) > 1 or self.samplers[k].batch_size == 1:  # (a one-row batch has no negative)
                 served.append((k, batch))
         return served
+
+    def _reread(self, k: int, read: int) -> list[list[int]]:
+        """Source ``k``'s batches of this epoch's pass ``read`` (the first is pass 0), shuffled with a seed of its
+        own."""
+        sampler = copy.copy(self.samplers[k])
+        sampler._cache = None
+        sampler.seed = self.samplers[k].seed + read * REREAD_SEED_STRIDE
+        sampler.set_epoch(self.epoch)
+        return list(sampler.epoch_batches())
 
     def _indices(self, batch: tuple[int, list[int]]) -> list[int]:
         k, rows = batch
@@ -134,16 +179,20 @@ class MixtureSource(TrainSource):
     Args:
         sources: name → that source's rows, value codes, batch size, ``drop_last`` and collate function (its own
             columns); a batch carries its source's name under ``SOURCE``.
-        sampling: ``proportional`` or ``round_robin``.
+        sampling: ``proportional``, ``round_robin`` or ``weighted``.
         seed: seeds every source's batches and the interleaving with the epoch (as sentence-transformers' trainer seed
             does); the sources' own seeds are not used.
+        weights: ``weighted``: one positive weight per source, in the order of ``sources``.
     """
 
-    def __init__(self, sources: Mapping[str, MapStyleSource], sampling: str = "proportional", seed: int = 0) -> None:
+    def __init__(self, sources: Mapping[str, MapStyleSource], sampling: str = "proportional", seed: int = 0,
+                 weights: Sequence[float] | None = None) -> None:
         if not sources:
             raise ValueError("a mixture needs at least one source")
         check_sampling(sampling)  # here, before any loader is built
         self.sources, self.sampling, self.seed = dict(sources), sampling, seed
+        self.weights = list(weights) if weights is not None else None
+        self.sampler: MixtureBatchSampler | None = None  # the current epoch's (its rereads are reported)
 
     @property
     def equal_batch_sizes(self) -> bool:
@@ -155,7 +204,7 @@ class MixtureSource(TrainSource):
         sources = list(self.sources.values())
         samplers = [NoDuplicatesBatchSampler(s.row_values, s.batch_size, drop_last=s.drop_last, seed=self.seed,
                                              num_replicas=world, rank=rank) for s in sources]
-        mixture = MixtureBatchSampler(samplers, self.sampling, self.seed)
+        mixture = self.sampler = MixtureBatchSampler(samplers, self.sampling, self.seed, self.weights)
         if resume is not None:
             mixture.resume(*resume)
         mixture.set_epoch(epoch)  # len() of this epoch
@@ -190,3 +239,86 @@ class MixtureCollator:
             raise RuntimeError(f"a mixture batch holds rows of {len(sources)} sources: {sorted(sources)}")
         (k,) = sources
         return {**self.collates[k]([row for _, row in items]), SOURCE: self.names[k]}
+
+
+def source_flag(name: str, key: str) -> str:
+    """The flag of option ``key`` of source ``name``."""
+    return f"--data.init_args.sources.{name}.{key}"
+
+
+@contextlib.contextmanager
+def source_errors(name: str, keys: Sequence[str]) -> Iterator[None]:
+    """Errors of source ``name``'s datamodule name the source, and the options it sets by their flag under
+    ``--data.init_args.sources.<name>`` (the others are the recipe's, which every source inherits)."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as err:
+        message = str(err.args[0]) if len(err.args) == 1 else str(err)
+        if keys:
+            pattern = re.compile(rf"--data\.init_args\.({'|'.join(map(re.escape, keys))})(?![A-Za-z0-9_])")
+            message = pattern.sub(lambda m: source_flag(name, m.group(1)), message)
+        if not message.startswith(f"source {name!r}"):
+            message = f"source {name!r} (--data.init_args.sources.{name}): {message}"
+        raise type(err)(message) from err
+
+
+def build_sources(parent, specs: Mapping[str, Mapping | None] | None, sampling: str) -> dict:
+    """One datamodule per source of ``--data.init_args.sources``, of the recipe's datamodule class: each takes the
+    recipe's data options (``parent.hparams``) with its own on top, and the mixture's own options
+    (``MIXTURE_OPTIONS``) from the recipe. A source's ``weight`` is kept as ``mixture_weight``."""
+    if not specs:
+        if sampling != SAMPLINGS[0]:
+            raise ValueError(f"--data.init_args.sampling {sampling} chooses among sources: name them with "
+                             f"--data.init_args.sources (or leave sampling at {SAMPLINGS[0]})")
+        return {}
+    check_sampling(sampling)
+    if not isinstance(specs, Mapping):
+        raise ValueError(f"--data.init_args.sources must map each source's name to its options, e.g. "
+                         f"{{docs: {{dataset: data/docs.jsonl}}, qa: {{dataset: data/qa.jsonl, val_size: 200}}}}; got "
+                         f"{specs!r}")
+    # (not what LightningCLI adds to the hyperparameters: "_class_path", "_instantiator")
+    inherited = {k: v for k, v in parent.hparams.items() if k not in MIXTURE_OPTIONS and not k.startswith("_")}
+    shared = {k: parent.hparams[k] for k in MIXTURE_OPTIONS if k not in ("sources", "sampling")}
+    children = {}
+    for name, spec in specs.items():
+        name = str(name)
+        if not SOURCE_NAME.match(name) or name == MEAN_TASK:
+            raise ValueError(f"--data.init_args.sources: a source's name starts metric keys (val/{name}_cosine_ndcg@10) "
+                             f"and file names: use letters, digits, '_' and '-' (not starting with '_' or '-'), and "
+                             f"not {MEAN_TASK!r} (the mean over sources); got {name!r}")
+        spec = dict(spec or {})
+        weight = spec.pop("weight", None)
+        if weight is not None and sampling != "weighted":
+            raise ValueError(f"{source_flag(name, 'weight')} is read by weighted sampling only: set "
+                             f"--data.init_args.sampling weighted, or drop the weight ({sampling} sampling draws "
+                             f"{'by size' if sampling == 'proportional' else 'each source in turn'})")
+        if sampling == "weighted" and not (isinstance(weight, (int, float)) and weight > 0 if weight is not None
+                                           else True):
+            raise ValueError(f"{source_flag(name, 'weight')} must be a number > 0, got {weight!r}")
+        for key in spec:
+            if key in MIXTURE_OPTIONS:
+                raise ValueError(f"{source_flag(name, key)}: {key} is the mixture's, shared by every source: set "
+                                 f"--data.init_args.{key}")
+            if key not in inherited:
+                raise ValueError(f"{source_flag(name, key)}: {type(parent).__name__} has no option {key!r}; a source "
+                                 f"takes {', '.join(sorted(inherited))} and weight")
+        options = {**inherited, **parent.source_defaults(name, len(specs)), **spec, **shared}
+        with source_errors(name, list(spec)):
+            # in a context of its own: LightningCLI hands the recipe's datamodule its hyperparameters through a
+            # context variable, which save_hyperparameters would read in the source's __init__ too
+            child = contextvars.Context().run(type(parent), **options)
+        child.source_name, child.source_options = name, list(spec)
+        child.mixture_weight = float(weight) if weight is not None else 1.0
+        children[name] = child
+    return children
+
+
+def source_task(source: str, task: RetrievalTask, streams: Mapping[str, str]) -> RetrievalTask:
+    """A source's evaluation task as the mixture names it: its set is the source's name (a text source's one unnamed
+    task), or starts with it; its streams are the mixture's names of the source's streams."""
+    name = task.name
+    if not name:
+        name = source
+    elif name != source and not name.startswith(f"{source}-"):
+        name = f"{source}-{name}"
+    return RetrievalTask(name, streams[task.query_stream], streams[task.corpus_stream], task.relevant, source=source)

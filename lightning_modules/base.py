@@ -23,7 +23,7 @@ from lightning_modules.gradcache import cached_step
 from lightning_modules.optim import build_optimizer, uses_loss_scaler
 from metrics.collector import EmbeddingCollector
 from metrics.functional import information_retrieval_metrics
-from metrics.keys import PRIMARY_METRIC, metric_key, parse_metric_key
+from metrics.keys import MEAN_TASK, PRIMARY_METRIC, metric_key, parse_metric_key
 from reporting.metrics_log import log_row
 from reporting.tables import format_table
 
@@ -248,7 +248,7 @@ class EmbeddingModule(L.LightningModule):
                 shards[name] = collector.shard(rank, world, queries.get(name))
         self._collectors.clear()
         gather = self.all_gather if world > 1 else None
-        metrics = {}
+        metrics, means = {}, {}
         for task in tasks:
             ids, corpus, size = shards[task.corpus_stream]
             for dim in self.eval_dims:
@@ -256,19 +256,25 @@ class EmbeddingModule(L.LightningModule):
                                                        truncate_dim=dim, corpus_ids=ids, corpus_size=size,
                                                        gather=gather)
                 metrics.update({metric_key(stage, task.name, dim, k): v for k, v in values.items()})
+                for k, v in values.items():
+                    means.setdefault(metric_key(stage, MEAN_TASK, dim, k), []).append(v)
+        if _has_mean(tasks):  # a mixture: each source's tasks, and their mean (every task weighs the same)
+            metrics.update({key: sum(values) / len(values) for key, values in means.items()})
         return metrics
 
     def main_metric(self, stage: str) -> str:
-        """The progress-bar metric: nDCG@10 of the first task at the largest dim."""
-        return metric_key(stage, self.data.retrieval_tasks(stage)[0].name, self.eval_dims[0],
-                          PRIMARY_METRIC)
+        """The progress-bar metric: nDCG@10 of the first task (a mixture's: the mean over its sources) at the
+        largest dim."""
+        tasks = self.data.retrieval_tasks(stage)
+        return metric_key(stage, MEAN_TASK if _has_mean(tasks) else tasks[0].name, self.eval_dims[0], PRIMARY_METRIC)
 
     def metric_keys(self, stage: str) -> list[str]:
         """Every key an evaluation of ``stage`` logs, known before any evaluation runs (to check monitors)."""
         one = torch.eye(2)  # the metric names come from the function that computes them, on two items
         names = information_retrieval_metrics(one, one, [[0], [1]]).keys()
-        return [metric_key(stage, task.name, dim, name) for task in self.data.retrieval_tasks(stage)
-                for dim in self.eval_dims for name in names]
+        tasks = self.data.retrieval_tasks(stage)
+        sets = [task.name for task in tasks] + [MEAN_TASK] * _has_mean(tasks)
+        return [metric_key(stage, name_, dim, name) for name_ in sets for dim in self.eval_dims for name in names]
 
     @torch.no_grad()
     def _evaluate_now(self) -> dict[str, float]:
@@ -326,3 +332,8 @@ class EmbeddingModule(L.LightningModule):
         self.history.append((-1, metrics))
         log_row(self.trainer, {str(replace(parse_metric_key(k), base=True)): v for k, v in metrics.items()}, step=0)
         rank_zero_info(format_table({"base model": metrics}, "val"))
+
+
+def _has_mean(tasks) -> bool:
+    """Whether evaluation logs the mean over tasks: they are the tasks of several sources of a mixture."""
+    return len({task.source for task in tasks if task.source}) > 1

@@ -26,6 +26,8 @@ SIMILARITIES = ("cosine", "dot")
 ST_SIMILARITIES = (*SIMILARITIES, "euclidean", "manhattan")
 PRIMARY_METRIC = "cosine_ndcg@10"  # the progress bar's, the plot's and, unless a monitor says otherwise, the card's
 STAGES = ("val", "test")
+TRAIN_LOSS = "train/loss"  # the training loss over all batches, as sentence-transformers' trainer logs ``loss``
+MEAN_TASK = "mean"  # the evaluation set of the mean over the tasks of a mixture's sources: no source takes the name
 BASE_SUFFIX = "_base"
 
 # a similarity prefix at the start of the key or right after a '_' (set names may hold '_' and '-', metrics do not
@@ -124,3 +126,15 @@ def parse_metric_key(key: str) -> MetricKey:
 
 def _set_name(task: str, dim: int | None) -> str:
     return "_".join(part for part in (task, f"dim_{dim}" if dim else "") if part)
+
+
+def source_loss_key(source: str) -> str:
+    """The training loss of one source of a mixture: ``train/<source>_loss``."""
+    return f"train/{source}_loss"
+
+
+def loss_source(key: str) -> str | None:
+    """The source whose training loss ``key`` is (``source_loss_key``'s inverse); None for another key."""
+    if key.startswith("train/") and key.endswith("_loss") and key != TRAIN_LOSS:
+        return key[len("train/"):-len("_loss")] or None
+    return None

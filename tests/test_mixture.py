@@ -94,7 +94,7 @@ def test_round_robin_alternates_sources_until_the_smallest_is_used_up():
     assert source_slots([3, 1, 2], "round_robin", 0, 0) == [0, 1, 2]
     assert Counter(source_slots([3, 1, 2], "proportional", 0, 0)) == {0: 3, 1: 1, 2: 2}
     assert source_slots([3, 1, 2], "proportional", 0, 0) != source_slots([3, 1, 2], "proportional", 0, 1)
-    with pytest.raises(ValueError, match="sampling must be one of proportional, round_robin, got 'random'"):
+    with pytest.raises(ValueError, match="sampling must be one of proportional, round_robin, weighted, got 'random'"):
         source_slots([1], "random", 0, 0)
 
 
@@ -145,5 +145,5 @@ def test_a_mixture_loader_serves_each_source_s_own_batches_in_the_mixture_s_orde
     resumed = source.dataloader(epoch=1, rank=0, world=1, options=options, resume=(1, 4))
     assert len(resumed) == len(served) and [b["rows"] for b in resumed] == [rows for _, rows, _ in served[4:]]
     assert not source.equal_batch_sizes  # without drop_last the last batches may be smaller
-    with pytest.raises(ValueError, match="sampling must be one of proportional, round_robin, got 'weighted'"):
-        MixtureSource({"qa": map_style(data[0], 8)}, "weighted")
+    with pytest.raises(ValueError, match="sampling must be one of proportional, round_robin, weighted, got 'size'"):
+        MixtureSource({"qa": map_style(data[0], 8)}, "size")
