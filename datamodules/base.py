@@ -21,7 +21,7 @@ from datamodules.checks import check_batches, check_columns, check_eval_size, ch
 from datamodules.contract import DataNeeds, RetrievalTask
 from datamodules.loading import count_rows, load_splits
 from datamodules.locations import Where
-from datamodules.mixture import MixtureSource, build_sources, source_errors, source_flag, source_task
+from datamodules.mixture import MixtureSource, StreamMixtureSource, build_sources, source_errors, source_flag, source_task
 from datamodules.sources import EpochReport, MapStyleSource, StreamingSource, TrainSource
 from datamodules.splits import HOLD_OUT, arrow_columns, check_val_size, materialize, pick_splits, select_split, \
     split_not_found
@@ -283,8 +283,8 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         if isinstance(train, datasets.Dataset):
             train = self.splits["train"]
             if h.streaming:  # a built-in dataset, generated in memory: streamed all the same
-                self.train_source = self._streaming_source(train.to_iterable_dataset(num_shards=min(len(train), 8)),
-                                                           len(train))
+                self.train_source = None
+                self.train_source = self.stream_source()
             else:
                 codes = self.row_codes(train) if h.no_duplicates else np.arange(len(train))[:, None]
                 self.train_source = MapStyleSource(train, codes, h.batch_size, h.drop_last, h.seed,
@@ -308,14 +308,27 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
                     self._stream_owner.setdefault(stage_name, {})[qualified] = (source, stream)
                 self.tasks.setdefault(stage_name, []).extend(
                     source_task(name, task, names) for task in source.tasks[stage_name])
-        streamed = [name for name, source in self.sources.items() if not isinstance(source.train_source, MapStyleSource)]
-        if streamed:
-            raise ValueError(f"--data.init_args.sources: {', '.join(streamed)} stream(s) their training split; a "
-                             f"mixture of streamed sources is not served yet: drop streaming from them")
         h = self.hparams
         weights = [source.mixture_weight for source in self.sources.values()] if h.sampling == "weighted" else None
-        self.train_source = MixtureSource({name: source.train_source for name, source in self.sources.items()},
-                                          h.sampling, h.seed, weights)
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        if all(isinstance(source.train_source, MapStyleSource) for source in self.sources.values()):
+            self.train_source = MixtureSource({name: source.train_source for name, source in self.sources.items()},
+                                              h.sampling, h.seed, weights, accumulate)
+            return
+        # a source streams: the others join as streams of their prepared rows
+        self.train_source = StreamMixtureSource({name: source.stream_source() for name, source in self.sources.items()},
+                                                h.sampling, h.seed, weights, accumulate)
+
+    def stream_source(self) -> StreamingSource:
+        """The training source as a stream (``setup`` done): a map-style split is read as a stream of its rows."""
+        if isinstance(self.train_source, StreamingSource):
+            return self.train_source
+        train = self.splits["train"]
+        return self._streaming_source(train.to_iterable_dataset(num_shards=min(len(train), 8)), len(train))
+
+    def _label(self, text: str) -> str:
+        """``text`` as messages say it: a source of a mixture names itself first."""
+        return f"source {self.source_name!r}: {text}" if self.source_name else text
 
     def _check_eval_size(self, split_name: str, streams: dict[str, list], tasks: list[RetrievalTask]) -> None:
         h, where = self.hparams, self.where[split_name]
@@ -331,7 +344,7 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
             names = value if key == "columns" else [value] if key.endswith("_column") and value else None
             for column in names or []:
                 flags.setdefault(column, f"--data.init_args.{key}")
-        label = f"source {self.source_name!r}: {h.dataset}" if self.source_name else h.dataset
+        label = self._label(h.dataset)
         where = {name: Where(f"{label} ({name} split)", h.dataset, split, h.data_files, flags)
                  for name, split in (("train", h.train_split), ("validation", h.val_split), ("test", h.test_split))
                  if split is not None}
@@ -378,7 +391,7 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
             stream, rows, max_steps=trainer.max_steps if trainer is not None else -1,
             accumulate=trainer.accumulate_grad_batches if trainer is not None else 1, batch_size=h.batch_size,
             seed=h.seed, buffer_size=h.shuffle_buffer, window=h.stream_window or 8 * h.batch_size, admit=admit,
-            collate=self.train_collator(), where=f"{h.dataset} (train stream)")
+            collate=self.train_collator(), where=self._label(f"{h.dataset} (train stream)"))
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self.rank()
@@ -408,7 +421,9 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         sizes for a stream), so a moved copy of the same data still resumes."""
         if self._batch_order is None and self.sources:
             h = self.hparams
+            accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
             order = {"--data.init_args.sampling": h.sampling, "--data.init_args.seed": h.seed,
+                     "--trainer.accumulate_grad_batches (a step's batches come from one source)": accumulate,
                      "--data.init_args.sources (names, in order)": list(self.sources)}
             for name, source in self.sources.items():
                 source.trainer = self.trainer
@@ -475,7 +490,7 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
                                                        zip(self.sources, sampler.rereads) if count))
         report, self._epoch_report = self._epoch_report, EpochReport()
         rank = self.rank()[0]
-        label = f"source {self.source_name!r}: " if self.source_name else ""
+        label = self._label("")
         if report.skipped:
             log.warning("%sepoch %d, rank %d: %d training row(s) skipped, e.g.:\n  %s", label, epoch, rank,
                         report.skipped, "\n  ".join(report.examples))

@@ -31,15 +31,18 @@ import contextvars
 import copy
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from datasets.distributed import split_dataset_by_node
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from datamodules.batches import SOURCE
 from datamodules.contract import RetrievalTask
 from datamodules.sampler import EpochBatchSampler, NoDuplicatesBatchSampler
-from datamodules.sources import MapStyleSource, TrainSource
+from datamodules.sources import MapStyleSource, SkipFirst, StreamBatches, StreamingSource, TrainSource
 from metrics.keys import MEAN_TASK
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,22 @@ def source_slots(counts: Sequence[int], sampling: str, seed: int, epoch: int,
     return [sources[i] for i in torch.randperm(len(sources), generator=generator).tolist()]
 
 
+def batch_sources(counts: Sequence[int], sampling: str, seed: int, epoch: int, weights: Sequence[float] | None = None,
+                  accumulate: int = 1) -> list[int]:
+    """The source of each batch of an epoch on one rank: :func:`source_slots` drawn over each source's groups of
+    ``accumulate`` batches (``--trainer.accumulate_grad_batches``), each slot expanded into its group, so that an
+    optimizer step's batches all come from one source, and one process accumulating ``n`` batches trains the batches
+    that ``n`` processes train at a step. A source's last group may be smaller (its batches do not divide)."""
+    groups = [-(-count // accumulate) for count in counts]
+    left = list(counts)
+    order = []
+    for k in source_slots(groups, sampling, seed, epoch, weights):
+        size = accumulate if sampling == "weighted" else min(accumulate, left[k])  # (weighted: a source is re-read)
+        left[k] -= size
+        order += [k] * size
+    return order
+
+
 REREAD_SEED_STRIDE = 1_000_003  # pass p of an epoch is seeded seed + p × stride + epoch: no other pass's seed
 
 
@@ -109,10 +128,12 @@ class MixtureBatchSampler(EpochBatchSampler):
         sampling: ``proportional``, ``round_robin`` or ``weighted``.
         seed: seeds the interleaving with the epoch (sentence-transformers uses its trainer seed for both).
         weights: ``weighted``: one positive weight per source.
+        accumulate: batches per optimizer step (``--trainer.accumulate_grad_batches``): the order is drawn over groups
+            of this many batches of one source (:func:`batch_sources`).
     """
 
     def __init__(self, samplers: Sequence[NoDuplicatesBatchSampler], sampling: str = "proportional",
-                 seed: int = 0, weights: Sequence[float] | None = None) -> None:
+                 seed: int = 0, weights: Sequence[float] | None = None, accumulate: int = 1) -> None:
         if not samplers:
             raise ValueError("a mixture needs at least one source")
         check_sampling(sampling)
@@ -121,6 +142,7 @@ class MixtureBatchSampler(EpochBatchSampler):
         self.sampling = sampling
         self.seed = seed
         self.weights = list(weights) if weights is not None else None
+        self.accumulate = accumulate
         self.rereads: list[int] = [0] * len(self.samplers)  # passes read again in the current epoch, per source
         self.offsets = [0]
         for sampler in self.samplers[:-1]:
@@ -136,26 +158,28 @@ class MixtureBatchSampler(EpochBatchSampler):
 
     def _form_batches(self) -> list[tuple[int, list[int]]]:
         """This rank's (source, batch) pairs of the current epoch, the batch's row indices local to its source."""
-        sharded = self._sharded() or self.sampling == "weighted"
-        if sharded:  # each source's batches on this rank (one-row batches already left out): counts all ranks share
-            per_source = [list(sampler.epoch_batches()) for sampler in self.samplers]
-            counts = [len(batches) for batches in per_source]
-        else:  # what sentence-transformers' samplers yield in their first pass, and the counts they announce
+        # sentence-transformers' order where it has one: one process, one batch per step, by size or in turn
+        as_st = not self._sharded() and self.sampling != "weighted" and self.accumulate == 1
+        if as_st:  # what sentence-transformers' samplers yield in their first pass, and the counts they announce
             per_source = [[batch for batch in s.st_batches() if not s.drop_last or len(batch) == s.batch_size]
                           for s in self.samplers]
             counts = [announced_batches(len(s.row_values), s.batch_size, s.drop_last) for s in self.samplers]
-        if self.sampling == "round_robin":  # ST zips its samplers: as many rounds as the shortest one yields
-            counts = [min(map(len, per_source))] * len(per_source)
+            if self.sampling == "round_robin":  # ST zips its samplers: as many rounds as the shortest one yields
+                counts = [min(map(len, per_source))] * len(per_source)
+        else:  # each source's batches on this rank (one-row batches already left out): counts all ranks share
+            per_source = [list(sampler.epoch_batches()) for sampler in self.samplers]
+            counts = [len(batches) for batches in per_source]
         served, taken = [], [0] * len(self.samplers)
         self.rereads = [0] * len(self.samplers)
-        for k in source_slots(counts, self.sampling, self.seed, self.epoch, self.weights):
+        for k in batch_sources(counts, self.sampling, self.seed, self.epoch, self.weights,
+                               1 if as_st else self.accumulate):
             if taken[k] == len(per_source[k]):
                 if self.sampling != "weighted" or not per_source[k]:
                     continue  # a source that formed fewer batches than announced: not reshuffled to fill its slots
                 self.rereads[k] += 1
                 per_source[k] += self._reread(k, self.rereads[k])
             batch, taken[k] = per_source[k][taken[k]], taken[k] + 1
-            if sharded or len(batch) > 1 or self.samplers[k].batch_size == 1:  # (a one-row batch has no negative)
+            if not as_st or len(batch) > 1 or self.samplers[k].batch_size == 1:  # (a one-row batch: no negative)
                 served.append((k, batch))
         return served
 
@@ -183,15 +207,18 @@ class MixtureSource(TrainSource):
         seed: seeds every source's batches and the interleaving with the epoch (as sentence-transformers' trainer seed
             does); the sources' own seeds are not used.
         weights: ``weighted``: one positive weight per source, in the order of ``sources``.
+        accumulate: batches per optimizer step (``--trainer.accumulate_grad_batches``): a step's batches come from one
+            source.
     """
 
     def __init__(self, sources: Mapping[str, MapStyleSource], sampling: str = "proportional", seed: int = 0,
-                 weights: Sequence[float] | None = None) -> None:
+                 weights: Sequence[float] | None = None, accumulate: int = 1) -> None:
         if not sources:
             raise ValueError("a mixture needs at least one source")
         check_sampling(sampling)  # here, before any loader is built
         self.sources, self.sampling, self.seed = dict(sources), sampling, seed
         self.weights = list(weights) if weights is not None else None
+        self.accumulate = accumulate
         self.sampler: MixtureBatchSampler | None = None  # the current epoch's (its rereads are reported)
 
     @property
@@ -204,13 +231,112 @@ class MixtureSource(TrainSource):
         sources = list(self.sources.values())
         samplers = [NoDuplicatesBatchSampler(s.row_values, s.batch_size, drop_last=s.drop_last, seed=self.seed,
                                              num_replicas=world, rank=rank) for s in sources]
-        mixture = self.sampler = MixtureBatchSampler(samplers, self.sampling, self.seed, self.weights)
+        mixture = self.sampler = MixtureBatchSampler(samplers, self.sampling, self.seed, self.weights, self.accumulate)
         if resume is not None:
             mixture.resume(*resume)
         mixture.set_epoch(epoch)  # len() of this epoch
         rows = ConcatenatedRows([s.dataset for s in sources], mixture.offsets)
         collate = MixtureCollator(list(self.sources), [s.collate for s in sources])
         return DataLoader(rows, batch_sampler=mixture, collate_fn=collate, **options)
+
+
+class StreamMixtureSource(TrainSource):
+    """Several streamed sources, each batch from one of them: a map-style source joins a streamed mixture as a stream
+    of its prepared rows.
+
+    Every rank serves ``steps_per_epoch`` slots per epoch, drawn by :func:`source_slots` over each source's batches
+    per rank (``StreamingSource.steps_per_epoch``, the same on every rank), so every rank trains the same source at
+    every step. The DataLoader takes slot ``i`` from worker ``i % W``; each worker reads its shards of every source
+    and forms only the batches of its own slots, so a source is read no faster than it is drawn, and nothing is read
+    before the first step needs it. A source drawn more often than its rows fill (weighted sampling) is read again,
+    reshuffled, and reported, as a lone stream that runs dry is.
+
+    Args:
+        sources: name → that source's ``StreamingSource``.
+        sampling: ``proportional``, ``round_robin`` or ``weighted``.
+        seed: seeds the interleaving with the epoch (each source's shuffling keeps its own seed, the mixture's).
+        weights: ``weighted``: one positive weight per source, in the order of ``sources``.
+        accumulate: batches per optimizer step: a step's batches come from one source.
+    """
+
+    def __init__(self, sources: Mapping[str, StreamingSource], sampling: str = "proportional", seed: int = 0,
+                 weights: Sequence[float] | None = None, accumulate: int = 1) -> None:
+        if not sources:
+            raise ValueError("a mixture needs at least one source")
+        check_sampling(sampling)
+        self.sources, self.sampling, self.seed = dict(sources), sampling, seed
+        self.weights = list(weights) if weights is not None else None
+        self.accumulate = accumulate
+        unknown = [name for name, source in self.sources.items() if source.rows is None]
+        if unknown and sampling == "proportional":
+            raise ValueError(f"--data.init_args.sampling proportional draws each source by its size, and the length of "
+                             f"{', '.join(repr(n) for n in unknown)} is unknown (a stream without a row count): set "
+                             f"{' and '.join(source_flag(n, 'max_train_rows') for n in unknown)}, or sample by "
+                             f"weight (--data.init_args.sampling weighted) or in turn (round_robin)")
+        # with a source of unknown length the run is one epoch of --trainer.max_steps steps (as a lone stream's)
+        self.limit = next(iter(self.sources.values())).max_steps * accumulate if unknown else None
+
+    @property
+    def equal_batch_sizes(self) -> bool:
+        return True
+
+    def order(self, counts: Sequence[int], epoch: int) -> list[int]:
+        """The source of each of the epoch's batches on a rank whose sources have ``counts`` batches."""
+        return batch_sources(counts, self.sampling, self.seed, epoch, self.weights, self.accumulate)[:self.limit]
+
+    def steps_per_epoch(self, world: int) -> int:
+        return len(self.order([source.steps_per_epoch(world) for source in self.sources.values()], 0))
+
+    def dataloader(self, *, epoch: int, rank: int, world: int, options: dict,
+                   resume: tuple[int, int] | None = None) -> DataLoader:
+        sources = list(self.sources.values())
+        streams = [split_dataset_by_node(source.stream, rank=rank, world_size=world) for source in sources]
+        shards = min(stream.num_shards for stream in streams)
+        if options["num_workers"] > shards:  # every worker reads its own shards of every source
+            log.warning("a mixture of streamed sources: %d DataLoader workers but a source with %d shard(s) on this "
+                        "rank: using %d (split the data into more files for more)", options["num_workers"], shards,
+                        shards)
+            options = {**options, "num_workers": shards, "persistent_workers": True}
+        steps = self.steps_per_epoch(world)
+        if resume is not None and resume[1] >= steps:
+            epoch, resume = resume[0] + 1, None  # saved after the epoch's last batch: the next epoch starts afresh
+        workers = max(1, options["num_workers"])
+        skip = 0 if resume is None else resume[1]
+        parts = [StreamBatches(stream, source.steps_per_epoch(world), epoch, self.seed, source.buffer_size,
+                               source.batch_size, source.window, source.admit, source.collate,
+                               f"{source.where} rank {rank}") for source, stream in zip(sources, streams)]
+        counts = [part.steps for part in parts]
+        batches = MixtureStreamBatches(parts, list(self.sources), partial(self.order, counts), epoch,
+                                       skip=skip // workers)
+        # as a lone stream: each worker skips its share of the trained slots, the loader the few left before slot k
+        return SkipFirst(batches, skip=skip % workers, batch_size=None, **options)
+
+
+class MixtureStreamBatches(IterableDataset):
+    """One rank's batches of a streamed mixture: worker ``w`` of ``W`` serves slots ``w, w + W, …`` of each epoch,
+    drawing each slot's batch from that source's stream (its share of the source's shards)."""
+
+    def __init__(self, parts: Sequence[StreamBatches], names: Sequence[str], order: Callable[[int], list[int]],
+                 epoch: int, skip: int = 0) -> None:
+        """``order(epoch)``: the source of each of the epoch's batches on this rank (``batch_sources``)."""
+        self.parts, self.names, self.order, self.epoch, self.skip = list(parts), list(names), order, epoch, skip
+
+    def __len__(self) -> int:
+        return len(self.order(self.epoch))
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        epoch, self.epoch = self.epoch, self.epoch + 1  # persistent workers keep this object: each pass is an epoch
+        skip, self.skip = self.skip, 0  # resuming: this worker's slots already trained (the first epoch only)
+        mine = self.order(epoch)[worker::workers]
+        quotas, skipped = Counter(mine), Counter(mine[:skip])
+        # formed lazily: a source is first read when its first slot comes
+        batches = {k: self.parts[k].batches(worker, epoch, quotas[k], skipped[k]) for k in quotas}
+        for k in mine[skip:]:
+            batch = next(batches[k])
+            batch[SOURCE] = self.names[k]
+            yield batch
 
 
 class ConcatenatedRows(Dataset):

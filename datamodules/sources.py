@@ -198,8 +198,13 @@ class StreamBatches(IterableDataset):
         epoch, self.epoch = self.epoch, self.epoch + 1
         # DataLoader takes batches from the workers in turn, so worker w serves every workers-th batch
         quota = self.steps // workers + (worker < self.steps % workers)
-        report, produced, passes = EpochReport(), 0, 0
         skip, self.skip = self.skip, 0  # resuming: this worker's batches already trained (the first epoch only)
+        return self.batches(worker, epoch, quota, skip)
+
+    def batches(self, worker: int, epoch: int, quota: int, skip: int = 0) -> Iterator[dict]:
+        """This worker's ``quota`` batches of ``epoch`` (its shards read again, reshuffled, until they are formed),
+        the first ``skip`` of them formed but neither collated nor yielded (a resumed epoch's trained ones)."""
+        report, produced, passes = EpochReport(), 0, 0
         while produced < quota:
             # the same generator in every worker of the rank: on their first pass they agree on the shard order,
             # so each reads shards of its own

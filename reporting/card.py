@@ -126,6 +126,8 @@ class DatasetInfo:
             "max: 156 characters"]`` or ``["mode: RGB", "size: 640×480 (most common)"]``; rendered as a ``<ul>``.
         samples: up to 3 rows, column → value already as a string; the renderer escapes and wraps it in ``<code>``.
         stats_rows: rows the statistics were computed on ("based on the first N samples").
+        weight: a training source's share under weighted sampling (``--data.init_args.sources.<name>.weight``), as
+            a fraction of all sources' weights; None: not sampled by weight.
     """
 
     name: str
@@ -137,6 +139,7 @@ class DatasetInfo:
     details: dict[str, list[str]] = field(default_factory=dict)
     samples: list[dict[str, str]] = field(default_factory=list)
     stats_rows: int = 1000
+    weight: float | None = None
 
 
 @dataclass
@@ -710,6 +713,8 @@ def _dataset_section(info: DatasetInfo, kind: str, card: CardData) -> str:
     lines.append(dataset)
     if info.size is not None:
         lines.append(f"* Size: {info.size:,} {kind} samples")
+    if info.weight is not None:
+        lines.append(f"* Sampling weight: {info.weight:.1%} of the batches (weighted sampling)")
     if info.columns:
         lines.append(f"* Columns: {_join([f'<code>{escape_cell(c)}</code>' for c in info.columns])}")
     if info.types or info.details:

@@ -53,13 +53,25 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
     losses = _losses(module.loss)
     steps_per_epoch = max(1, -(-trainer.num_training_batches // trainer.accumulate_grad_batches)) if (
         trainer.num_training_batches not in (None, float("inf"))) else None
-    heads = {split: datamodule.head(split, STATS_ROWS) for split in ("train", "validation", "test")}
-    infos = {split: _dataset_info(datamodule, split, head) for split, head in heads.items()}
-    train = infos["train"]
-    # both may come from one dataset: say which split
-    evals = [{**info, "name": f"{info['name']} ({split})"} for split in ("validation", "test")
-             if (info := infos[split])]
-    widget_split = "validation" if infos["validation"] else "train"  # sentence-transformers': eval, else train data
+    # a mixture's sources, each a datamodule of its own (datamodules.mixture), else the one dataset
+    parts = dict(getattr(datamodule, "sources", None) or {None: datamodule})
+    weighted = None not in parts and datamodule.hparams.get("sampling") == "weighted"
+    weights = {name: part.mixture_weight for name, part in parts.items()} if weighted else {}
+    trains, evals, widget_rows = [], [], None
+    for name, part in parts.items():
+        heads = {split: part.head(split, STATS_ROWS) for split in ("train", "validation", "test")}
+        infos = {split: _dataset_info(part, split, head, source_name=name) for split, head in heads.items()}
+        if infos["train"]:
+            if weights:
+                infos["train"]["weight"] = weights[name] / sum(weights.values())
+            trains.append(infos["train"])
+        # both may come from one dataset: say which split
+        evals += [{**info, "name": f"{info['name']} ({split})"} for split in ("validation", "test")
+                  if (info := infos[split])]
+        if widget_rows is None:  # sentence-transformers': the (first) evaluation data, else the training data
+            widget_split = "validation" if infos["validation"] else "train"
+            widget_rows = (heads[widget_split][0], infos[widget_split]) if infos[widget_split] else ([], None)
+    train = trains[0] if trains else None
     return {
         **_model_facts(getattr(encoder, "name", None), clip, library, losses, options),
         "max_seq_length": getattr(encoder, "max_length", None) or getattr(
@@ -68,8 +80,8 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
         "similarity": "Cosine Similarity",
         "architecture": _architecture(export_dir) if library == "sentence-transformers" else None,
         "usage_sentences": _usage_sentences(evals[0] if evals else train),
-        "widget": widget_examples(heads[widget_split][0], infos[widget_split]) if infos[widget_split] else [],
-        "train_datasets": [train] if train else [],
+        "widget": widget_examples(*widget_rows) if widget_rows and widget_rows[1] else [],
+        "train_datasets": trains,
         "eval_datasets": evals,
         "losses": losses,
         "methods": _methods(module.gradcache_chunk_size),
@@ -321,9 +333,11 @@ def _training_log(log: MetricsLog, exported: Evaluation | None, steps_per_epoch:
     return TrainingLog(columns=columns, rows=rows, bold_row=bold)
 
 
-def _dataset_info(datamodule, split: str, head: tuple[list[dict], int | None] | None) -> dict | None:
+def _dataset_info(datamodule, split: str, head: tuple[list[dict], int | None] | None,
+                  source_name: str | None = None) -> dict | None:
     """Name, size, columns, statistics of the first rows and three samples of one split (``DatasetInfo`` fields);
-    ``head``: ``datamodule.head(split, STATS_ROWS)``."""
+    ``head``: ``datamodule.head(split, STATS_ROWS)``; ``source_name``: the name of a mixture's source, which names the
+    dataset first (``qa (stdlib-docstrings)``)."""
     if head is None:
         return None
     rows, size = head
@@ -335,6 +349,8 @@ def _dataset_info(datamodule, split: str, head: tuple[list[dict], int | None] | 
         name = os.path.basename(os.path.normpath(source))
     else:
         hub_id, name = source, source.split("/")[-1]
+    if source_name is not None:
+        name = source_name if name == source_name else f"{source_name} ({name})"
     image_column = datamodule.hparams.get("image_column")
     base_dir = getattr(datamodule, "base_dir", None)
     columns = datamodule.split_columns(split)
