@@ -52,6 +52,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
+# --data.init_args.sources.<name>.<option>: one option of one source of a mixture, which the CLI cannot merge
+SOURCE_OPTION_FLAG = re.compile(r"--data\.(?:init_args\.)?sources\.([^.=\s]+)\.([^=\s]+)")
+
+
 def refused(flag: str) -> str:
     return (f"--{flag}: litembed builds its own optimiser (AdamW with no weight decay on biases, norms and scalars, "
             f"fused, learning rate scheduled per optimizer step); set it with "
@@ -66,6 +70,13 @@ class ShortErrorsCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         argv = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
+        for arg in argv:
+            if (match := SOURCE_OPTION_FLAG.match(arg)) is not None:
+                # jsonargparse would replace the source's options with this one, kept as a string
+                name, key = match.groups()
+                fail(f"{arg.split('=', 1)[0]}: a source's options are one value, given whole: "
+                     f"--data.init_args.sources.{name} '{{\"{key}\": …, …}}' (every option of the source), or under "
+                     f"sources: {name}: in a --config file")
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:

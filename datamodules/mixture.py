@@ -168,6 +168,9 @@ class MixtureBatchSampler(EpochBatchSampler):
                 counts = [min(map(len, per_source))] * len(per_source)
         else:  # each source's batches on this rank (one-row batches already left out): counts all ranks share
             per_source = [list(sampler.epoch_batches()) for sampler in self.samplers]
+            # with drop_last, whole groups only: each optimizer step accumulates one source's full batches
+            per_source = [batches[:len(batches) - len(batches) % self.accumulate] if s.drop_last else batches
+                          for s, batches in zip(self.samplers, per_source)]
             counts = [len(batches) for batches in per_source]
         served, taken = [], [0] * len(self.samplers)
         self.rereads = [0] * len(self.samplers)
@@ -284,8 +287,13 @@ class StreamMixtureSource(TrainSource):
         """The source of each of the epoch's batches on a rank whose sources have ``counts`` batches."""
         return batch_sources(counts, self.sampling, self.seed, epoch, self.weights, self.accumulate)[:self.limit]
 
+    def _steps(self, source: StreamingSource, world: int) -> int:
+        """A source's batches per rank and epoch: whole groups of ``accumulate`` (every batch is full)."""
+        steps = source.steps_per_epoch(world)
+        return max(steps - steps % self.accumulate, min(steps, self.accumulate))
+
     def steps_per_epoch(self, world: int) -> int:
-        return len(self.order([source.steps_per_epoch(world) for source in self.sources.values()], 0))
+        return len(self.order([self._steps(source, world) for source in self.sources.values()], 0))
 
     def dataloader(self, *, epoch: int, rank: int, world: int, options: dict,
                    resume: tuple[int, int] | None = None) -> DataLoader:
@@ -302,7 +310,7 @@ class StreamMixtureSource(TrainSource):
             epoch, resume = resume[0] + 1, None  # saved after the epoch's last batch: the next epoch starts afresh
         workers = max(1, options["num_workers"])
         skip = 0 if resume is None else resume[1]
-        parts = [StreamBatches(stream, source.steps_per_epoch(world), epoch, self.seed, source.buffer_size,
+        parts = [StreamBatches(stream, self._steps(source, world), epoch, self.seed, source.buffer_size,
                                source.batch_size, source.window, source.admit, source.collate,
                                f"{source.where} rank {rank}") for source, stream in zip(sources, streams)]
         counts = [part.steps for part in parts]
@@ -368,8 +376,9 @@ class MixtureCollator:
 
 
 def source_flag(name: str, key: str) -> str:
-    """The flag of option ``key`` of source ``name``."""
-    return f"--data.init_args.sources.{name}.{key}"
+    """How messages name option ``key`` of source ``name``: a source's options are one value, given whole
+    (``--data.init_args.sources.<name> '{"key": …}'``, or under ``sources: <name>:`` in a config)."""
+    return f"{key} of --data.init_args.sources.{name}"
 
 
 @contextlib.contextmanager
@@ -423,11 +432,11 @@ def build_sources(parent, specs: Mapping[str, Mapping | None] | None, sampling: 
             raise ValueError(f"{source_flag(name, 'weight')} must be a number > 0, got {weight!r}")
         for key in spec:
             if key in MIXTURE_OPTIONS:
-                raise ValueError(f"{source_flag(name, key)}: {key} is the mixture's, shared by every source: set "
+                raise ValueError(f"--data.init_args.sources.{name}: {key} is the mixture's, shared by every source: set "
                                  f"--data.init_args.{key}")
             if key not in inherited:
-                raise ValueError(f"{source_flag(name, key)}: {type(parent).__name__} has no option {key!r}; a source "
-                                 f"takes {', '.join(sorted(inherited))} and weight")
+                raise ValueError(f"--data.init_args.sources.{name}: {type(parent).__name__} has no option {key!r}; a "
+                                 f"source takes {', '.join(sorted(inherited))} and weight")
         options = {**inherited, **parent.source_defaults(name, len(specs)), **spec, **shared}
         with source_errors(name, list(spec)):
             # in a context of its own: LightningCLI hands the recipe's datamodule its hyperparameters through a

@@ -12,7 +12,10 @@ from sentence_transformers.base.sampler import NoDuplicatesBatchSampler as STSam
 from sentence_transformers.base.sampler import ProportionalBatchSampler, RoundRobinBatchSampler
 from torch.utils.data import ConcatDataset
 
-from datamodules.mixture import MixtureBatchSampler, MixtureSource, announced_batches, source_slots
+from conftest import qa_rows, write_jsonl
+from datamodules.contract import DataNeeds
+from datamodules.mixture import MixtureBatchSampler, MixtureSource, announced_batches, batch_sources, source_slots
+from datamodules.pairs import PairDataModule
 from datamodules.sampler import NoDuplicatesBatchSampler
 from datamodules.sources import MapStyleSource
 
@@ -147,3 +150,68 @@ def test_a_mixture_loader_serves_each_source_s_own_batches_in_the_mixture_s_orde
     assert not source.equal_batch_sizes  # without drop_last the last batches may be smaller
     with pytest.raises(ValueError, match="sampling must be one of proportional, round_robin, weighted, got 'size'"):
         MixtureSource({"qa": map_style(data[0], 8)}, "size")
+
+
+def test_weighted_sampling_draws_each_source_by_its_weight():
+    weights = [1.0, 2.0, 5.0]
+    slots = source_slots([30_000, 30_000, 20_000], "weighted", seed=4, epoch=0, weights=weights)
+    assert len(slots) == 80_000  # as many batches as all sources have
+    counts = Counter(slots)
+    for k, weight in enumerate(weights):
+        p = weight / sum(weights)
+        # within 4 standard deviations of the binomial count
+        assert abs(counts[k] - p * len(slots)) < 4 * (len(slots) * p * (1 - p)) ** 0.5, (k, counts)
+    assert slots != source_slots([30_000, 30_000, 20_000], "weighted", seed=4, epoch=1, weights=weights)
+    with pytest.raises(ValueError, match="one positive weight per source"):
+        source_slots([1, 2], "weighted", 0, 0, weights=[1.0, 0.0])
+
+
+def test_weighted_sampling_reads_a_source_again_reshuffled_when_drawn_past_its_batches():
+    data = mixture_rows(6, sources=2)
+    samplers = [NoDuplicatesBatchSampler([tuple(r.values()) for r in rows], 4, True, 5) for rows in data]
+    mixture = MixtureBatchSampler(samplers, "weighted", seed=5, weights=[1.0, 20.0])
+    mixture.set_epoch(0)
+    served = mixture.epoch_batches()
+    own = [len(s.epoch_batches()) for s in samplers]
+    assert len(served) == sum(own)
+    small = [tuple(batch) for k, batch in served if k == 1]
+    assert len(small) > own[1] and mixture.rereads[1] >= 1 and mixture.rereads[0] == 0
+    # each pass serves each of the source's rows once; the next pass is a new order
+    first, second = small[:own[1]], small[own[1]:2 * own[1]]
+    assert len(set(first)) == own[1] and first != second[:len(first)]
+
+
+def test_accumulated_batches_of_a_step_come_from_one_source_and_match_the_ranks_of_ddp():
+    """One process accumulating 2 batches trains, at every step, the batches 2 processes train at that step."""
+    data = [[{"c0": f"s{k}-{i}"} for i in range(n)] for k, n in enumerate((64, 40, 24))]  # 8, 5 and 3 batches
+    one = ours(data, "proportional", 8, True, seed=2, epoch=1)
+    one.accumulate = 2
+    one._cache = None
+    ranks = [ours(data, "proportional", 8, True, seed=2, epoch=1, num_replicas=2, rank=r) for r in range(2)]
+    served = one.epoch_batches()
+    steps = [served[i:i + 2] for i in range(0, len(served), 2)]
+    assert all(a[0] == b[0] for a, b in steps)  # one source per step
+    per_rank = [r.epoch_batches() for r in ranks]
+    assert [[b for _, b in step] for step in steps] == [[per_rank[0][i][1], per_rank[1][i][1]]
+                                                         for i in range(len(per_rank[0]))]
+    assert len(steps) == 4 + 2 + 1  # with drop_last whole steps only, as the ranks' (4, 2 and 1 each)
+    assert batch_sources([3, 2], "proportional", 0, 0, accumulate=2).count(0) == 3  # a last group of one
+
+
+@pytest.mark.parametrize("sampling", ["proportional", "round_robin"])
+def test_a_recipes_sources_serve_sentence_transformers_batch_order(sampling, tmp_path):
+    """Through the datamodule a recipe builds: two sources of the recipe's class, unequal in size and columns."""
+    qa = write_jsonl(tmp_path / "qa.jsonl", qa_rows(70))
+    triplets = write_jsonl(tmp_path / "trip.jsonl", [{"q": f"q{i % 23}", "p": f"p{i}", "n": f"n{i % 11}"}
+                                                     for i in range(45)])
+    for seed in (0, 7):
+        dm = PairDataModule(dataset=qa, val_split=None, batch_size=6, num_workers=0, seed=seed, sampling=sampling,
+                            sources={"qa": {}, "trip": {"dataset": triplets, "columns": ["q", "p", "n"]}})
+        dm.connect(DataNeeds(lambda texts, role: {"n": torch.tensor([len(texts)])}))
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        splits = [dm.sources[name].splits["train"].select_columns(dm.sources[name].columns) for name in ("qa", "trip")]
+        expected = theirs([split.to_list() for split in splits], sampling, 6, False, seed)
+        assert list(loader.batch_sampler) == expected, seed
+        sizes = len(splits[0])
+        assert [batch["source"] for batch in loader] == ["qa" if b[0] < sizes else "trip" for b in expected]
