@@ -7,6 +7,7 @@ batches), so every validation and test metric must match.
 """
 
 import glob
+import json
 import os
 import subprocess
 
@@ -125,3 +126,53 @@ def test_gradcache_and_streaming_under_ddp_with_the_gather(tmp_path, no_dropout_
                    tmp_path / "stream")
     streamed_metrics = check_ddp_run(streamed, tmp_path / "stream")
     assert "test/dim_32_cosine_ndcg@10" in streamed_metrics
+
+
+def test_a_three_source_mixture_with_the_gather_under_ddp_equals_one_process_with_their_batches(
+        tmp_path, no_dropout_bert, pairs):
+    """2 gloo processes of batch 8 gathering each other's embeddings train, at every step, one source's 16 rows with
+    16 in-batch candidates: what 1 process trains with batch 16 (the rows are distinct, so a batch of 16 is two
+    consecutive batches of 8). Every rank draws the same source at the same step, or the gather would pair
+    embeddings of different sources (or hang on unequal column counts)."""
+    trip = write_jsonl(tmp_path / "trip.jsonl", [{"q": f"what does widget {i} do", "p": f"widget {i} frobnicates",
+                                                 "n": f"widget {i} polishes"} for i in range(48)])
+    short = write_jsonl(tmp_path / "short.jsonl", qa_rows(32, offset=500))
+    sources = {"qa": {}, "trip": {"dataset": trip, "columns": ["q", "p", "n"], "val_size": 8, "test_split": None},
+               "short": {"dataset": short, "val_size": 8, "test_split": None}}
+    flags = [f"--data.sources={json.dumps(sources)}", "--data.drop_last=true"]
+    ddp = check_ddp_run(fit(text_args(no_dropout_bert, pairs, *flags, GATHER) + DDP, tmp_path / "ddp"),
+                        tmp_path / "ddp")
+    single = fit(text_args(no_dropout_bert, pairs, *flags, "--data.batch_size=16", "--trainer.accelerator=cpu",
+                           "--trainer.devices=1", NO_EXPORT), tmp_path / "one")
+    assert single.returncode == 0, single.stderr[-3000:]
+    one = metrics(tmp_path / "one")
+    assert {"val/qa_dim_32_cosine_ndcg@10", "val/trip_dim_8_cosine_map@100", "val/short_dim_32_cosine_ndcg@10",
+            "val/mean_dim_32_cosine_ndcg@10", "test/qa_dim_32_cosine_ndcg@10"} <= set(ddp)
+    assert set(ddp) == set(one)
+    for key, value in one.items():
+        assert ddp[key] == pytest.approx(value, abs=1e-4), key
+    # qa 64 rows: 4 steps; trip 40: 2; short 24: 1 (drop_last keeps whole steps)
+    trained = [row for row in logged_rows(tmp_path / "ddp") if row.get("train/loss")]
+    assert [sum(bool(row.get(f"train/{name}_loss")) for row in trained) for name in sources] == [4, 2, 1]
+
+
+@pytest.mark.slow  # 3 processes (~45 s); the mixture's 2-process fit with the gather is the default suite's
+def test_a_mixture_under_ddp_equals_one_process_accumulating_two(tmp_path, no_dropout_bert, pairs):
+    """Without the gather, 2 processes average the gradients of their batches: one process accumulating 2 batches
+    trains the same steps, because an optimizer step's accumulated batches come from one source."""
+    trip = write_jsonl(tmp_path / "trip.jsonl", [{"q": f"what does widget {i} do", "p": f"widget {i} frobnicates",
+                                                 "n": f"widget {i} polishes"} for i in range(48)])
+    sources = {"qa": {}, "trip": {"dataset": trip, "columns": ["q", "p", "n"], "val_size": 8, "test_split": None}}
+    flags = [f"--data.sources={json.dumps(sources)}", "--data.drop_last=true"]
+    ddp = check_ddp_run(fit(text_args(no_dropout_bert, pairs, *flags) + DDP, tmp_path / "ddp"), tmp_path / "ddp")
+    single = fit(text_args(no_dropout_bert, pairs, *flags, "--trainer.accelerator=cpu", "--trainer.devices=1",
+                           "--trainer.accumulate_grad_batches=2", NO_EXPORT), tmp_path / "one")
+    assert single.returncode == 0, single.stderr[-3000:]
+    one = metrics(tmp_path / "one")
+    assert set(ddp) == set(one) and "val/trip_dim_32_cosine_ndcg@10" in one
+    for key, value in one.items():
+        assert ddp[key] == pytest.approx(value, abs=1e-4), key
+    ddp_losses, one_losses = losses(tmp_path / "ddp"), losses(tmp_path / "one")
+    assert len(one_losses) > 1 and ddp_losses.keys() == one_losses.keys()
+    for step, value in one_losses.items():
+        assert ddp_losses[step] == pytest.approx(value, rel=1e-5), step
