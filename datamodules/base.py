@@ -500,6 +500,10 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
                         epoch, rank, report.repeated_passes)
 
     @property
+    def training_sources(self) -> list[str]:
+        return list(self.sources)
+
+    @property
     def equal_batch_sizes(self) -> bool:
         """Whether every training batch on every rank has ``batch_size`` rows (what a cross-device gather needs); the
         training source (built by ``setup("fit")``) knows."""

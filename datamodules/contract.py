@@ -52,6 +52,10 @@ class RetrievalData(Protocol):
         """One evaluation loader per stream of the validation split (the base model's evaluation runs them)."""
 
     @property
+    def training_sources(self) -> list[str]:
+        """The names of a mixture's training sources (``TrainBatch["source"]``); empty for one dataset."""
+
+    @property
     def equal_batch_sizes(self) -> bool:
         """Whether every training batch on every rank has ``batch_size`` rows (what a cross-device gather needs)."""
 

@@ -19,25 +19,34 @@ log = logging.getLogger(__name__)
 
 
 class PairCollator:
-    """Rows → one tokenised batch per loss column; runs in DataLoader workers."""
+    """Rows → one tokenised batch per loss column; runs in DataLoader workers. ``prompts``: each column's prompt
+    where the data sets one (else the model's prompt of the column's role)."""
 
-    def __init__(self, processor: Callable, columns: list[str], roles: list[str]) -> None:
-        self.processor, self.columns, self.roles = processor, columns, roles
+    def __init__(self, processor: Callable, columns: list[str], roles: list[str],
+                 prompts: dict[str, str] | None = None) -> None:
+        self.processor, self.columns, self.roles, self.prompts = processor, columns, roles, prompts or {}
 
     def __call__(self, rows: list[dict]) -> TrainBatch:
-        return {FEATURES: [self.processor([r[c] for r in rows], role) for c, role in zip(self.columns, self.roles)],
+        return {FEATURES: [self.processor([r[c] for r in rows], role, **_prompt(self.prompts, c))
+                           for c, role in zip(self.columns, self.roles)],
                 ROWS: [r.get(ROW) for r in rows]}  # for messages about the batch (a non-finite loss)
 
 
 class StreamCollator:
     """(id, text) items of one evaluation stream → ``{"stream", "ids", "features"}``."""
 
-    def __init__(self, processor: Callable, stream: str, role: str) -> None:
-        self.processor, self.stream, self.role = processor, stream, role
+    def __init__(self, processor: Callable, stream: str, role: str, prompt: str | None = None) -> None:
+        self.processor, self.stream, self.role, self.prompt = processor, stream, role, prompt
 
     def __call__(self, items: list[tuple[int, str]]) -> EvalBatch:
         ids, texts = zip(*items)
-        return {STREAM: self.stream, IDS: torch.tensor(ids), FEATURES: self.processor(list(texts), self.role)}
+        prompt = {} if self.prompt is None else {"prompt": self.prompt}
+        return {STREAM: self.stream, IDS: torch.tensor(ids), FEATURES: self.processor(list(texts), self.role, **prompt)}
+
+
+def _prompt(prompts: dict[str, str], column: str) -> dict:
+    """The processor's ``prompt`` argument for ``column``: none where the data sets no prompt for it."""
+    return {"prompt": prompts[column]} if column in prompts else {}
 
 
 class PairDataModule(RetrievalDataModule):
@@ -54,6 +63,12 @@ class PairDataModule(RetrievalDataModule):
         query_column: eval query column; default ``columns[0]``.
         corpus_column: eval corpus column; default ``columns[1]``.
         corpus_from_train: add the training split's passages to the evaluation corpus (distractors).
+        prompts: text prepended to the texts of this data, by column (``{"anchor": "query: ", "positive":
+            "passage: "}``), in training and evaluation (the query column's prompt for the queries, the corpus
+            column's for the corpus), in place of the model's prompt for the column's role
+            (``--model.init_args.encoder.init_args.prompts``, which the exported model keeps). As
+            sentence-transformers' ``prompts`` training argument; per source in a mixture (``sources``), so each
+            source can carry its own instructions.
         **kwargs: split, streaming, batching and loader options of ``RetrievalDataModule``.
     """
 
@@ -64,6 +79,7 @@ class PairDataModule(RetrievalDataModule):
         query_column: str | None = None,
         corpus_column: str | None = None,
         corpus_from_train: bool = False,
+        prompts: dict[str, str] | None = None,
         **kwargs,
     ) -> None:
         if len(columns) < 2:
@@ -79,6 +95,12 @@ class PairDataModule(RetrievalDataModule):
         self.columns = list(columns)
         self.query_column = query_column or self.columns[0]
         self.corpus_column = corpus_column or self.columns[1]
+        unknown = sorted(set(prompts or {}) - {*self.columns, self.query_column, self.corpus_column})
+        if unknown:
+            raise ValueError(f"--data.init_args.prompts names {unknown}, which are not columns of the data "
+                             f"({', '.join(dict.fromkeys([*self.columns, self.query_column, self.corpus_column]))}): "
+                             f"key each prompt by the column whose texts it precedes")
+        self.prompts = dict(prompts or {})
 
     def builtins(self) -> Builtins:
         return pair_builtins(self.hparams.seed)
@@ -114,7 +136,9 @@ class PairDataModule(RetrievalDataModule):
         return streams, [RetrievalTask("", "query", "corpus", relevant)]
 
     def stream_collator(self, stream: str, stage: str) -> StreamCollator:
-        return StreamCollator(self.processor, stream, "query" if stream == "query" else "document")
+        column = self.query_column if stream == "query" else self.corpus_column
+        return StreamCollator(self.processor, stream, "query" if stream == "query" else "document",
+                              self.prompts.get(column))
 
     def row_codes(self, split: datasets.Dataset) -> np.ndarray:
         # a text is the same value in any column (ST compares each row's set of strings)
@@ -127,4 +151,4 @@ class PairDataModule(RetrievalDataModule):
 
     def train_collator(self) -> PairCollator:
         roles = ["query" if c == self.query_column else "document" for c in self.columns]
-        return PairCollator(self.processor, self.columns, roles)
+        return PairCollator(self.processor, self.columns, roles, self.prompts)

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
-from datamodules.batches import EMBEDDINGS, FEATURES, IDS, STREAM
+from datamodules.batches import EMBEDDINGS, FEATURES, IDS, SOURCE, STREAM
 from datamodules.contract import DataNeeds, RetrievalData
 from lightning_modules.gradcache import cached_step
 from lightning_modules.optim import build_optimizer, uses_loss_scaler
@@ -56,6 +56,9 @@ class EmbeddingModule(L.LightningModule):
             plain step (dropout masks included) with the activation memory of one chunk per encoder tower, for about
             one extra forward pass: the batch, and so the in-batch negatives, is no longer capped by device memory.
             None: plain steps.
+        source_losses: a loss per training source of a mixture (``--data.init_args.sources``), by the source's name,
+            e.g. ``{"nli": {"class_path": "losses.MultipleNegativesRankingLoss", "init_args": {"scale": 30}}}``; a
+            source without one trains with ``loss``. Each batch comes from one source, so its loss is that source's.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class EmbeddingModule(L.LightningModule):
         warmup_ratio: float = 0.0,
         evaluate_before_training: bool = True,
         gradcache_chunk_size: int | None = None,
+        source_losses: dict[str, nn.Module] | None = None,
     ) -> None:
         # the hooks a subclass must define, checked here rather than through ABC: jsonargparse refuses an abstract
         # base class for --model, and then `--model.<arg>` before the checkpoint names the class fails
@@ -76,7 +80,7 @@ class EmbeddingModule(L.LightningModule):
         if missing:
             raise TypeError(f"{type(self).__name__} must define {' and '.join(missing)} (see EmbeddingModule)")
         super().__init__()
-        self.save_hyperparameters(ignore=["loss", "encoder"])  # with the subclass's own arguments
+        self.save_hyperparameters(ignore=["loss", "encoder", "source_losses"])  # with the subclass's own arguments
         if not 0.0 <= warmup_ratio < 1.0:
             raise ValueError(f"--model.init_args.warmup_ratio must be in [0, 1), got {warmup_ratio}")
         if lr <= 0:
@@ -86,6 +90,7 @@ class EmbeddingModule(L.LightningModule):
                              f"{gradcache_chunk_size}")
         self.gradcache_chunk_size = gradcache_chunk_size
         self.loss = loss
+        self.source_losses = nn.ModuleDict(source_losses or {})
         self.optim_args = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps, schedule=lr_schedule,
                                warmup_ratio=warmup_ratio)
         self.evaluate_before_training = evaluate_before_training
@@ -122,12 +127,17 @@ class EmbeddingModule(L.LightningModule):
         return {}
 
     # training
+    def loss_of(self, source: str | None) -> nn.Module:
+        """The loss of a batch of ``source`` (a mixture's source; None for a single dataset)."""
+        return self.source_losses[source] if source in self.source_losses else self.loss
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         columns = batch[FEATURES]
+        loss_fn = self.loss_of(batch.get(SOURCE))
         if self.gradcache_chunk_size is None:
-            loss = self.loss(*(self.embed(features) for features in columns), **self.loss_kwargs())
+            loss = loss_fn(*(self.embed(features) for features in columns), **self.loss_kwargs())
         else:
-            loss = self.gradcache_loss(columns, 1 / self.trainer.accumulate_grad_batches)
+            loss = self.gradcache_loss(columns, 1 / self.trainer.accumulate_grad_batches, loss_fn)
         # for callbacks that monitor it (this batch's loss); the loggers get TrainingLog's mean over the logging window.
         # Not on the progress bar: showing it would copy the loss to the host (a device sync) every step
         self.log("train/loss", loss, batch_size=next(iter(columns[0].values())).shape[0], logger=False)
@@ -138,13 +148,16 @@ class EmbeddingModule(L.LightningModule):
         device tensors: read once per row."""
         return {}
 
-    def gradcache_loss(self, columns: list[dict[str, Tensor]], grad_factor: float) -> Tensor:
+    def gradcache_loss(self, columns: list[dict[str, Tensor]], grad_factor: float,
+                       loss_fn: nn.Module | None = None) -> Tensor:
         """A GradCache step over the batch's columns: all chunks but each tower's last are backpropagated here, into
-        the parameters' gradients; the returned loss carries the rest to Lightning's backward."""
+        the parameters' gradients; the returned loss carries the rest to Lightning's backward. ``loss_fn``: the
+        batch's loss (default ``self.loss``)."""
+        loss_fn = self.loss if loss_fn is None else loss_fn
         kwargs = self.loss_kwargs()
         differentiable = {k: v for k, v in kwargs.items() if isinstance(v, Tensor) and v.requires_grad}
         fixed = {k: v for k, v in kwargs.items() if k not in differentiable}
-        return cached_step(self.embed, columns, lambda *e, **d: self.loss(*e, **fixed, **d),
+        return cached_step(self.embed, columns, lambda *e, **d: loss_fn(*e, **fixed, **d),
                            self.gradcache_chunk_size, differentiable, grad_factor, [self.tower(f) for f in columns])
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
@@ -300,7 +313,13 @@ class EmbeddingModule(L.LightningModule):
                 raise ValueError("--model.init_args.gradcache_chunk_size backpropagates inside the step, where FSDP "
                                  "would reduce-scatter and reshard once per chunk: use --trainer.strategy ddp with "
                                  "GradCache (it gives any batch size the memory of one chunk), or FSDP without it")
-            gathers = any(getattr(m, "gather_across_devices", False) for m in self.loss.modules())
+            unknown = sorted(set(self.source_losses) - set(self.data.training_sources)) if self.source_losses else []
+            if unknown:
+                named = ", ".join(self.data.training_sources) or "none: the data is one dataset"
+                raise ValueError(f"--model.init_args.source_losses names {unknown}, which are not training sources "
+                                 f"(--data.init_args.sources: {named}): key each loss by its source's name")
+            losses = [self.loss, *self.source_losses.values()]
+            gathers = any(getattr(m, "gather_across_devices", False) for loss in losses for m in loss.modules())
             if gathers and self.trainer.world_size > 1 and not self.data.equal_batch_sizes:
                 raise ValueError(
                     "gather_across_devices needs the same batch size on every rank at every step, but the last "

@@ -26,8 +26,9 @@ class TextProcessor:
         self.max_length = max_length
         self.prompts = prompts
 
-    def __call__(self, texts: list[str], role: str = "document") -> dict[str, Tensor]:
-        prompt = self.prompts.get(role, "")
+    def __call__(self, texts: list[str], role: str = "document", prompt: str | None = None) -> dict[str, Tensor]:
+        """``prompt``: the data's prompt for these texts, in place of the model's for ``role``."""
+        prompt = self.prompts.get(role, "") if prompt is None else prompt
         if prompt:
             texts = [prompt + t for t in texts]
         return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"))

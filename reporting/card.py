@@ -126,8 +126,11 @@ class DatasetInfo:
             "max: 156 characters"]`` or ``["mode: RGB", "size: 640×480 (most common)"]``; rendered as a ``<ul>``.
         samples: up to 3 rows, column → value already as a string; the renderer escapes and wraps it in ``<code>``.
         stats_rows: rows the statistics were computed on ("based on the first N samples").
-        weight: a training source's share under weighted sampling (``--data.init_args.sources.<name>.weight``), as
-            a fraction of all sources' weights; None: not sampled by weight.
+        weight: a training source's share under weighted sampling (the ``weight`` of its
+            ``--data.init_args.sources`` entry), as a fraction of all sources' weights; None: not sampled by weight.
+        loss: a training source's own loss (``--model.init_args.source_losses``), its class names outer first, as
+            ``CardData.losses``; None: the card's loss.
+        loss_parameters: that loss's configuration.
     """
 
     name: str
@@ -140,6 +143,8 @@ class DatasetInfo:
     samples: list[dict[str, str]] = field(default_factory=list)
     stats_rows: int = 1000
     weight: float | None = None
+    loss: list[str] | None = None
+    loss_parameters: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -726,8 +731,10 @@ def _dataset_section(info: DatasetInfo, kind: str, card: CardData) -> str:
         columns = info.columns or list(info.samples[0])
         rows = [[escape_cell(sample.get(c, ""), code=True) for c in columns] for sample in info.samples[:3]]
         lines.append(markdown_table([escape_cell(c) for c in columns], rows, indent="  "))
-    if card.losses:
-        lines.append(_loss_line(card))
+    if info.loss:
+        lines.append(_loss_line(info.loss[0], info.loss_parameters))
+    elif card.losses:
+        lines.append(_loss_line(card.losses[0], card.loss_parameters))
     return "\n".join(lines)
 
 
@@ -743,12 +750,11 @@ def _stats_table(info: DatasetInfo) -> str:
     return markdown_table(["", *(escape_cell(c) for c in columns)], rows, indent="  ")
 
 
-def _loss_line(card: CardData) -> str:
-    name = card.losses[0]
+def _loss_line(name: str, parameters: dict) -> str:
     shown = f"[<code>{name}</code>]({SBERT_LOSS_DOCS}#{name.lower()})" if name in ST_LOSSES else f"<code>{name}</code>"
-    if not card.loss_parameters:
+    if not parameters:
         return f"* Loss: {shown}"
-    config = json.dumps(card.loss_parameters, indent=4, ensure_ascii=False)
+    config = json.dumps(parameters, indent=4, ensure_ascii=False)
     block = "\n".join("  " + line for line in f"```json\n{config}\n```".splitlines())
     return f"* Loss: {shown} with these parameters:\n{block}"
 

@@ -64,6 +64,10 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
         if infos["train"]:
             if weights:
                 infos["train"]["weight"] = weights[name] / sum(weights.values())
+            if name in getattr(module, "source_losses", {}):  # the source's own loss
+                own = module.source_losses[name]
+                infos["train"]["loss"] = _losses(own)
+                infos["train"]["loss_parameters"] = own.get_config_dict() if hasattr(own, "get_config_dict") else {}
             trains.append(infos["train"])
         # both may come from one dataset: say which split
         evals += [{**info, "name": f"{info['name']} ({split})"} for split in ("validation", "test")

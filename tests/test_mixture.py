@@ -215,3 +215,42 @@ def test_a_recipes_sources_serve_sentence_transformers_batch_order(sampling, tmp
         assert list(loader.batch_sampler) == expected, seed
         sizes = len(splits[0])
         assert [batch["source"] for batch in loader] == ["qa" if b[0] < sizes else "trip" for b in expected]
+
+
+class Recorder:
+    """A processor that returns what it was asked to encode: the texts, their role and the data's prompt."""
+
+    def __call__(self, texts, role="document", prompt=None):
+        return {"texts": list(texts), "role": role, "prompt": prompt}
+
+
+def test_each_source_prepends_its_own_prompts_in_training_and_evaluation(tmp_path):
+    qa = write_jsonl(tmp_path / "qa.jsonl", qa_rows(40))
+    dm = PairDataModule(dataset=qa, val_size=10, batch_size=5, num_workers=0,
+                        sources={"a": {"prompts": {"anchor": "query: ", "positive": "passage: "}}, "b": {}})
+    dm.connect(DataNeeds(Recorder()))
+    dm.setup("fit")
+    seen = {(batch["source"], column["prompt"]) for batch in dm.train_dataloader() for column in batch["features"]}
+    assert seen == {("a", "query: "), ("a", "passage: "), ("b", None)}  # b: the model's prompts (none given here)
+    evaluated = {batch["stream"]: batch["features"]["prompt"] for loader in dm.val_dataloader() for batch in loader}
+    assert evaluated == {"a.query": "query: ", "a.corpus": "passage: ", "b.query": None, "b.corpus": None}
+    with pytest.raises(ValueError, match=r"source 'a' \(--data.init_args.sources.a\): prompts of "
+                                         r"--data.init_args.sources.a names \['query'\], which are not columns"):
+        PairDataModule(dataset=qa, sources={"a": {"prompts": {"query": "q: "}}})
+
+
+def test_a_source_with_a_loss_of_its_own_trains_with_it(tiny_bert_dir):
+    from lightning_modules.text import TextEmbeddingModule
+    from lightning_modules.text_encoder import TextEncoder
+    from losses import MultipleNegativesRankingLoss
+
+    module = TextEmbeddingModule(TextEncoder(tiny_bert_dir), loss=MultipleNegativesRankingLoss(scale=20),
+                                 source_losses={"b": MultipleNegativesRankingLoss(scale=50)}).eval()
+    module.log = lambda *args, **kwargs: None
+    texts = [[f"question {i}" for i in range(4)], [f"answer {i}" for i in range(4)]]
+    features = [module.processor(column) for column in texts]
+    embeddings = [module.embed(f) for f in features]
+    for source, scale in ((None, 20), ("a", 20), ("b", 50)):
+        batch = {"features": features, "rows": [0, 1, 2, 3], **({"source": source} if source else {})}
+        expected = MultipleNegativesRankingLoss(scale=scale)(*embeddings)
+        assert torch.equal(module.training_step(batch, 0), expected), source

@@ -43,9 +43,13 @@ def mixture_flags(sources: dict[str, str], qa: dict | None = None, trip: dict | 
     return [f"--data.sources={json.dumps(spec)}"]
 
 
+OWN_LOSS = {"trip": {"class_path": "losses.MultipleNegativesRankingLoss", "init_args": {"scale": 30}}}
+
+
 def test_each_source_is_evaluated_logged_and_carded(tmp_path, tiny_bert_dir, sources):
-    args = train_args(*text_recipe(tiny_bert_dir, sources["qa"]), *mixture_flags(sources), "--data.batch_size=16",
-                      "--trainer.logger.name=mix", save_dir=tmp_path)
+    args = train_args(*text_recipe(tiny_bert_dir, sources["qa"]),
+                      *mixture_flags(sources, trip={"prompts": {"q": "query: "}}), "--data.batch_size=16",
+                      f"--model.source_losses={json.dumps(OWN_LOSS)}", "--trainer.logger.name=mix", save_dir=tmp_path)
     cli_main(args)
     run_dir = tmp_path / "mix" / "version_0"
     rows = logged_rows(run_dir)
@@ -67,6 +71,10 @@ def test_each_source_is_evaluated_logged_and_carded(tmp_path, tiny_bert_dir, sou
     assert "* Size: 96 training samples" in card and "* Size: 56 training samples" in card
     assert "<code>q</code>, <code>pos</code> and <code>neg</code>" in card
     assert "#### trip (trip.jsonl) (validation)" in card
+    # each source's section names its loss: the recipe's Matryoshka for qa, trip's own
+    qa_section = card.split("#### qa (mixture-qa0)")[1].split("####")[0]
+    trip_section = card.split("#### trip (trip.jsonl)")[1].split("####")[0]
+    assert "MatryoshkaLoss" in qa_section and '"scale": 30.0' in trip_section and "Matryoshka" not in trip_section
     table = next(line for line in card.splitlines() if line.startswith("| Metric "))
     assert all(f" {name}_dim_32 " in table for name in ("mean", "qa", "trip"))
 
@@ -82,6 +90,10 @@ def test_a_sources_error_names_the_source_and_its_option(capsys, tmp_path, tiny_
         (mixture_flags(sources, qa={"weight": 2}),
          "weight of --data.init_args.sources.qa is read by weighted sampling only: set --data.init_args.sampling "
          "weighted", "", ""),
+        ([*mixture_flags(sources), '--model.source_losses={"nli": {"class_path": '
+                                   '"losses.MultipleNegativesRankingLoss"}}'],
+         "--model.init_args.source_losses names ['nli'], which are not training sources (--data.init_args.sources: "
+         "qa, trip): key each loss by its source's name", "", ""),
         ([*mixture_flags(sources), "--data.sources.trip.columns=[q, pos]"],
          "--data.sources.trip.columns: a source's options are one value, given whole: --data.init_args.sources.trip "
          "'{\"columns\": …, …}'", "", ""),
