@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from metrics.keys import PRIMARY_METRIC, STAGES, MetricKey, metric_key, parse_metric_key
+from metrics.keys import PRIMARY_METRIC, STAGES, TRAIN_LOSS, MetricKey, loss_source, metric_key, parse_metric_key
 
 METRICS_FILE = "metrics.csv"
 _LR_EXTRA = ("-momentum", "-weight_decay")  # LearningRateMonitor's log_momentum / log_weight_decay columns
@@ -61,12 +61,14 @@ class MetricsLog:
         evaluations: validation metrics keyed without the ``val/`` prefix (``dim_384_cosine_ndcg@10``); the base
             model, when logged, comes first.
         test: test metrics keyed without the ``test/`` prefix, last value of each.
+        source_losses: a mixture's training loss per source (``train/<source>_loss``), by source name.
     """
 
     train: list[TrainPoint] = field(default_factory=list)
     lr: list[tuple[int, float]] = field(default_factory=list)
     evaluations: list[Evaluation] = field(default_factory=list)
     test: dict[str, float] = field(default_factory=dict)
+    source_losses: dict[str, list[TrainPoint]] = field(default_factory=dict)
 
     def primary_keys(self, metric: str = PRIMARY_METRIC) -> list[str]:
         """Keys of ``metric`` for each evaluation set (validation or test), tasks by name, a task's dims largest first.
@@ -124,6 +126,8 @@ def read_metrics(path_or_run_dir: str) -> MetricsLog:
             raise ValueError(f"{path} has no 'step' column (columns: {columns[:8]}): it is not a CSVLogger metrics "
                              f"log")
         lr_column = _lr_column(columns)
+        sources = {column: name for column in columns if (name := loss_source(column))}
+        source_losses: dict[str, dict[int, TrainPoint]] = {name: {} for name in sources.values()}
         evaluated = {column: route for column in columns if (route := _evaluation_column(column))}
         train: dict[int, TrainPoint] = {}
         lr: dict[int, float] = {}
@@ -138,8 +142,11 @@ def read_metrics(path_or_run_dir: str) -> MetricsLog:
                                  f"row): the file is damaged")
             epoch = cell.whole("epoch")
             # dicts keyed by step: a repeated step overwrites, so its last value wins
-            if (loss := cell.number("train/loss")) is not None:
+            if (loss := cell.number(TRAIN_LOSS)) is not None:
                 train[step] = TrainPoint(step, epoch, loss)
+            for column, name in sources.items():
+                if (loss := cell.number(column)) is not None:
+                    source_losses[name][step] = TrainPoint(step, epoch, loss)
             if lr_column is not None and (rate := cell.number(lr_column)) is not None:
                 lr[step] = rate
             for column, (stage, key, is_base) in evaluated.items():
@@ -158,7 +165,8 @@ def read_metrics(path_or_run_dir: str) -> MetricsLog:
     if base:
         ordered.insert(0, Evaluation(0, None, base, base=True))
     return MetricsLog(train=[train[step] for step in sorted(train)], lr=sorted(lr.items()), evaluations=ordered,
-                      test=test)
+                      test=test, source_losses={name: [points[step] for step in sorted(points)]
+                                                for name, points in sorted(source_losses.items())})
 
 
 def _evaluation_column(column: str) -> tuple[str, str, bool] | None:

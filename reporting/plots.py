@@ -17,10 +17,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from metrics.keys import PRIMARY_METRIC, parse_metric_key
+from metrics.keys import MEAN_TASK, PRIMARY_METRIC, parse_metric_key
 from reporting.metrics_log import MetricsLog, read_metrics
 
 LOSS_PLOT = "training_loss.png"
+SOURCE_COLORS = ("tab:blue", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
+                 "tab:gray")  # a mixture's sources: not the learning rate's orange
 EVAL_PLOT = "evaluation.png"
 FIGSIZE = (8, 4.5)
 DPI = 120
@@ -95,10 +97,19 @@ def _draw_loss(figure: Figure, log: MetricsLog, title: str) -> bool:
     ax = figure.add_subplot()
     steps = [point.step for point in log.train]
     losses = [point.loss for point in log.train]
-    ax.plot(steps, losses, color="tab:blue", alpha=0.45, linewidth=0.8, label="raw")
-    if len(losses) >= 3:
-        weight = smoothing_weight(len(losses))
-        ax.plot(steps, ema(losses, weight), color="tab:blue", linewidth=2, label=f"smoothed (EMA {weight:.2f})")
+    if log.source_losses:  # a mixture: each source's loss (smoothed where it has points enough), all of them faint
+        ax.plot(steps, losses, color="gray", alpha=0.35, linewidth=0.8, label="all sources (raw)")
+        for index, (name, points) in enumerate(log.source_losses.items()):
+            values = [p.loss for p in points]
+            smoothed = ema(values, smoothing_weight(len(values))) if len(values) >= 3 else values
+            ax.plot([p.step for p in points], smoothed, color=SOURCE_COLORS[index % len(SOURCE_COLORS)], linewidth=2,
+                    marker="." if len(
+                values) < 3 else None, label=name)
+    else:
+        ax.plot(steps, losses, color="tab:blue", alpha=0.45, linewidth=0.8, label="raw")
+        if len(losses) >= 3:
+            weight = smoothing_weight(len(losses))
+            ax.plot(steps, ema(losses, weight), color="tab:blue", linewidth=2, label=f"smoothed (EMA {weight:.2f})")
     ax.set(xlabel="optimizer step", ylabel="training loss", title=f"Training loss — {title}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=STEP_TICKS))
     ax.grid(alpha=0.3)
@@ -125,7 +136,7 @@ def _draw_evaluation(figure: Figure, log: MetricsLog, title: str) -> bool:
     last_step = max([e.step for e in log.evaluations] + [p.step for p in log.train])
     # a little right of the last evaluation, whose markers the stars would hide
     test_step = last_step * 1.03
-    keys = log.primary_keys(metric)
+    keys = plotted_keys(log, metric)
     for index, key in enumerate(keys):
         color = f"C{index % 10}"
         set_name = parse_metric_key(key).set_name or "validation"
@@ -155,6 +166,19 @@ def _draw_evaluation(figure: Figure, log: MetricsLog, title: str) -> bool:
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles + extra, labels + [h.get_label() for h in extra], loc="best", fontsize="small")
     return True
+
+
+def plotted_keys(log: MetricsLog, metric: str) -> list[str]:
+    """The evaluation curves drawn: every set's (``MetricsLog.primary_keys``); for a mixture's sources, one line per
+    source and one for their mean, at the largest Matryoshka dim."""
+    keys = log.primary_keys(metric)
+    parsed = [parse_metric_key(key) for key in keys]
+    if not any(p.task == MEAN_TASK for p in parsed):
+        return keys
+    largest: dict[str, str] = {}
+    for key, p in zip(keys, parsed):  # a task's dims come largest first
+        largest.setdefault(p.task, key)
+    return [largest[task] for task in sorted(largest, key=lambda t: (t == MEAN_TASK, t))]
 
 
 def _plotted_metric(log: MetricsLog) -> str | None:

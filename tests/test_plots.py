@@ -13,7 +13,7 @@ import pytest
 from matplotlib.image import imread
 
 from reporting.metrics_log import Evaluation, MetricsLog, TrainPoint, read_metrics
-from reporting.plots import EVAL_PLOT, LOSS_PLOT, ema, main, metric_label, smoothing_weight, write_plots
+from reporting.plots import EVAL_PLOT, LOSS_PLOT, ema, main, metric_label, plotted_keys, smoothing_weight, write_plots
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -164,7 +164,32 @@ def assert_png(path: str) -> None:
     assert image.std() > 0  # something was drawn, not a blank canvas
 
 
-@pytest.mark.parametrize("rows", [text_rows, clip_rows], ids=["text", "clip"])
+def mixture_rows() -> list[dict]:
+    """A mixture of two sources (Matryoshka dims 64 and 32): each source's sets, their mean, each source's loss."""
+    sets = {f"{name}_dim_{dim}": value - dim / 1000 for name, value in (("qa", 0.6), ("trip", 0.4), ("mean", 0.5))
+            for dim in (64, 32)}
+    return [
+        val_row(0, None, sets, suffix="_base"),
+        {**train_row(1, 0, 3.0), "train/qa_loss": 3.0},
+        {**train_row(2, 0, 4.0), "train/trip_loss": 4.0},
+        {**train_row(3, 0, 2.5), "train/qa_loss": 2.5},
+        val_row(3, 0, {name: value + 0.2 for name, value in sets.items()}),
+    ]
+
+
+def test_a_mixture_plots_one_line_per_source(tmp_path):
+    log = read_metrics(str(write_metrics(tmp_path / "mixture", mixture_rows())))
+    assert {name: [p.loss for p in points] for name, points in log.source_losses.items()} == {
+        "qa": [3.0, 2.5], "trip": [4.0]}
+    assert [p.loss for p in log.train] == [3.0, 4.0, 2.5]
+    # each source's curve and the mean's at the largest dim, not one per dim
+    assert plotted_keys(log, "cosine_ndcg@10") == ["qa_dim_64_cosine_ndcg@10", "trip_dim_64_cosine_ndcg@10",
+                                                   "mean_dim_64_cosine_ndcg@10"]
+    assert len(plotted_keys(read_metrics(str(write_metrics(tmp_path / "text", text_rows()))),
+                            "cosine_ndcg@10")) == 2  # a single dataset: every dim, as before
+
+
+@pytest.mark.parametrize("rows", [text_rows, clip_rows, mixture_rows], ids=["text", "clip", "mixture"])
 def test_write_plots(tmp_path, rows):
     directory = write_metrics(tmp_path / "run", rows())
     with warnings.catch_warnings():
