@@ -121,9 +121,13 @@ def models(root: str) -> tuple[str, str]:
     return bert, clip
 
 
-def command(kind: str, mode: str, data: str, model: str, log_dir: str, repo: str) -> list[str]:
+def command(kind: str, mode: str, data: str, model: str, log_dir: str, repo: str,
+            monitor: str = "val/dim_64_cosine_map@100") -> list[str]:
     common = ["--trainer.accelerator=cpu", "--trainer.devices=1", f"--trainer.logger.init_args.save_dir={log_dir}",
               "--trainer.enable_progress_bar=false", "--trainer.num_sanity_val_steps=0",
+              # the recipe's ModelCheckpoint (the last callback listed until the probe is added) watches a metric of
+              # the tiny model's dims, or start-up would refuse the run
+              *([f"--trainer.callbacks.init_args.monitor={monitor}"] if kind == "text" else []),
               "--trainer.callbacks+=first_step_probe.FirstStepProbe",
               "--model.init_args.evaluate_before_training=false",
               f"--model.init_args.encoder.init_args.model_name_or_path={model}", "--data.init_args.num_workers=0"]

@@ -14,9 +14,12 @@ from lightning.pytorch import Callback
 
 class FirstStepProbe(Callback):
     """Writes {seconds, rss_mb, peak_rss_mb} to $LITEMBED_PROBE_OUT; the start time is $LITEMBED_PROBE_T0 (the
-    parent's clock just before it started this process)."""
+    parent's clock just before it started this process). At batch $LITEMBED_PROBE_AT of the first epoch (default 0:
+    the first)."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx < int(os.environ.get("LITEMBED_PROBE_AT", "0")):  # a later batch's moment, if asked for
+            return
         seconds = time.time() - float(os.environ["LITEMBED_PROBE_T0"])
         # VmHWM, not getrusage's ru_maxrss: the latter carries the high-water mark of the parent forked from
         with open("/proc/self/status") as f:

@@ -12,6 +12,7 @@ other) are refused, and a data file whose name matches no split is named.
 """
 
 import bisect
+import codecs
 import csv
 import json
 import os
@@ -161,7 +162,54 @@ def _decoded(raw: bytes, where: str, found: _Lines) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
+_CHUNK = 8 << 20
+
+
+def _fast_json_lines(path: str, text_columns: Sequence[str]) -> FileScan | None:
+    """The scan of a JSON-lines file that has no fault, read by pyarrow's C++ reader in blocks (100,000 QA pairs in
+    ~0.06 s instead of ~1 s), or None where the line-by-line read must decide: any error of pyarrow's (invalid JSON,
+    a lone surrogate escape, a line that is not an object, a column whose type changes), invalid UTF-8 (which
+    pyarrow's block reader lets through), a text column that is not text, a number that is NaN or infinite (Python's
+    reader refuses the NaN and Infinity constants, which pyarrow reads), a blank line (rows then map to lines
+    piecewise). Memory: one chunk of the file and one block at a time."""
+    import pyarrow.compute as pc
+    import pyarrow.json as pa_json
+
+    newlines, last = 0, b""
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as f:
+        try:
+            while chunk := f.read(_CHUNK):
+                if not chunk.isascii():
+                    utf8.decode(chunk)
+                newlines += chunk.count(b"\n")
+                last = chunk[-1:]
+            utf8.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return None
+    lines = newlines + (last not in (b"\n", b""))
+    rows = 0
+    try:
+        for batch in pa_json.open_json(path):
+            for field_, column in zip(batch.schema, batch.columns):
+                kind = field_.type
+                if field_.name in text_columns and not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                                                        or pa.types.is_null(kind)):
+                    return None
+                if pa.types.is_floating(kind) and pc.any(pc.invert(pc.is_finite(column))).as_py():
+                    return None
+            rows += batch.num_rows
+    except (pa.ArrowInvalid, ValueError, UnicodeDecodeError):
+        return None
+    if rows == 0 or rows != lines:  # empty, or blank lines among the rows
+        return None
+    return FileScan(path, rows, array("q", [0]), array("q", [1]))
+
+
 def _scan_json_lines(path: str, text_columns: Sequence[str]) -> FileScan:
+    fast = _fast_json_lines(path, text_columns)
+    if fast is not None:
+        return fast
     found = _Lines(path)
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):

@@ -4,6 +4,8 @@ Also what the files of a split are and how many rows it has, without loading it 
 file and line, the batch order of a stream).
 """
 
+import copy
+import dataclasses
 import os
 from collections.abc import Callable
 
@@ -42,19 +44,24 @@ def load_splits(
 # column chunks, which pyarrow's dataset scanner keeps whole (BENCHMARKS.md, time to first step).
 STREAM_PARQUET_ROWS = 100
 STREAM_PARQUET_BUFFER = 8 << 20
+# How a stream reads JSON lines: in chunks of this many bytes (HF's default is 10 MB). HF also infers a stream's
+# columns from its first chunk, parsing every line of it in Python: 10 MB took ~0.5 s per source, which a mixture of
+# 10 streamed sources paid before its first step (bench/mixture_first_step.py); 1 MB is ~10,000 QA pairs per chunk.
+STREAM_JSON_CHUNK = 1 << 20
 
 
 def stream_read_options(source: str, data_files: dict[str, str] | None) -> dict:
-    """Builder options that bound a stream's memory: for parquet (local files or a hub repository), batches of
-    ``STREAM_PARQUET_ROWS`` rows read through a buffered stream."""
+    """Builder options that bound a stream's memory and start-up: for parquet (local files or a hub repository),
+    batches of ``STREAM_PARQUET_ROWS`` rows read through a buffered stream; for JSON lines, chunks of
+    ``STREAM_JSON_CHUNK`` bytes."""
     if os.path.isfile(source):
-        parquet = source.lower().endswith(".parquet")
+        kind = FILE_FORMATS.get(os.path.splitext(source)[1].lower())
     else:
-        try:
-            parquet = datasets.load_dataset_builder(source, data_files=data_files).name == "parquet"
-        except Exception:  # loading the stream reports what is wrong with the source
-            parquet = False
-    if not parquet:
+        builder = dataset_builder(source, data_files)  # (None: loading the stream reports what is wrong)
+        kind = builder.name if builder is not None else None
+    if kind == "json":
+        return {"chunksize": STREAM_JSON_CHUNK}
+    if kind != "parquet":
         return {}
     scan = pyarrow.dataset.ParquetFragmentScanOptions(use_buffered_stream=True, buffer_size=STREAM_PARQUET_BUFFER,
                                                       pre_buffer=False)
@@ -71,6 +78,13 @@ def _load_splits(
             raise ValueError(f"--data.init_args.dataset: unknown built-in dataset {name!r}; built-ins: "
                              f"{sorted(builtins)}")
         return builtins[name]()
+    if streaming and (builder := dataset_builder(source, data_files)) is not None:
+        # the builder start-up resolved (HF lists the files and matches split patterns once per source), with the
+        # stream's read options
+        try:
+            return _with_options(builder, options).as_streaming_dataset()
+        except TypeError:  # an option this builder's config lacks: HF's own path says so
+            pass
     if data_files is not None:
         return datasets.load_dataset(source, data_files=data_files, streaming=streaming, **options)
     if os.path.isfile(source):
@@ -110,17 +124,48 @@ def split_files(source: str, split: str, data_files: dict[str, str] | None = Non
     return None if builder is None else local_files(builder, split)
 
 
+_builders: dict[tuple, datasets.DatasetBuilder | None] = {}
+
+
 def dataset_builder(source: str, data_files: dict[str, str] | None) -> datasets.DatasetBuilder | None:
     """HF's builder of a local file, directory or hub name, which knows the split files and counts without loading
-    them; None for a built-in, or a source that cannot be read."""
+    them; None for a built-in, or a source that cannot be read. Resolved once per process and source (~0.1 s each:
+    HF lists the folder and matches its split patterns, and start-up asks for a source's files, rows and format)."""
     if source.startswith("builtin:"):
         return None
+    key = (source, repr(sorted((data_files or {}).items())), _fingerprint(source))
+    if key not in _builders:
+        name, files = source, data_files
+        if os.path.isfile(source):
+            name, files = FILE_FORMATS.get(os.path.splitext(source)[1].lower(), source), {"train": source}
+        try:
+            _builders[key] = datasets.load_dataset_builder(name, data_files=files)
+        except Exception:  # loading the data itself reports what is wrong with the source
+            _builders[key] = None
+    return _builders[key]
+
+
+def _with_options(builder: datasets.DatasetBuilder, options: dict) -> datasets.DatasetBuilder:
+    """A copy of ``builder`` whose config has ``options`` (TypeError: one its config does not have)."""
+    if not options:
+        return builder
+    copied = copy.copy(builder)
+    copied.config = dataclasses.replace(builder.config, **options)
+    copied.info = copy.deepcopy(builder.info)  # a stream's builder records the columns it infers there
+    return copied
+
+
+def _fingerprint(source: str) -> tuple:
+    """What changes when a local source's files do (a file's size and time; a folder's and its subfolders' times,
+    which adding or removing a file moves): a builder resolved before is not reused then."""
     if os.path.isfile(source):
-        source, data_files = FILE_FORMATS.get(os.path.splitext(source)[1].lower(), source), {"train": source}
-    try:
-        return datasets.load_dataset_builder(source, data_files=data_files)
-    except Exception:  # loading the data itself reports what is wrong with the source
-        return None
+        stat = os.stat(source)
+        return stat.st_size, stat.st_mtime_ns
+    if not os.path.isdir(source):
+        return ()
+    with os.scandir(source) as entries:
+        folders = sorted((e.name, e.stat().st_mtime_ns) for e in entries if e.is_dir())
+    return os.stat(source).st_mtime_ns, tuple(folders)
 
 
 def local_files(builder: datasets.DatasetBuilder, split: str) -> list[str] | None:

@@ -394,7 +394,11 @@ def source_errors(name: str, keys: Sequence[str]) -> Iterator[None]:
             message = pattern.sub(lambda m: source_flag(name, m.group(1)), message)
         if not message.startswith(f"source {name!r}"):
             message = f"source {name!r} (--data.init_args.sources.{name}): {message}"
-        raise type(err)(message) from err
+        try:
+            renamed = type(err)(message)
+        except TypeError:  # an error class that takes other arguments
+            renamed = ValueError(message)
+        raise renamed from err
 
 
 def build_sources(parent, specs: Mapping[str, Mapping | None] | None, sampling: str) -> dict:

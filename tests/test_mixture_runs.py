@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import qa_rows, write_jsonl
 from test_resume import interrupt, logged
-from tests.commands import ENV, NO_EXPORT, logged_rows, run_train, text_recipe, train_args
+from tests.commands import clip_recipe, logged_rows, run_train, text_recipe, train_args
 from train import cli_main
 
 
@@ -146,3 +146,19 @@ def test_a_killed_mixture_resumes_equal_to_the_uninterrupted_run(tmp_path, tiny_
     exported = [load_file(os.path.join(d, "model", "model.safetensors")) for d in (run_dir, whole)]
     for name, value in exported[0].items():
         assert torch.equal(value, exported[1][name]), name
+
+
+def test_a_clip_recipe_trains_on_image_caption_sources(tmp_path):
+    """Image–caption sources: each evaluated in both directions under its name, their mean, each in the card."""
+    sources = {"small": {"builtin_rows": 64, "val_size": 16}, "large": {"builtin_rows": 96}}
+    cli_main(train_args(*clip_recipe(), f"--data.sources={json.dumps(sources)}", "--trainer.logger.name=clip-mix",
+                        save_dir=tmp_path))
+    run_dir = tmp_path / "clip-mix" / "version_0"
+    last = {k: v for row in logged_rows(run_dir) for k, v in row.items() if v}
+    for name in ("small", "large"):  # caption → image and image → caption, each source's own
+        assert f"val/{name}_cosine_ndcg@10" in last and f"val/{name}-image2text_cosine_ndcg@10" in last, name
+    assert "val/mean_cosine_ndcg@10" in last  # over the 4 tasks
+    assert "train/small_loss" in last and "train/large_loss" in last
+    card = (run_dir / "model" / "README.md").read_text()
+    assert "#### small (shapes)" in card and "#### large (shapes)" in card
+    assert "* Size: 48 training samples" in card and "* Size: 64 training samples" in card

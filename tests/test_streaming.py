@@ -238,7 +238,7 @@ def test_parquet_streams_in_small_batches_through_a_buffered_reader(tmp_path):
     """A parquet row group of ~100 MB (datasets' default) is not decoded whole per Arrow batch, nor pre-buffered."""
     import datasets
 
-    from datamodules.loading import STREAM_PARQUET_ROWS, load_splits, stream_read_options
+    from datamodules.loading import STREAM_JSON_CHUNK, STREAM_PARQUET_ROWS, load_splits, stream_read_options
 
     (tmp_path / "pq").mkdir()
     datasets.Dataset.from_list(qa_rows(300)).to_parquet(str(tmp_path / "pq" / "train.parquet"))  # one row group
@@ -248,7 +248,10 @@ def test_parquet_streams_in_small_batches_through_a_buffered_reader(tmp_path):
         assert options["batch_size"] == STREAM_PARQUET_ROWS
         scan = options["fragment_scan_options"]
         assert scan.use_buffered_stream and not scan.pre_buffer
-    assert stream_read_options(str(tmp_path / "train.jsonl"), None) == {}
+    # JSON lines in chunks of 1 MB (HF infers the columns from the first chunk, parsing it line by line in Python)
+    assert stream_read_options(str(tmp_path / "train.jsonl"), None) == {"chunksize": STREAM_JSON_CHUNK}
+    json_stream = load_splits(str(tmp_path / "train.jsonl"), {}, streaming=True)["train"]
+    assert [row["anchor"] for row in json_stream] == [r["anchor"] for r in qa_rows(3)]
     stream = load_splits(str(tmp_path / "pq"), {}, streaming=True)["train"]
     tables = list(stream.iter(batch_size=1000))  # HF re-batches; the rows are all there, in order
     assert [row for t in tables for row in t["anchor"]] == [r["anchor"] for r in qa_rows(300)]
