@@ -1,9 +1,11 @@
 import glob
+import json
 import os
 
 import pytest
 import yaml
 
+from conftest import write_pairs_dir
 from tests.commands import NO_EXPORT
 from train import cli_main
 
@@ -56,7 +58,7 @@ def test_clip_seed_recipe_hyperparameters(capsys):
     assert (data["val_name"], data["test_name"], data["columns"]) == ("coco-eval", "coco-test", ["image", "caption"])
 
 
-@pytest.mark.parametrize("recipe", ["configs/demo/text.yaml", "configs/demo/clip.yaml"])
+@pytest.mark.parametrize("recipe", ["configs/demo/text.yaml", "configs/demo/clip.yaml", "configs/demo/mixture.yaml"])
 def test_recipe_fast_dev_run(recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing may be written outside the run directory
     cli = cli_main(["fit", "--config", os.path.join(ROOT, recipe), "--trainer.fast_dev_run=1",
@@ -78,6 +80,25 @@ def test_bge_seed_recipe_on_local_directories(tmp_path, tiny_bert_dir, pairs_dir
     assert {f"val/dim_{d}_cosine_map@100" for d in (32, 16, 8, 4, 2)} <= set(metrics)
     assert cli.trainer.global_step == 1  # 48 rows / 32 per batch = 2 batches, accumulated 16 → one optimizer step
     assert os.path.exists(os.path.join(cli.trainer.log_dir, "model", "modules.json"))
+
+
+def test_bge_seed_recipe_trains_on_several_sources_by_flag(tmp_path, tiny_bert_dir, pairs_dir):
+    """The seed config with two sources named by one flag: each evaluated under its name, their mean monitored."""
+    other = write_pairs_dir(tmp_path / "other", train=40, validation=12, test=12)
+    sources = {"finance": {"dataset": pairs_dir}, "other": {"dataset": other, "max_train_rows": 32}}
+    cli = cli_main(["fit", "--config", os.path.join(ROOT, "configs", "bge_base_matryoshka.yaml"),
+                    f"--model.init_args.encoder.init_args.model_name_or_path={tiny_bert_dir}",
+                    f"--data.init_args.sources={json.dumps(sources)}",
+                    "--model.init_args.loss.init_args.dims=[32, 16, 8, 4, 2]", "--data.init_args.num_workers=0",
+                    '--trainer.callbacks=[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", '
+                    '"init_args": {"monitor": "val/mean_dim_32_cosine_map@100", "mode": "max"}}]',
+                    "--trainer.max_epochs=1", f"--trainer.logger.init_args.save_dir={tmp_path}",
+                    "--trainer.enable_progress_bar=false", "--export.dirpath=null"])
+    metrics = cli.model.history[-1][1]
+    assert {f"val/{name}_dim_{d}_cosine_map@100" for name in ("finance", "other", "mean") for d in (32, 2)} <= set(
+        metrics)
+    assert cli.datamodule.sources["other"].hparams.columns == ["positive", "anchor"]  # the recipe's, inherited
+    assert cli.trainer.global_step == 1  # 2 + 1 batches of 32, accumulated 16: one optimizer step
 
 
 @pytest.fixture()

@@ -1,6 +1,7 @@
 """Batches from several sources: the order of sentence-transformers' multi-dataset samplers, one source per batch,
 the same source on every rank at every step, exact resume."""
 
+import logging
 import random
 from collections import Counter
 
@@ -254,3 +255,23 @@ def test_a_source_with_a_loss_of_its_own_trains_with_it(tiny_bert_dir):
         batch = {"features": features, "rows": [0, 1, 2, 3], **({"source": source} if source else {})}
         expected = MultipleNegativesRankingLoss(scale=scale)(*embeddings)
         assert torch.equal(module.training_step(batch, 0), expected), source
+
+
+def test_a_streamed_sources_bad_rows_are_reported_under_its_name(tmp_path, caplog):
+    good = write_jsonl(tmp_path / "good.jsonl", qa_rows(40))
+    rows = qa_rows(40, offset=100)
+    rows[3]["positive"] = ""  # an empty text: skipped, counted, named
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows)
+    dm = PairDataModule(dataset=good, val_split=None, batch_size=4, num_workers=0, streaming=True, shuffle_buffer=8,
+                        sources={"clean": {}, "noisy": {"dataset": bad}})
+    dm.connect(DataNeeds(Recorder()))
+    dm.setup("fit")
+    for batch in dm.train_dataloader():
+        dm.on_before_batch_transfer(batch, 0)
+    with caplog.at_level(logging.WARNING):
+        dm.report_epoch(0)
+    reports = [r.getMessage() for r in caplog.records]
+    skipped = [m for m in reports if "training row(s) skipped" in m]
+    # (39 good rows for 10 batches of 4: the source is read again, and its bad row met twice)
+    assert len(skipped) == 1 and skipped[0].startswith("source 'noisy': epoch 0, rank 0: 2 training row(s) skipped")
+    assert all(m.startswith("source 'noisy': ") for m in reports if "epoch 0, rank 0" in m)
