@@ -157,12 +157,19 @@ def streams(repo: str) -> bool:
 
 
 def run(args, kind: str, mode: str, data: str, model: str) -> dict:
+    return probe(command(kind, mode, data, model, "", args.repo), args.repo)
+
+
+def probe(train_args: list[str], cwd: str, at: int = 0) -> dict:
+    """Run ``train_args`` (a ``train.py fit`` command with the probe callback) in a fresh temporary folder, logs and HF
+    cache included (every run converts afresh, as a first run does), until training batch ``at``; its figures, or
+    ``{"error": …}``."""
     with tempfile.TemporaryDirectory() as work:
         out = f"{work}/probe.json"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "LITEMBED_PROBE_OUT": out,
-               "HF_DATASETS_CACHE": f"{work}/hf-cache",  # every run converts afresh, as a first run does
-               "PYTHONPATH": os.path.join(ROOT, "bench"), "LITEMBED_PROBE_T0": repr(time.time())}
-        done = subprocess.run(command(kind, mode, data, model, f"{work}/runs", args.repo), cwd=args.repo, env=env,
+               "HF_DATASETS_CACHE": f"{work}/hf-cache", "PYTHONPATH": os.path.join(ROOT, "bench"),
+               "LITEMBED_PROBE_AT": str(at), "LITEMBED_PROBE_T0": repr(time.time())}
+        done = subprocess.run([*train_args, f"--trainer.logger.init_args.save_dir={work}/runs"], cwd=cwd, env=env,
                               capture_output=True, text=True)
         if not os.path.exists(out):
             return {"error": f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}

@@ -17,16 +17,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from first_step import command, models, text_data  # noqa: E402 (bench/ on the path)
+from first_step import command, models, probe, text_data  # noqa: E402 (bench/ on the path)
 
 
 def parse() -> argparse.Namespace:
@@ -59,17 +57,10 @@ def median_of(runs: int, args: list[str], at: int) -> dict:
 
 
 def measure(args: list[str], at: int) -> dict:
-    with tempfile.TemporaryDirectory() as work:
-        out = f"{work}/probe.json"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "LITEMBED_PROBE_OUT": out,
-               "HF_DATASETS_CACHE": f"{work}/hf-cache", "PYTHONPATH": os.path.join(ROOT, "bench"),
-               "LITEMBED_PROBE_AT": str(at), "LITEMBED_PROBE_T0": repr(time.time())}
-        done = subprocess.run([*args, f"--trainer.logger.init_args.save_dir={work}/runs"], cwd=ROOT, env=env,
-                              capture_output=True, text=True)
-        if not os.path.exists(out):
-            raise SystemExit(f"exit {done.returncode}: {done.stderr[-2000:]}")
-        with open(out) as f:
-            return json.load(f)
+    result = probe(args, ROOT, at)
+    if "error" in result:
+        raise SystemExit(result["error"])
+    return result
 
 
 def main() -> None:

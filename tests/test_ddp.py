@@ -59,13 +59,13 @@ def pairs(tmp_path_factory) -> str:
     return str(directory)
 
 
-def test_text_fit_with_two_processes_equals_one_process_accumulating_two(tmp_path, no_dropout_bert, pairs):
-    ddp = check_ddp_run(fit(text_args(no_dropout_bert, pairs) + DDP, tmp_path / "ddp"), tmp_path / "ddp")
-    single = fit(text_args(no_dropout_bert, pairs, "--trainer.accelerator=cpu", "--trainer.devices=1",
+def ddp_equals_one_process_accumulating_two(tmp_path, model_dir, data_dir, *flags) -> dict[str, float]:
+    """A 2-process fit and a 1-process fit accumulating 2 batches log the same metrics and losses; the former's."""
+    ddp = check_ddp_run(fit(text_args(model_dir, data_dir, *flags) + DDP, tmp_path / "ddp"), tmp_path / "ddp")
+    single = fit(text_args(model_dir, data_dir, *flags, "--trainer.accelerator=cpu", "--trainer.devices=1",
                            "--trainer.accumulate_grad_batches=2", NO_EXPORT), tmp_path / "one")
     assert single.returncode == 0, single.stderr[-3000:]
     one = metrics(tmp_path / "one")
-    assert {"test/dim_32_cosine_ndcg@10", "val/dim_8_cosine_map@100", "val/dim_32_cosine_ndcg@10_base"} <= set(ddp)
     assert set(ddp) == set(one)
     for key, value in one.items():
         assert ddp[key] == pytest.approx(value, abs=1e-4), key
@@ -74,6 +74,12 @@ def test_text_fit_with_two_processes_equals_one_process_accumulating_two(tmp_pat
     assert len(one_losses) > 1 and ddp_losses.keys() == one_losses.keys()
     for step, value in one_losses.items():
         assert ddp_losses[step] == pytest.approx(value, rel=1e-5), step
+    return ddp
+
+
+def test_text_fit_with_two_processes_equals_one_process_accumulating_two(tmp_path, no_dropout_bert, pairs):
+    ddp = ddp_equals_one_process_accumulating_two(tmp_path, no_dropout_bert, pairs)
+    assert {"test/dim_32_cosine_ndcg@10", "val/dim_8_cosine_map@100", "val/dim_32_cosine_ndcg@10_base"} <= set(ddp)
 
 
 @pytest.mark.slow  # 3 processes (~39 s); the text recipe's 2-process fit is the default suite's
@@ -163,16 +169,6 @@ def test_a_mixture_under_ddp_equals_one_process_accumulating_two(tmp_path, no_dr
     trip = write_jsonl(tmp_path / "trip.jsonl", [{"q": f"what does widget {i} do", "p": f"widget {i} frobnicates",
                                                  "n": f"widget {i} polishes"} for i in range(48)])
     sources = {"qa": {}, "trip": {"dataset": trip, "columns": ["q", "p", "n"], "val_size": 8, "test_split": None}}
-    flags = [f"--data.sources={json.dumps(sources)}", "--data.drop_last=true"]
-    ddp = check_ddp_run(fit(text_args(no_dropout_bert, pairs, *flags) + DDP, tmp_path / "ddp"), tmp_path / "ddp")
-    single = fit(text_args(no_dropout_bert, pairs, *flags, "--trainer.accelerator=cpu", "--trainer.devices=1",
-                           "--trainer.accumulate_grad_batches=2", NO_EXPORT), tmp_path / "one")
-    assert single.returncode == 0, single.stderr[-3000:]
-    one = metrics(tmp_path / "one")
-    assert set(ddp) == set(one) and "val/trip_dim_32_cosine_ndcg@10" in one
-    for key, value in one.items():
-        assert ddp[key] == pytest.approx(value, abs=1e-4), key
-    ddp_losses, one_losses = losses(tmp_path / "ddp"), losses(tmp_path / "one")
-    assert len(one_losses) > 1 and ddp_losses.keys() == one_losses.keys()
-    for step, value in one_losses.items():
-        assert ddp_losses[step] == pytest.approx(value, rel=1e-5), step
+    ddp = ddp_equals_one_process_accumulating_two(tmp_path, no_dropout_bert, pairs,
+                                                  f"--data.sources={json.dumps(sources)}", "--data.drop_last=true")
+    assert "val/trip_dim_32_cosine_ndcg@10" in ddp and "val/mean_dim_32_cosine_ndcg@10" in ddp
