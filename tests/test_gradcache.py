@@ -39,11 +39,18 @@ def assert_same(reference: dict, mine: dict) -> None:
         assert torch.allclose(mine[name], value, rtol=0, atol=1e-10), (name, (mine[name] - value).abs().max())
 
 
-def text_module(minilm_path, symmetric: bool, dropout: float = 0.1) -> TextEmbeddingModule:
+# GTE's improved contrastive loss with hardness weighting: every direction, the joint softmax, a detached penalty
+GTE = {"directions": ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"), "hardness_mode":
+       "all_negatives", "hardness_strength": 5.0}
+
+
+def text_module(minilm_path, symmetric: bool | str, dropout: float = 0.1) -> TextEmbeddingModule:
+    """``symmetric``: False, True, or "gte" (GTE)."""
     torch.manual_seed(0)
     config = {**TINY_BERT, "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
     encoder = TextEncoder(config=config, tokenizer_name_or_path=minilm_path)
-    loss = MatryoshkaLoss(MultipleNegativesRankingLoss(symmetric=symmetric), [32, 16, 4])
+    options = GTE if symmetric == "gte" else {"symmetric": symmetric}
+    loss = MatryoshkaLoss(MultipleNegativesRankingLoss(**options), [32, 16, 4])
     module = TextEmbeddingModule(encoder, loss=loss).double()
     module.setup("fit")  # dropout on
     return module
@@ -54,7 +61,7 @@ def text_columns(module, rows=10):
     return [module.processor(t) for t in texts]
 
 
-@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("symmetric", [False, True, "gte"])
 def test_text_gradients_equal_the_plain_step(minilm_path, symmetric):
     module = text_module(minilm_path, symmetric)
     columns = text_columns(module)  # anchor, positive, one hard-negative column

@@ -2,6 +2,7 @@
 
 import datetime
 import random
+import sys
 
 import pytest
 import torch
@@ -86,6 +87,52 @@ def test_mnrl_matches_sentence_transformers(st, n_negatives, similarity, scale, 
     ours = MultipleNegativesRankingLoss(scale=scale, similarity=similarity, symmetric=symmetric)
     theirs = st_mnrl(st, symmetric=symmetric, similarity=similarity, scale=scale)
     assert_same_loss_and_grads(lambda x: ours(*x), st_forward(theirs), embeddings(2 + n_negatives))
+
+
+def st_63_configurations():
+    """Every (directions, partition_mode) sentence-transformers 6.3 accepts, with each hardness mode."""
+    from itertools import combinations
+
+    others = ("query_to_query", "doc_to_query", "doc_to_doc")
+    for k in range(len(others) + 1):
+        for extra in combinations(others, k):
+            directions = ("query_to_doc", *extra)
+            modes = ["joint"] + (["per_direction"] if not {"query_to_query", "doc_to_doc"} & set(extra) else [])
+            for partition_mode in modes:
+                for hardness_mode in (None, "in_batch_negatives", "hard_negatives", "all_negatives"):
+                    yield {"directions": directions, "partition_mode": partition_mode, "hardness_mode": hardness_mode,
+                           "hardness_strength": 0.0 if hardness_mode is None else 5.0}
+
+
+@pytest.mark.parametrize("n_negatives", [0, 2])
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_mnrl_directions_partitions_and_hardness_match_sentence_transformers_6_3(st, n_negatives, similarity):
+    compared = 0
+    for options in st_63_configurations():
+        inputs = embeddings(2 + n_negatives, seed=compared)
+        ours = MultipleNegativesRankingLoss(scale=7.0, similarity=similarity, **options)
+        theirs = st_mnrl(st, similarity=similarity, scale=7.0, **options)
+        try:
+            assert_same_loss_and_grads(lambda x: ours(*x), st_forward(theirs), inputs)
+        except AssertionError as err:
+            raise AssertionError(f"{options}: {err}") from None
+        assert ours.get_config_dict() == {**theirs.get_config_dict(), "directions": list(options["directions"])}
+        compared += 1
+    assert compared == 10 * 4  # 8 direction sets joint, 2 per direction; 4 hardness settings each
+
+
+def test_mnrl_refuses_what_sentence_transformers_6_3_refuses():
+    for kwargs, match in [({"directions": ("doc_to_query",)}, "must include 'query_to_doc'"),
+                          ({"directions": ("query_to_doc", "sideways")}, "directions must be distinct ones of"),
+                          ({"directions": ("query_to_doc", "doc_to_doc"), "partition_mode": "per_direction"},
+                           "use partition_mode 'joint'"),
+                          ({"partition_mode": "both"}, "partition_mode must be one of"),
+                          ({"hardness_mode": "hardest"}, "hardness_mode must be null or one of"),
+                          ({"hardness_strength": -1.0}, "hardness_strength must be ≥ 0"),
+                          ({"symmetric": True, "directions": ("query_to_doc", "doc_to_doc")}, "symmetric is")]:
+        with pytest.raises(ValueError, match=match):
+            MultipleNegativesRankingLoss(**kwargs)
+    assert MultipleNegativesRankingLoss(symmetric=True).directions == ("query_to_doc", "doc_to_query")
 
 
 def test_mnrl_symmetric_matches_deprecated_symmetric_loss(st):
@@ -236,7 +283,8 @@ def _distributed_worker(rank: int, directory: str) -> None:
         gathered = all_gather_with_grad(x)
         (gathered.sum() * (rank + 1)).backward()
         results["gathered"], results["gather_grad"] = gathered.detach(), x.grad
-        for name, kwargs, columns in [("plain", {}, 3), ("symmetric", {"symmetric": True, "scale": 7.0}, 2)]:
+        for name, kwargs, columns in [("plain", {}, 3), ("symmetric", {"symmetric": True, "scale": 7.0}, 2),
+                                      ("gte", GTE, 3)]:
             inputs = [e.detach()[rows].requires_grad_() for e in embeddings(columns, rows=2 * B)]
             loss = MultipleNegativesRankingLoss(gather_across_devices=True, **kwargs)(*inputs)
             loss.backward()
@@ -258,6 +306,39 @@ def _per_row_loss(scale: float, symmetric: bool, anchor, positive, *negatives) -
     if symmetric:
         loss = 0.5 * (loss + F.cross_entropy(scale * positive @ anchor.T, labels, reduction="none"))
     return loss
+
+
+# GTE's improved contrastive loss with hardness weighting: every direction and mask crosses ranks
+GTE = {"directions": ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"), "scale": 9.0,
+       "hardness_mode": "all_negatives", "hardness_strength": 3.0}
+
+
+def test_gather_across_devices_of_every_direction_equals_sentence_transformers(st, tmp_path):
+    """2 gloo ranks with the gather: each rank's loss, and its rows' gradients of both ranks' losses, equal
+    sentence-transformers' on that rank (its gather and rank stood in for in one process)."""
+    mp.spawn(_distributed_worker, args=(str(tmp_path),), nprocs=2)
+    inputs = embeddings(3, rows=2 * B)
+    theirs = st_mnrl(st, gather_across_devices=True, **GTE)
+    rank_losses = [_st_loss_on_rank(theirs, inputs, rank) for rank in range(2)]
+    grads = torch.autograd.grad(sum(rank_losses), inputs)
+    for rank in range(2):
+        loss, rank_grads = torch.load(tmp_path / f"rank{rank}.pt")["gte"]
+        torch.testing.assert_close(loss, rank_losses[rank].detach(), rtol=0, atol=1e-6)
+        for rank_grad, grad in zip(rank_grads, grads, strict=True):
+            torch.testing.assert_close(rank_grad, grad[rank * B:(rank + 1) * B], rtol=0, atol=1e-6)
+
+
+def _st_loss_on_rank(st_loss, inputs: list[torch.Tensor], rank: int) -> torch.Tensor:
+    """ST's loss as rank ``rank`` of 2 computes it with the gather: its rows of each column, gathered into the whole
+    column (the gather hands back the full leaves, so gradients reach every rank's rows)."""
+    from unittest import mock
+
+    local = [column[rank * B:(rank + 1) * B] for column in inputs]
+    full = {id(view): column for view, column in zip(local, inputs)}
+    module = sys.modules[type(st_loss).__module__]
+    with mock.patch.object(module, "all_gather_with_grad", lambda t: full[id(t)]), \
+            mock.patch.object(module, "get_rank", lambda: rank):
+        return st_loss.compute_loss_from_embeddings(local, None)
 
 
 def test_gather_across_devices_matches_single_process_loss(st, tmp_path):
