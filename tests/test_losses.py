@@ -194,6 +194,16 @@ def test_matryoshka_matches_sentence_transformers(st, dim, dims, weights, n_nega
     assert_same_loss_and_grads(lambda x: ours(*x), st_forward(theirs), embeddings(2 + n_negatives, dim=dim))
 
 
+def test_matryoshka_of_gte_loss_with_hardness_matches_sentence_transformers(st):
+    losses, _ = st
+    options = {"directions": ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"),
+               "hardness_mode": "in_batch_negatives", "hardness_strength": 9.0, "scale": 12.0}
+    ours = MatryoshkaLoss(MultipleNegativesRankingLoss(**options), [32, 8])
+    model = EmbeddingsModel(32)
+    theirs = losses.MatryoshkaLoss(model, st_mnrl(st, model=model, **options), [32, 8])
+    assert_same_loss_and_grads(lambda x: ours(*x), st_forward(theirs), embeddings(3, dim=32))
+
+
 def test_matryoshka_of_symmetric_dot_loss_matches_sentence_transformers(st):
     losses, _ = st
     ours = MatryoshkaLoss(MultipleNegativesRankingLoss(scale=5.0, similarity="dot", symmetric=True), [8, 32, 16])

@@ -43,7 +43,9 @@ def mixture_flags(sources: dict[str, str], qa: dict | None = None, trip: dict | 
     return [f"--data.sources={json.dumps(spec)}"]
 
 
-OWN_LOSS = {"trip": {"class_path": "losses.MultipleNegativesRankingLoss", "init_args": {"scale": 30}}}
+OWN_LOSS = {"trip": {"class_path": "losses.MultipleNegativesRankingLoss", "init_args": {
+    "scale": 30, "directions": ["query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"],
+    "hardness_mode": "hard_negatives", "hardness_strength": 5.0}}}
 
 
 def test_each_source_is_evaluated_logged_and_carded(tmp_path, tiny_bert_dir, sources):
@@ -75,6 +77,7 @@ def test_each_source_is_evaluated_logged_and_carded(tmp_path, tiny_bert_dir, sou
     qa_section = card.split("#### qa (mixture-qa0)")[1].split("####")[0]
     trip_section = card.split("#### trip (trip.jsonl)")[1].split("####")[0]
     assert "MatryoshkaLoss" in qa_section and '"scale": 30.0' in trip_section and "Matryoshka" not in trip_section
+    assert '"hardness_mode": "hard_negatives"' in trip_section and '"doc_to_doc"' in trip_section
     table = next(line for line in card.splitlines() if line.startswith("| Metric "))
     assert all(f" {name}_dim_32 " in table for name in ("mean", "qa", "trip"))
 
