@@ -275,3 +275,22 @@ def test_a_streamed_sources_bad_rows_are_reported_under_its_name(tmp_path, caplo
     # (39 good rows for 10 batches of 4: the source is read again, and its bad row met twice)
     assert len(skipped) == 1 and skipped[0].startswith("source 'noisy': epoch 0, rank 0: 2 training row(s) skipped")
     assert all(m.startswith("source 'noisy': ") for m in reports if "epoch 0, rank 0" in m)
+
+
+def test_a_stream_of_unknown_length_is_drawn_by_weight_or_in_turn_for_max_steps_not_by_size():
+    from datamodules.mixture import StreamMixtureSource
+    from datamodules.sources import StreamingSource
+
+    def stream(rows):
+        return StreamingSource(None, rows, max_steps=5, accumulate=2, batch_size=4, seed=0, buffer_size=8, window=8,
+                               admit=lambda row: (), collate=Collate(), where="test")
+
+    with pytest.raises(ValueError, match=r"proportional draws each source by its size, and the length of 'web' is "
+                                         r"unknown .*: set max_train_rows of --data.init_args.sources.web, or sample "
+                                         r"by weight \(--data.init_args.sampling weighted\) or in turn"):
+        StreamMixtureSource({"docs": stream(400), "web": stream(None)}, "proportional")
+    for sampling, weights in (("weighted", [1.0, 3.0]), ("round_robin", None)):
+        mixture = StreamMixtureSource({"docs": stream(400), "web": stream(None)}, sampling, weights=weights,
+                                      accumulate=2)
+        assert mixture.steps_per_epoch(world=1) == 5 * 2  # one epoch of max_steps optimizer steps
+    assert StreamMixtureSource({"docs": stream(400), "web": stream(40)}).steps_per_epoch(world=1) == 100 + 10
