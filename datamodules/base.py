@@ -503,6 +503,11 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
     def training_sources(self) -> list[str]:
         return list(self.sources)
 
+    def has_teacher_scores(self, source: str | None = None) -> bool:
+        """Whether the training batches (of ``source`` in a mixture) carry teacher scores; a subclass with a scores
+        column says so."""
+        return False
+
     @property
     def equal_batch_sizes(self) -> bool:
         """Whether every training batch on every rank has ``batch_size`` rows (what a cross-device gather needs); the

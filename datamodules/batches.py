@@ -15,6 +15,7 @@ STREAM = "stream"
 IDS = "ids"
 EMBEDDINGS = "embeddings"
 SOURCE = "source"
+LABELS = "labels"
 # keys of an image column's features: pixels to embed, or rows of the model's table of (constant) image embeddings
 PIXEL_VALUES = "pixel_values"
 IMAGE_INDEX = "image_index"
@@ -27,6 +28,7 @@ class TrainBatch(TypedDict):
     rows: list[int | None]  # each row's ``__row__``, for messages about the batch (a non-finite loss)
     report: NotRequired["EpochReport"]  # a stream's: what its worker skipped since its last batch (not transferred)
     source: NotRequired[str]  # in a mixture of sources (datamodules.mixture): the source the batch's rows come from
+    labels: NotRequired[Tensor]  # (B, n) the teacher's scores of each row (a distillation loss's), from score_column
 
 
 class EvalBatch(TypedDict):

@@ -55,6 +55,10 @@ class RetrievalData(Protocol):
     def training_sources(self) -> list[str]:
         """The names of a mixture's training sources (``TrainBatch["source"]``); empty for one dataset."""
 
+    def has_teacher_scores(self, source: str | None = None) -> bool:
+        """Whether the training batches (of ``source`` in a mixture) carry a teacher's scores
+        (``TrainBatch["labels"]``), which a distillation loss reads."""
+
     @property
     def equal_batch_sizes(self) -> bool:
         """Whether every training batch on every rank has ``batch_size`` rows (what a cross-device gather needs)."""

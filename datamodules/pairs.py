@@ -5,14 +5,16 @@ from collections.abc import Callable
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import torch
 
 from datamodules.base import RetrievalDataModule
-from datamodules.batches import FEATURES, IDS, ROWS, STREAM, EvalBatch, TrainBatch
+from datamodules.batches import FEATURES, IDS, LABELS, ROWS, STREAM, EvalBatch, TrainBatch
 from datamodules.builtin_datasets import Builtins, pair_builtins
 from datamodules.checks import check_columns, check_texts, text_value, value_codes
 from datamodules.contract import RetrievalTask
 from datamodules.locations import ROW, Where
+from datamodules.sources import BadRow
 from datamodules.splits import arrow_columns
 
 log = logging.getLogger(__name__)
@@ -23,13 +25,17 @@ class PairCollator:
     where the data sets one (else the model's prompt of the column's role)."""
 
     def __init__(self, processor: Callable, columns: list[str], roles: list[str],
-                 prompts: dict[str, str] | None = None) -> None:
+                 prompts: dict[str, str] | None = None, score_column: str | None = None) -> None:
         self.processor, self.columns, self.roles, self.prompts = processor, columns, roles, prompts or {}
+        self.score_column = score_column
 
     def __call__(self, rows: list[dict]) -> TrainBatch:
-        return {FEATURES: [self.processor([r[c] for r in rows], role, **_prompt(self.prompts, c))
-                           for c, role in zip(self.columns, self.roles)],
-                ROWS: [r.get(ROW) for r in rows]}  # for messages about the batch (a non-finite loss)
+        batch: TrainBatch = {FEATURES: [self.processor([r[c] for r in rows], role, **_prompt(self.prompts, c))
+                                        for c, role in zip(self.columns, self.roles)],
+                             ROWS: [r.get(ROW) for r in rows]}  # for messages about the batch (a non-finite loss)
+        if self.score_column is not None:
+            batch[LABELS] = torch.tensor([r[self.score_column] for r in rows], dtype=torch.float32)
+        return batch
 
 
 class StreamCollator:
@@ -63,6 +69,10 @@ class PairDataModule(RetrievalDataModule):
         query_column: eval query column; default ``columns[0]``.
         corpus_column: eval corpus column; default ``columns[1]``.
         corpus_from_train: add the training split's passages to the evaluation corpus (distractors).
+        score_column: a column of teacher scores for distillation (``losses.MarginMSELoss``,
+            ``losses.DistillKLDivLoss``): per row, a list of the teacher's scores of the first column against each of
+            the others ([positive, negatives…]; sentence-transformers' n-tuple-scores format, as ``mine.py
+            --output_scores`` writes it), or MarginMSE's margins; the batches carry them to the loss.
         prompts: text prepended to the texts of this data, by column (``{"anchor": "query: ", "positive":
             "passage: "}``), in training and evaluation (the query column's prompt for the queries, the corpus
             column's for the corpus), in place of the model's prompt for the column's role
@@ -80,6 +90,7 @@ class PairDataModule(RetrievalDataModule):
         corpus_column: str | None = None,
         corpus_from_train: bool = False,
         prompts: dict[str, str] | None = None,
+        score_column: str | None = None,
         **kwargs,
     ) -> None:
         if len(columns) < 2:
@@ -101,6 +112,10 @@ class PairDataModule(RetrievalDataModule):
                              f"({', '.join(dict.fromkeys([*self.columns, self.query_column, self.corpus_column]))}): "
                              f"key each prompt by the column whose texts it precedes")
         self.prompts = dict(prompts or {})
+        if score_column is not None and score_column in self.columns:
+            raise ValueError(f"--data.init_args.score_column {score_column!r} is one of --data.init_args.columns "
+                             f"{self.columns}: the scores are a column of their own, not a text the model embeds")
+        self.score_column = score_column
 
     def builtins(self) -> Builtins:
         return pair_builtins(self.hparams.seed)
@@ -110,13 +125,51 @@ class PairDataModule(RetrievalDataModule):
         return self.columns
 
     def split_columns(self, name: str) -> list[str]:
-        return self.columns if name == "train" else list(dict.fromkeys([self.query_column, self.corpus_column]))
+        if name == "train":
+            return self.columns + ([self.score_column] if self.score_column else [])
+        return list(dict.fromkeys([self.query_column, self.corpus_column]))
+
+    def text_columns(self, name: str) -> list[str]:
+        return [c for c in self.split_columns(name) if c != self.score_column]
+
+    def has_teacher_scores(self, source: str | None = None) -> bool:
+        if self.sources:
+            return source in self.sources and self.sources[source].has_teacher_scores()
+        return self.score_column is not None
 
     def check_split(self, name: str, split: datasets.Dataset, where: Where) -> datasets.Dataset:
-        columns = self.split_columns(name)
-        check_columns(split, columns, where)
-        check_texts(split, columns, where)
+        check_columns(split, self.split_columns(name), where)
+        check_texts(split, self.text_columns(name), where)
+        if name == "train" and self.score_column is not None:
+            kind = split.features[self.score_column]
+            dtype = getattr(getattr(kind, "feature", kind), "dtype", "")  # a list of numbers, or a number
+            if not dtype.startswith(("int", "uint", "float")):
+                raise ValueError(f"{where}: --data.init_args.score_column {self.score_column!r} holds {kind}, not "
+                                 f"numbers: a row's teacher scores are a list of numbers ([positive, negatives…])")
+            self._check_scores(split, where)
         return split
+
+    def _check_scores(self, split: datasets.Dataset, where: Where) -> None:
+        """Every training row has as many teacher scores as the first, none missing or NaN (a batch of them is one
+        tensor): the rows that do not are named."""
+        import pyarrow.compute as pc
+
+        column = arrow_columns(split, [self.score_column]).column(0).combine_chunks()
+        if hasattr(column, "flatten") and pa_list(column.type):
+            lengths = pc.fill_null(pc.list_value_length(column), -1).to_numpy(zero_copy_only=False)
+            values = pc.list_flatten(column)
+            bad_values = pc.fill_null(pc.is_nan(pc.cast(values, "float64")), True).to_numpy(zero_copy_only=False)
+            per_row = np.add.reduceat(bad_values, np.r_[0, np.cumsum(np.maximum(lengths, 0))[:-1]]) if len(
+                values) else np.zeros(len(lengths))
+            bad = (lengths != lengths[0]) | (lengths <= 0) | (per_row[:len(lengths)] > 0)
+        else:
+            bad = pc.fill_null(pc.is_nan(pc.cast(column, "float64")), True).to_numpy(zero_copy_only=False)
+        if bad.any():
+            positions = np.flatnonzero(bad)
+            rows = where.rows([int(r) for r in np.asarray(split[ROW])[positions[:10]]], total=len(positions))
+            raise ValueError(f"{where}: {len(positions)} row(s) have missing, NaN or a different number of teacher "
+                             f"scores in --data.init_args.score_column {self.score_column!r} than the first row: "
+                             f"{rows}. Give every row one score per candidate column (or its margins)")
 
     def retrieval(self, stage: str, split_name: str) -> tuple[dict[str, list], list[RetrievalTask]]:
         split = self.splits[split_name]
@@ -147,8 +200,18 @@ class PairDataModule(RetrievalDataModule):
 
     def admit(self, row: dict) -> tuple:
         where = f"{self.hparams.dataset} (train stream)"
+        if self.score_column is not None:
+            scores = row.get(self.score_column)
+            numbers = scores if isinstance(scores, list) else [scores]
+            if not numbers or not all(isinstance(n, (int, float)) and n == n for n in numbers):
+                raise BadRow(f"{where}: row {row.get(ROW)}: --data.init_args.score_column {self.score_column!r} "
+                             f"holds {scores!r}, not the teacher's scores (numbers)")
         return tuple(text_value(row, column, where) for column in self.columns)
 
     def train_collator(self) -> PairCollator:
         roles = ["query" if c == self.query_column else "document" for c in self.columns]
-        return PairCollator(self.processor, self.columns, roles, self.prompts)
+        return PairCollator(self.processor, self.columns, roles, self.prompts, self.score_column)
+
+
+def pa_list(kind) -> bool:
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
-from datamodules.batches import EMBEDDINGS, FEATURES, IDS, SOURCE, STREAM
+from datamodules.batches import EMBEDDINGS, FEATURES, IDS, LABELS, SOURCE, STREAM
 from datamodules.contract import DataNeeds, RetrievalData
 from lightning_modules.gradcache import cached_step
 from lightning_modules.optim import build_optimizer, uses_loss_scaler
@@ -134,10 +134,11 @@ class EmbeddingModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         columns = batch[FEATURES]
         loss_fn = self.loss_of(batch.get(SOURCE))
+        labels = {"labels": batch[LABELS]} if LABELS in batch else {}  # a distillation loss's teacher scores
         if self.gradcache_chunk_size is None:
-            loss = loss_fn(*(self.embed(features) for features in columns), **self.loss_kwargs())
+            loss = loss_fn(*(self.embed(features) for features in columns), **self.loss_kwargs(), **labels)
         else:
-            loss = self.gradcache_loss(columns, 1 / self.trainer.accumulate_grad_batches, loss_fn)
+            loss = self.gradcache_loss(columns, 1 / self.trainer.accumulate_grad_batches, loss_fn, labels)
         # for callbacks that monitor it (this batch's loss); the loggers get TrainingLog's mean over the logging window.
         # Not on the progress bar: showing it would copy the loss to the host (a device sync) every step
         self.log("train/loss", loss, batch_size=next(iter(columns[0].values())).shape[0], logger=False)
@@ -149,12 +150,12 @@ class EmbeddingModule(L.LightningModule):
         return {}
 
     def gradcache_loss(self, columns: list[dict[str, Tensor]], grad_factor: float,
-                       loss_fn: nn.Module | None = None) -> Tensor:
+                       loss_fn: nn.Module | None = None, labels: dict | None = None) -> Tensor:
         """A GradCache step over the batch's columns: all chunks but each tower's last are backpropagated here, into
         the parameters' gradients; the returned loss carries the rest to Lightning's backward. ``loss_fn``: the
         batch's loss (default ``self.loss``)."""
         loss_fn = self.loss if loss_fn is None else loss_fn
-        kwargs = self.loss_kwargs()
+        kwargs = {**self.loss_kwargs(), **(labels or {})}
         differentiable = {k: v for k, v in kwargs.items() if isinstance(v, Tensor) and v.requires_grad}
         fixed = {k: v for k, v in kwargs.items() if k not in differentiable}
         return cached_step(self.embed, columns, lambda *e, **d: loss_fn(*e, **fixed, **d),
@@ -318,6 +319,8 @@ class EmbeddingModule(L.LightningModule):
                 named = ", ".join(self.data.training_sources) or "none: the data is one dataset"
                 raise ValueError(f"--model.init_args.source_losses names {unknown}, which are not training sources "
                                  f"(--data.init_args.sources: {named}): key each loss by its source's name")
+            if self._trainer is not None:
+                self._check_teacher_scores()
             losses = [self.loss, *self.source_losses.values()]
             gathers = any(getattr(m, "gather_across_devices", False) for loss in losses for m in loss.modules())
             if gathers and self.trainer.world_size > 1 and not self.data.equal_batch_sizes:
@@ -325,6 +328,27 @@ class EmbeddingModule(L.LightningModule):
                     "gather_across_devices needs the same batch size on every rank at every step, but the last "
                     "batches of an epoch can be smaller: set --data.init_args.drop_last true (or stream the data: "
                     "--data.init_args.streaming true yields full batches only)")
+
+    def _check_teacher_scores(self) -> None:
+        """A distillation loss reads the data's teacher scores, and only it does: checked per training source before
+        the first step."""
+        data = self.data
+        for source in getattr(data, "training_sources", None) or [None]:
+            takes = getattr(self.loss_of(source), "takes_labels", False)
+            has = data.has_teacher_scores(source) if hasattr(data, "has_teacher_scores") else False
+            where = f"source {source!r}: " if source else ""
+            loss = self.loss_of(source)
+            inner = getattr(loss, "loss", None)  # a MatryoshkaLoss names the loss it wraps
+            name = f"{type(inner).__name__} (in {type(loss).__name__})" if isinstance(inner, nn.Module) else \
+                type(loss).__name__
+            if takes and not has:
+                raise ValueError(f"{where}{name} distils a teacher's scores, and the "
+                                 f"data has none: name the column holding them with --data.init_args.score_column "
+                                 f"(mine.py --output_scores writes one)")
+            if has and not takes:
+                raise ValueError(f"{where}the data has teacher scores (--data.init_args.score_column) but the loss "
+                                 f"{name} does not read them: train with "
+                                 f"losses.MarginMSELoss or losses.DistillKLDivLoss, or drop the score column")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["litembed"] = {"history": self.history}

@@ -1,7 +1,9 @@
 """Losses on embeddings: no encoder runs here, so each loss is testable on plain tensors."""
 
+from losses.distill import DistillKLDivLoss, MarginMSELoss
 from losses.distributed import all_gather_with_grad
 from losses.matryoshka import MatryoshkaLoss
 from losses.mnrl import MultipleNegativesRankingLoss
 
-__all__ = ["MatryoshkaLoss", "MultipleNegativesRankingLoss", "all_gather_with_grad"]
+__all__ = ["DistillKLDivLoss", "MarginMSELoss", "MatryoshkaLoss", "MultipleNegativesRankingLoss",
+           "all_gather_with_grad"]

@@ -51,12 +51,17 @@ class MatryoshkaLoss(nn.Module):
         return {"loss": type(self.loss).__name__, "matryoshka_dims": list(self.dims),
                 "matryoshka_weights": list(self.weights), "n_dims_per_step": self.n_dims_per_step}
 
-    def forward(self, *embeddings: Tensor, scale: Tensor | float | None = None) -> Tensor:
+    @property
+    def takes_labels(self) -> bool:
+        """Whether the inner loss reads the data's teacher scores (a distillation loss)."""
+        return getattr(self.loss, "takes_labels", False)
+
+    def forward(self, *embeddings: Tensor, **kwargs) -> Tensor:
         """Weighted sum of the inner loss over the Matryoshka dims.
 
         Args:
             *embeddings: (B, D) embeddings per column (anchor, positive, negatives…), as the inner loss takes them.
-            scale: passed on to the inner loss (None keeps its configured scale).
+            **kwargs: passed on to the inner loss: a learnable ``scale``, a distillation loss's ``labels``.
 
         Returns:
             Scalar loss.
@@ -68,7 +73,7 @@ class MatryoshkaLoss(nn.Module):
         chosen = range(len(self.dims))
         if 0 < self.n_dims_per_step < len(self.dims):
             chosen = sorted(random.sample(chosen, self.n_dims_per_step))
-        return sum(self.weights[i] * self.loss(*(_shrink(e, self.dims[i]) for e in embeddings), scale=scale)
+        return sum(self.weights[i] * self.loss(*(_shrink(e, self.dims[i]) for e in embeddings), **kwargs)
                    for i in chosen)
 
     def extra_repr(self) -> str:

@@ -34,10 +34,10 @@ def test_the_card_reads_train_py_s_defaults_from_the_parser_train_py_builds(tiny
 def test_the_batch_key_constants_spell_the_batch_layouts_fields():
     """The collators, the model and the callbacks index batches by the constants; the TypedDicts declare the layouts:
     one spelling of each key."""
-    from datamodules.batches import (EMBEDDINGS, FEATURES, IDS, REPORT, ROWS, SOURCE, STREAM, EvalBatch, Prediction,
-                                     TrainBatch)
+    from datamodules.batches import (EMBEDDINGS, FEATURES, IDS, LABELS, REPORT, ROWS, SOURCE, STREAM, EvalBatch,
+                                     Prediction, TrainBatch)
 
-    assert set(TrainBatch.__annotations__) == {FEATURES, ROWS, REPORT, SOURCE}
+    assert set(TrainBatch.__annotations__) == {FEATURES, ROWS, REPORT, SOURCE, LABELS}
     assert set(EvalBatch.__annotations__) == {STREAM, IDS, FEATURES}
     assert set(Prediction.__annotations__) == {STREAM, IDS, EMBEDDINGS}
 
