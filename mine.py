@@ -10,6 +10,7 @@ import argparse
 import os
 import shlex
 import sys
+from dataclasses import replace
 
 import datasets
 
@@ -19,7 +20,7 @@ from datamodules.loading import load_splits
 from datamodules.locations import Where
 from datamodules.splits import select_split, with_row_numbers
 from inference.inputs import read_inputs
-from inference.mining import SAMPLING_STRATEGIES, mine_dataset
+from inference.mining import SAMPLING_STRATEGIES, mine_dataset, teacher_scores
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -54,6 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--truncate_dim", type=int, help="mine with the first this many dimensions (Matryoshka)")
     parser.add_argument("--query_prompt_name", help="the model's prompt for anchors (default: query, if it has one)")
     parser.add_argument("--corpus_prompt_name", help="the model's prompt for the corpus (default: document, if any)")
+    parser.add_argument("--output_scores", action="store_true",
+                        help="add a scores column: per row [the anchor's score with its positive, with each negative] "
+                             "(sentence-transformers' n-tuple-scores format), what --data.init_args.score_column "
+                             "feeds a distillation loss (losses.MarginMSELoss, losses.DistillKLDivLoss)")
+    parser.add_argument("--teacher", help="with --output_scores: score the mined rows with this model instead of "
+                        "--model (a bigger embedder to distil from); same forms as --model")
     parser.add_argument("--device", help="cpu, cuda, cuda:1… (default: cuda if available)")
     parser.add_argument("--no_copy_splits", action="store_true",
                         help="write the mined split only (by default the dataset's other splits are copied unchanged "
@@ -112,9 +119,14 @@ def output_files(args: argparse.Namespace, splits: datasets.DatasetDict) -> dict
 
 
 def train_command(args: argparse.Namespace, columns: list[str]) -> str:
-    """The ``train.py fit`` command that trains on the mined folder, with the negative columns."""
+    """The ``train.py fit`` command that trains on the mined folder, with the negative columns (and, with scores,
+    distils them with MarginMSE)."""
+    texts = [c for c in columns if c != "scores"]
     command = (f"python train.py fit --config configs/demo/text.yaml --data.init_args.dataset "
-               f"{shlex.quote(args.output)} --data.init_args.columns '[{', '.join(columns)}]'")
+               f"{shlex.quote(args.output)} --data.init_args.columns '[{', '.join(texts)}]'")
+    if "scores" in columns:
+        command += (" --data.init_args.score_column scores --model.init_args.loss.init_args.loss "
+                    "losses.MarginMSELoss")
     return command + (f" --data.init_args.train_split {shlex.quote(args.split)}" if args.split != "train" else "")
 
 
@@ -123,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     try:  # the data is read and checked before the model loads: errors come in seconds
         if args.batch_size < 1 or (args.truncate_dim is not None and args.truncate_dim < 1):
             raise ValueError("--batch_size and --truncate_dim must be ≥ 1")
+        if args.teacher and not args.output_scores:
+            raise ValueError("--teacher scores the mined rows for --output_scores: add --output_scores")
         check_apart(args)
         splits, split = load_pairs(args)
         files = output_files(args, splits)
@@ -142,9 +156,15 @@ def main(argv: list[str] | None = None) -> None:
             corpus_prompt_name=args.corpus_prompt_name, show_progress=True, num_negatives=args.num_negatives,
             range_min=args.range_min, range_max=args.range_max, max_score=args.max_score, min_score=args.min_score,
             absolute_margin=args.absolute_margin, relative_margin=args.relative_margin,
-            sampling_strategy=args.sampling_strategy, seed=args.seed)
+            sampling_strategy=args.sampling_strategy, seed=args.seed,
+            output_scores=args.output_scores and not args.teacher)
         if len(mined.dataset) == 0:
             raise ValueError(f"no row got {args.num_negatives} negatives:\n{mined.summary()}")
+        if args.teacher:
+            scores = teacher_scores(mined.dataset, load_model(args.teacher, args.device),
+                                    anchor_column=args.anchor_column, positive_column=args.positive_column,
+                                    batch_size=args.batch_size, show_progress=True)
+            mined = replace(mined, dataset=mined.dataset.add_column("scores", scores))
     except ValueError as err:
         sys.stderr.write(f"error: {err}\n")
         raise SystemExit(2) from None  # exit code 2 for bad input, as train.py

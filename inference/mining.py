@@ -270,7 +270,8 @@ class MinedDataset:
     """What :func:`mine_dataset` produced, with ST's counts.
 
     Attributes:
-        dataset: rows ``(anchor, positive, negative_1 … negative_k)`` (the input's column names for the first two).
+        dataset: rows ``(anchor, positive, negative_1 … negative_k[, scores])`` (the input's column names for the
+            first two).
         rows: input rows.
         queries: distinct anchors.
         corpus_size: distinct corpus texts (positives plus the extra corpus).
@@ -327,6 +328,7 @@ def mine_dataset(
     query_prompt_name: str | None = None,
     corpus_prompt_name: str | None = None,
     show_progress: bool = False,
+    output_scores: bool = False,
     **options,
 ) -> MinedDataset:
     """Hard negatives for (anchor, positive) rows, as ST's ``mine_hard_negatives(..., output_format="n-tuple")``.
@@ -350,6 +352,8 @@ def mine_dataset(
         corpus_prompt_name: the model's prompt for the corpus; None: the first of ``document``, ``passage``,
             ``corpus`` the model has (ST's ``encode_document``).
         show_progress: show the embedder's progress bar.
+        output_scores: add a ``scores`` column: per row [the anchor's score with the row's positive, its score with
+            each negative] (ST's ``output_scores=True``: the n-tuple-scores format distillation losses read).
         **options: keyword options of :func:`mine_hard_negatives` (``num_negatives``, ``range_min``, ``range_max``,
             ``max_score``, ``min_score``, ``absolute_margin``, ``relative_margin``, ``sampling_strategy``, ``seed``,
             ``chunk_size``, ``query_chunk_size``).
@@ -380,9 +384,11 @@ def mine_dataset(
     own = [corpus_id.get(text, -1) for text in queries]  # a query whose text is in the corpus is not its own negative
     mined = mine_hard_negatives(query_embeddings, corpus_embeddings, per_row, query_corpus_ids=own, **options)
 
-    columns: dict[str, list[str]] = {anchor_column: [], positive_column: []}
+    columns: dict[str, list] = {anchor_column: [], positive_column: []}
     negatives = [[] for _ in range(mined.indices.shape[1])]
-    for q, (complete, found) in enumerate(zip(mined.complete.tolist(), mined.indices.tolist())):
+    scores = []
+    for q, (complete, found, found_scores) in enumerate(zip(mined.complete.tolist(), mined.indices.tolist(),
+                                                            mined.scores.tolist())):
         if not complete:
             continue
         for c in distinct[q]:
@@ -390,9 +396,33 @@ def mine_dataset(
             columns[positive_column].append(corpus_texts[c])
             for column, n in zip(negatives, found):
                 column.append(corpus_texts[n])
+            if output_scores:  # (normalised embeddings: the dot product is the cosine)
+                scores.append([float(query_embeddings[q] @ corpus_embeddings[c]), *found_scores])
     columns.update({f"negative_{i}": column for i, column in enumerate(negatives, start=1)})
+    if output_scores:
+        columns["scores"] = scores
     return MinedDataset(datasets.Dataset.from_dict(columns), len(anchors), len(queries), len(corpus_texts),
                         sum(map(len, distinct)), mined, {**options, "range_max": mined.range_max})
+
+
+def teacher_scores(dataset: datasets.Dataset, teacher, *, anchor_column: str = "anchor",
+                   positive_column: str = "positive", batch_size: int = 64, show_progress: bool = False) -> list[list[float]]:
+    """A teacher embedder's scores of mined rows: per row [cos(anchor, positive), cos(anchor, negative_i)…], each
+    distinct text embedded once, with the teacher's query and document prompts (as :func:`mine_dataset` embeds)."""
+    candidates = [positive_column] + [c for c in dataset.column_names if c.startswith("negative_")]
+    queries = list(dict.fromkeys(dataset[anchor_column]))
+    documents = list(dict.fromkeys(text for column in candidates for text in dataset[column]))
+    prompts = teacher.prompts
+    encode = dict(batch_size=batch_size, show_progress=show_progress, normalize=True)
+    query_embeddings = teacher.encode_texts(queries, prompt_name=next((p for p in QUERY_PROMPTS if p in prompts), None),
+                                            **encode)
+    document_embeddings = teacher.encode_texts(
+        documents, prompt_name=next((p for p in DOCUMENT_PROMPTS if p in prompts), None), **encode)
+    query_row = {text: i for i, text in enumerate(queries)}
+    document_row = {text: i for i, text in enumerate(documents)}
+    q = torch.tensor([query_row[text] for text in dataset[anchor_column]])
+    d = torch.tensor([[document_row[text] for text in dataset[column]] for column in candidates]).T  # (rows, 1+m)
+    return torch.einsum("rd,rkd->rk", query_embeddings[q], document_embeddings[d]).tolist()
 
 
 def _texts(rows: datasets.Dataset | Sequence[Mapping[str, str]], column: str, argument: str) -> list[str]:

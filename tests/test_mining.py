@@ -2,6 +2,7 @@
 ST is given a stand-in model whose 'encodings' are fixed rows, litembed an Embedder with the same rows; the
 n-tuple datasets must be equal row for row. Then chunking, errors, and ``mine.py`` end to end into ``train.py fit``."""
 
+import json
 import os
 import random
 import re
@@ -285,6 +286,33 @@ def test_a_real_model_mines_what_sentence_transformers_mines(tiny_export, option
     assert 0 < len(theirs)
 
 
+def test_output_scores_are_sentence_transformers_scores(tiny_export):
+    """The n-tuple-scores format of ST's ``mine_hard_negatives(..., output_scores=True)``: the same rows, and per row
+    [the positive's score, each negative's] equal within float32 rounding."""
+    from sentence_transformers import SentenceTransformer
+
+    from conftest import qa_rows
+    from inference.models import load_model
+
+    rows = qa_rows(40) + [{"anchor": r["anchor"], "positive": f"Also: {r['positive']}"} for r in qa_rows(6)]
+    options = {"range_min": 1, "num_negatives": 2}
+    theirs = util.mine_hard_negatives(datasets.Dataset.from_list(rows), SentenceTransformer(tiny_export, device="cpu"),
+                                      corpus=extra_corpus(), output_format="n-tuple", output_scores=True,
+                                      verbose=False, **options).to_list()
+    ours = mine_dataset(rows, load_model(tiny_export, "cpu"), corpus=extra_corpus(), output_scores=True,
+                        **options).dataset.to_list()
+    assert [{k: v for k, v in r.items() if k != "scores"} for r in ours] == [
+        {k: v for k, v in r.items() if k != "scores"} for r in theirs]
+    assert all(len(r["scores"]) == 3 for r in ours) and len(ours) > 0
+    for mine, st in zip(ours, theirs):
+        assert mine["scores"] == pytest.approx(st["scores"], abs=1e-5)
+    # the teacher's scores of the same rows, from a model's embeddings, are those mine_dataset wrote for that model
+    from inference.mining import teacher_scores
+
+    rescored = teacher_scores(datasets.Dataset.from_list(ours), load_model(tiny_export, "cpu"))
+    torch.testing.assert_close(torch.tensor(rescored), torch.tensor([r["scores"] for r in ours]), rtol=0, atol=1e-5)
+
+
 def run_mine(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, os.path.join(ROOT, "mine.py"), *args], capture_output=True, text=True,
                           cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
@@ -412,3 +440,37 @@ def test_cli_refuses_an_output_that_would_overwrite_the_corpus(tmp_path, pairs_d
         mine.main(["--model", "no/such-model", "--dataset", pairs_dir, "--output", str(tmp_path / "out"),
                    "--corpus", str(corpus)])
     assert f"holds --corpus {corpus}: the mined files could overwrite it" in capsys.readouterr().err
+
+
+def test_cli_output_scores_with_a_teacher_write_what_a_distillation_fit_reads(tmp_path, tiny_export, tiny_bert_dir):
+    """mine.py --output_scores --teacher: the teacher's scores in a scores column; the printed command's data and loss
+    flags train a distillation fit on it."""
+    from conftest import write_pairs_dir
+    from tests.commands import NO_EXPORT, text_recipe, train_args
+    from train import cli_main
+
+    teacher = str(tmp_path / "teacher")
+    from lightning_modules.text_encoder import TextEncoder
+
+    TextEncoder(tiny_bert_dir, pooling="cls", max_length=64).save(teacher)  # another model: other scores
+    data = write_pairs_dir(tmp_path / "pairs")
+    output = str(tmp_path / "mined")
+    run = run_mine("--model", tiny_export, "--dataset", data, "--output", output, "--num_negatives", "2",
+                   "--output_scores", "--teacher", teacher, "--batch_size", "16")
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in open(os.path.join(output, "train.jsonl"))]
+    assert all(len(row["scores"]) == 3 for row in rows)
+    from inference.mining import teacher_scores
+    from inference.models import load_model
+
+    expected = teacher_scores(datasets.Dataset.from_list([{k: v for k, v in r.items() if k != "scores"}
+                                                          for r in rows]), load_model(teacher, "cpu"))
+    torch.testing.assert_close(torch.tensor([r["scores"] for r in rows]), torch.tensor(expected), rtol=0, atol=1e-5)
+    printed = run.stdout.split("Train on it:\n", 1)[1].strip()
+    assert "--data.init_args.score_column scores --model.init_args.loss.init_args.loss losses.MarginMSELoss" in printed
+    assert "'[anchor, positive, negative_1, negative_2]'" in printed
+    cli_main(train_args(*text_recipe(tiny_bert_dir, output), "--data.columns=[anchor, positive, negative_1, negative_2]",
+                        "--data.score_column=scores", "--model.loss.loss=losses.MarginMSELoss",
+                        "--data.test_split=test", NO_EXPORT, save_dir=tmp_path / "runs"))
+    refused = run_mine("--model", tiny_export, "--dataset", data, "--output", str(tmp_path / "x"), "--teacher", teacher)
+    assert refused.returncode == 2 and "--teacher scores the mined rows for --output_scores" in refused.stderr
