@@ -119,7 +119,8 @@ class TrainingLog(Callback):
             if steps:
                 row[TRAIN_LOSS] = loss_sum / steps
             self._sum = None
-        row.update(self._source_losses())
+        sums, self._sources = self._source_sums(), {}
+        row.update({source_loss_key(name): total / count for name, (total, count) in sums.items() if count})
         row.update(learning_rates(trainer))
         if self.rate is not None:
             row["train/samples_per_s"] = self.rate
@@ -128,9 +129,9 @@ class TrainingLog(Callback):
                 row.update({k: float(v) for k, v in source.training_log_values().items()})
         log_row(trainer, row)
 
-    def _source_losses(self, keep: bool = False) -> dict[str, float]:
-        """Each source's mean batch loss since the last row, over all devices (which trained the same sources);
-        ``keep``: a checkpoint's read, which leaves the sums to go on with."""
+    def _source_sums(self) -> dict[str, list[float]]:
+        """Each source's finite batch losses since the last row, summed over all devices (which trained the same
+        sources): name → [sum, count]."""
         if not self._sources:
             return {}
         names = sorted(self._sources)  # the same on every rank: every rank trains the same source at a step
@@ -138,16 +139,12 @@ class TrainingLog(Callback):
         stacked = torch.stack([self._sources[name].to(device) for name in names])
         if self._world > 1:
             stacked = self._strategy.reduce(stacked, reduce_op="sum")
-        if not keep:
-            self._sources = {}
-        sums = dict(zip(names, stacked.tolist()))
-        return {source_loss_key(name): total / count for name, (total, count) in sums.items() if count} if not keep \
-            else sums
+        return dict(zip(names, stacked.tolist()))
 
     def state_dict(self) -> dict:
         # every rank writes its state (Lightning saves rank 0's): the loss of every device goes in rank 0's, so the
         # resumed run's next row averages what the uninterrupted one would
-        sources = self._source_losses(keep=True)
+        sources = self._source_sums()
         if self._sum is None:
             return {"loss_sum": list(self._restored or [0.0, 0.0]), "source_loss_sums": sources}
         total = self._strategy.reduce(self._sum.clone(), reduce_op="sum") if self._world > 1 else self._sum

@@ -283,7 +283,6 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         if isinstance(train, datasets.Dataset):
             train = self.splits["train"]
             if h.streaming:  # a built-in dataset, generated in memory: streamed all the same
-                self.train_source = None
                 self.train_source = self.stream_source()
             else:
                 codes = self.row_codes(train) if h.no_duplicates else np.arange(len(train))[:, None]

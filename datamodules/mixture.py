@@ -29,7 +29,6 @@ import bisect
 import contextlib
 import contextvars
 import copy
-import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,10 +41,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from datamodules.batches import SOURCE
 from datamodules.contract import RetrievalTask
 from datamodules.sampler import EpochBatchSampler, NoDuplicatesBatchSampler
-from datamodules.sources import MapStyleSource, SkipFirst, StreamBatches, StreamingSource, TrainSource
+from datamodules.sources import MapStyleSource, StreamBatches, StreamingSource, TrainSource, resumed_stream_loader, \
+    workers_for_shards
 from metrics.keys import MEAN_TASK
-
-log = logging.getLogger(__name__)
 
 SAMPLINGS = ("proportional", "round_robin", "weighted")
 # a datamodule's options that the mixture sets for every source: one seed orders all batches, one set of loader
@@ -200,7 +198,20 @@ class MixtureBatchSampler(EpochBatchSampler):
         return [self.offsets[k] + i for i in rows]
 
 
-class MixtureSource(TrainSource):
+class _Mixture(TrainSource):
+    """What both mixtures take: the sources by name, how batches are drawn from them, and a step's batches."""
+
+    def __init__(self, sources: Mapping[str, TrainSource], sampling: str, seed: int, weights: Sequence[float] | None,
+                 accumulate: int) -> None:
+        if not sources:
+            raise ValueError("a mixture needs at least one source")
+        check_sampling(sampling)  # here, before any loader is built
+        self.sources, self.sampling, self.seed = dict(sources), sampling, seed
+        self.weights = list(weights) if weights is not None else None
+        self.accumulate = accumulate
+
+
+class MixtureSource(_Mixture):
     """Several map-style sources, each batch from one of them in the order of :class:`MixtureBatchSampler`.
 
     Args:
@@ -216,12 +227,7 @@ class MixtureSource(TrainSource):
 
     def __init__(self, sources: Mapping[str, MapStyleSource], sampling: str = "proportional", seed: int = 0,
                  weights: Sequence[float] | None = None, accumulate: int = 1) -> None:
-        if not sources:
-            raise ValueError("a mixture needs at least one source")
-        check_sampling(sampling)  # here, before any loader is built
-        self.sources, self.sampling, self.seed = dict(sources), sampling, seed
-        self.weights = list(weights) if weights is not None else None
-        self.accumulate = accumulate
+        super().__init__(sources, sampling, seed, weights, accumulate)
         self.sampler: MixtureBatchSampler | None = None  # the current epoch's (its rereads are reported)
 
     @property
@@ -243,7 +249,7 @@ class MixtureSource(TrainSource):
         return DataLoader(rows, batch_sampler=mixture, collate_fn=collate, **options)
 
 
-class StreamMixtureSource(TrainSource):
+class StreamMixtureSource(_Mixture):
     """Several streamed sources, each batch from one of them: a map-style source joins a streamed mixture as a stream
     of its prepared rows.
 
@@ -264,12 +270,7 @@ class StreamMixtureSource(TrainSource):
 
     def __init__(self, sources: Mapping[str, StreamingSource], sampling: str = "proportional", seed: int = 0,
                  weights: Sequence[float] | None = None, accumulate: int = 1) -> None:
-        if not sources:
-            raise ValueError("a mixture needs at least one source")
-        check_sampling(sampling)
-        self.sources, self.sampling, self.seed = dict(sources), sampling, seed
-        self.weights = list(weights) if weights is not None else None
-        self.accumulate = accumulate
+        super().__init__(sources, sampling, seed, weights, accumulate)
         unknown = [name for name, source in self.sources.items() if source.rows is None]
         if unknown and sampling == "proportional":
             raise ValueError(f"--data.init_args.sampling proportional draws each source by its size, and the length of "
@@ -299,25 +300,19 @@ class StreamMixtureSource(TrainSource):
                    resume: tuple[int, int] | None = None) -> DataLoader:
         sources = list(self.sources.values())
         streams = [split_dataset_by_node(source.stream, rank=rank, world_size=world) for source in sources]
-        shards = min(stream.num_shards for stream in streams)
-        if options["num_workers"] > shards:  # every worker reads its own shards of every source
-            log.warning("a mixture of streamed sources: %d DataLoader workers but a source with %d shard(s) on this "
-                        "rank: using %d (split the data into more files for more)", options["num_workers"], shards,
-                        shards)
-            options = {**options, "num_workers": shards, "persistent_workers": True}
-        steps = self.steps_per_epoch(world)
-        if resume is not None and resume[1] >= steps:
-            epoch, resume = resume[0] + 1, None  # saved after the epoch's last batch: the next epoch starts afresh
-        workers = max(1, options["num_workers"])
-        skip = 0 if resume is None else resume[1]
-        parts = [StreamBatches(stream, self._steps(source, world), epoch, self.seed, source.buffer_size,
-                               source.batch_size, source.window, source.admit, source.collate,
-                               f"{source.where} rank {rank}") for source, stream in zip(sources, streams)]
-        counts = [part.steps for part in parts]
-        batches = MixtureStreamBatches(parts, list(self.sources), partial(self.order, counts), epoch,
-                                       skip=skip // workers)
+        # every worker reads its own shards of every source
+        options = workers_for_shards(options, min(stream.num_shards for stream in streams),
+                                     "a mixture of streamed sources (its source with the fewest shards)")
+        counts = [self._steps(source, world) for source in sources]
+
+        def batches(epoch: int, skip: int) -> MixtureStreamBatches:
+            parts = [StreamBatches(stream, count, epoch, self.seed, source.buffer_size, source.batch_size,
+                                   source.window, source.admit, source.collate, f"{source.where} rank {rank}")
+                     for source, stream, count in zip(sources, streams, counts)]
+            return MixtureStreamBatches(parts, list(self.sources), partial(self.order, counts), epoch, skip=skip)
+
         # as a lone stream: each worker skips its share of the trained slots, the loader the few left before slot k
-        return SkipFirst(batches, skip=skip % workers, batch_size=None, **options)
+        return resumed_stream_loader(batches, len(self.order(counts, 0)), epoch, options, resume)
 
 
 class MixtureStreamBatches(IterableDataset):

@@ -155,13 +155,13 @@ class PairDataModule(RetrievalDataModule):
         import pyarrow.compute as pc
 
         column = arrow_columns(split, [self.score_column]).column(0).combine_chunks()
-        if hasattr(column, "flatten") and pa_list(column.type):
+        if pa_list(column.type):
             lengths = pc.fill_null(pc.list_value_length(column), -1).to_numpy(zero_copy_only=False)
-            values = pc.list_flatten(column)
-            bad_values = pc.fill_null(pc.is_nan(pc.cast(values, "float64")), True).to_numpy(zero_copy_only=False)
-            per_row = np.add.reduceat(bad_values, np.r_[0, np.cumsum(np.maximum(lengths, 0))[:-1]]) if len(
-                values) else np.zeros(len(lengths))
-            bad = (lengths != lengths[0]) | (lengths <= 0) | (per_row[:len(lengths)] > 0)
+            flat = pc.list_flatten(column)
+            bad_value = pc.fill_null(pc.is_nan(pc.cast(flat, "float64")), True).to_numpy(zero_copy_only=False)
+            parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
+            bad_in_row = np.bincount(parents[bad_value], minlength=len(column))  # missing or NaN scores, per row
+            bad = (lengths != lengths[0]) | (lengths <= 0) | (bad_in_row > 0)
         else:
             bad = pc.fill_null(pc.is_nan(pc.cast(column, "float64")), True).to_numpy(zero_copy_only=False)
         if bad.any():

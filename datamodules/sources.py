@@ -153,22 +153,36 @@ class StreamingSource(TrainSource):
     def dataloader(self, *, epoch: int, rank: int, world: int, options: dict,
                    resume: tuple[int, int] | None = None) -> DataLoader:
         stream = split_dataset_by_node(self.stream, rank=rank, world_size=world)
-        workers = options["num_workers"]
-        if workers > stream.num_shards:
-            # HF gives each worker whole shards: a worker without one would have nothing to read
-            log.warning("%s: %d DataLoader workers for %d shard(s) on this rank: using %d (split the data into more "
-                        "files for more)", self.where, workers, stream.num_shards, stream.num_shards)
-            options = {**options, "num_workers": stream.num_shards, "persistent_workers": True}
+        options = workers_for_shards(options, stream.num_shards, self.where)
         steps = self.steps_per_epoch(world)
-        if resume is not None and resume[1] >= steps:
-            epoch, resume = resume[0] + 1, None  # saved after the epoch's last batch: the next epoch starts afresh
-        # DataLoader takes batch i from worker i % W: to serve batch k first, every worker skips k // W of its
-        # batches without collating them and the loader drops the k % W batches that still come before batch k
-        streams = max(1, options["num_workers"])
-        skip = 0 if resume is None else resume[1]
-        batches = StreamBatches(stream, steps, epoch, self.seed, self.buffer_size, self.batch_size, self.window,
-                                self.admit, self.collate, f"{self.where} rank {rank}", skip=skip // streams)
-        return SkipFirst(batches, skip=skip % streams, batch_size=None, **options)
+        return resumed_stream_loader(
+            lambda epoch, skip: StreamBatches(stream, steps, epoch, self.seed, self.buffer_size, self.batch_size,
+                                              self.window, self.admit, self.collate, f"{self.where} rank {rank}",
+                                              skip=skip), steps, epoch, options, resume)
+
+
+def workers_for_shards(options: dict, shards: int, where: str) -> dict:
+    """Loader ``options`` with at most ``shards`` workers: HF gives each worker whole shards, so a worker without one
+    would have nothing to read."""
+    workers = options["num_workers"]
+    if workers <= shards:
+        return options
+    log.warning("%s: %d DataLoader workers for %d shard(s) on this rank: using %d (split the data into more files "
+                "for more)", where, workers, shards, shards)
+    return {**options, "num_workers": shards, "persistent_workers": True}
+
+
+def resumed_stream_loader(batches: Callable[[int, int], IterableDataset], steps: int, epoch: int, options: dict,
+                          resume: tuple[int, int] | None) -> DataLoader:
+    """The loader of a stream's batches (``batches(epoch, skip)``: its worker's batches of ``epoch``, the first
+    ``skip`` formed but not served) with ``steps`` batches per epoch, resumed as ``TrainSource.dataloader`` says."""
+    if resume is not None and resume[1] >= steps:
+        epoch, resume = resume[0] + 1, None  # saved after the epoch's last batch: the next epoch starts afresh
+    # DataLoader takes batch i from worker i % W: to serve batch k first, every worker skips k // W of its batches
+    # without collating them and the loader drops the k % W batches that still come before batch k
+    workers = max(1, options["num_workers"])
+    skip = 0 if resume is None else resume[1]
+    return SkipFirst(batches(epoch, skip // workers), skip=skip % workers, batch_size=None, **options)
 
 
 class StreamBatches(IterableDataset):

@@ -376,9 +376,8 @@ def mine_dataset(
     distinct = [list(dict.fromkeys(ids)) for ids in per_row]
 
     encode = dict(batch_size=batch_size, show_progress=show_progress, truncate_dim=truncate_dim, normalize=True)
-    prompts = embedder.prompts
-    query_prompt_name = query_prompt_name or next((p for p in QUERY_PROMPTS if p in prompts), None)
-    corpus_prompt_name = corpus_prompt_name or next((p for p in DOCUMENT_PROMPTS if p in prompts), None)
+    query_prompt_name = query_prompt_name or _default_prompt(embedder, QUERY_PROMPTS)
+    corpus_prompt_name = corpus_prompt_name or _default_prompt(embedder, DOCUMENT_PROMPTS)
     query_embeddings = embedder.encode_texts(queries, prompt_name=query_prompt_name, **encode)
     corpus_embeddings = embedder.encode_texts(corpus_texts, prompt_name=corpus_prompt_name, **encode)
     own = [corpus_id.get(text, -1) for text in queries]  # a query whose text is in the corpus is not its own negative
@@ -386,21 +385,22 @@ def mine_dataset(
 
     columns: dict[str, list] = {anchor_column: [], positive_column: []}
     negatives = [[] for _ in range(mined.indices.shape[1])]
-    scores = []
-    for q, (complete, found, found_scores) in enumerate(zip(mined.complete.tolist(), mined.indices.tolist(),
-                                                            mined.scores.tolist())):
+    written: list[tuple[int, int]] = []  # (query, positive) of each row
+    for q, (complete, found) in enumerate(zip(mined.complete.tolist(), mined.indices.tolist())):
         if not complete:
             continue
         for c in distinct[q]:
+            written.append((q, c))
             columns[anchor_column].append(queries[q])
             columns[positive_column].append(corpus_texts[c])
             for column, n in zip(negatives, found):
                 column.append(corpus_texts[n])
-            if output_scores:  # (normalised embeddings: the dot product is the cosine)
-                scores.append([float(query_embeddings[q] @ corpus_embeddings[c]), *found_scores])
     columns.update({f"negative_{i}": column for i, column in enumerate(negatives, start=1)})
-    if output_scores:
-        columns["scores"] = scores
+    if output_scores:  # [the row's positive, its negatives] (normalised embeddings: the dot product is the cosine)
+        q, c = (torch.tensor(ids, dtype=torch.long) for ids in zip(*written)) if written else (
+            torch.zeros(0, dtype=torch.long),) * 2
+        positive = (query_embeddings[q] * corpus_embeddings[c]).sum(dim=-1, keepdim=True)
+        columns["scores"] = torch.cat([positive, mined.scores[q].to(positive.dtype)], dim=1).tolist()
     return MinedDataset(datasets.Dataset.from_dict(columns), len(anchors), len(queries), len(corpus_texts),
                         sum(map(len, distinct)), mined, {**options, "range_max": mined.range_max})
 
@@ -412,17 +412,20 @@ def teacher_scores(dataset: datasets.Dataset, teacher, *, anchor_column: str = "
     candidates = [positive_column] + [c for c in dataset.column_names if c.startswith("negative_")]
     queries = list(dict.fromkeys(dataset[anchor_column]))
     documents = list(dict.fromkeys(text for column in candidates for text in dataset[column]))
-    prompts = teacher.prompts
     encode = dict(batch_size=batch_size, show_progress=show_progress, normalize=True)
-    query_embeddings = teacher.encode_texts(queries, prompt_name=next((p for p in QUERY_PROMPTS if p in prompts), None),
-                                            **encode)
-    document_embeddings = teacher.encode_texts(
-        documents, prompt_name=next((p for p in DOCUMENT_PROMPTS if p in prompts), None), **encode)
+    query_embeddings = teacher.encode_texts(queries, prompt_name=_default_prompt(teacher, QUERY_PROMPTS), **encode)
+    document_embeddings = teacher.encode_texts(documents, prompt_name=_default_prompt(teacher, DOCUMENT_PROMPTS),
+                                               **encode)
     query_row = {text: i for i, text in enumerate(queries)}
     document_row = {text: i for i, text in enumerate(documents)}
     q = torch.tensor([query_row[text] for text in dataset[anchor_column]])
     d = torch.tensor([[document_row[text] for text in dataset[column]] for column in candidates]).T  # (rows, 1+m)
     return torch.einsum("rd,rkd->rk", query_embeddings[q], document_embeddings[d]).tolist()
+
+
+def _default_prompt(embedder, names: Sequence[str]) -> str | None:
+    """The first of ``names`` among the model's prompts (ST's ``encode_query`` / ``encode_document`` defaults)."""
+    return next((name for name in names if name in embedder.prompts), None)
 
 
 def _texts(rows: datasets.Dataset | Sequence[Mapping[str, str]], column: str, argument: str) -> list[str]:

@@ -118,9 +118,11 @@ class EmbeddingModule(L.LightningModule):
         """Embedding prefixes to evaluate (Matryoshka dims); None means the full embedding."""
         return [None]
 
-    def loss_parameters(self) -> dict:
-        """The loss's parameters as the card lists them (sentence-transformers' ``get_config_dict``)."""
-        return self.loss.get_config_dict() if hasattr(self.loss, "get_config_dict") else {}
+    def loss_parameters(self, source: str | None = None) -> dict:
+        """The loss's parameters (of ``source``'s loss in a mixture) as the card lists them (sentence-transformers'
+        ``get_config_dict``)."""
+        loss = self.loss_of(source)
+        return loss.get_config_dict() if hasattr(loss, "get_config_dict") else {}
 
     def loss_kwargs(self) -> dict:
         """Extra loss arguments, e.g. a learnable ``scale``."""
@@ -332,12 +334,10 @@ class EmbeddingModule(L.LightningModule):
     def _check_teacher_scores(self) -> None:
         """A distillation loss reads the data's teacher scores, and only it does: checked per training source before
         the first step."""
-        data = self.data
-        for source in getattr(data, "training_sources", None) or [None]:
-            takes = getattr(self.loss_of(source), "takes_labels", False)
-            has = data.has_teacher_scores(source) if hasattr(data, "has_teacher_scores") else False
-            where = f"source {source!r}: " if source else ""
+        for source in self.data.training_sources or [None]:
             loss = self.loss_of(source)
+            takes, has = getattr(loss, "takes_labels", False), self.data.has_teacher_scores(source)
+            where = f"source {source!r}: " if source else ""
             inner = getattr(loss, "loss", None)  # a MatryoshkaLoss names the loss it wraps
             name = f"{type(inner).__name__} (in {type(loss).__name__})" if isinstance(inner, nn.Module) else \
                 type(loss).__name__

@@ -147,8 +147,8 @@ class CLIPEmbeddingModule(EmbeddingModule):
             values["train/logit_scale"] = self.loss_kwargs()["scale"].detach()
         return values
 
-    def loss_parameters(self) -> dict:
-        parameters = super().loss_parameters()
+    def loss_parameters(self, source: str | None = None) -> dict:
+        parameters = super().loss_parameters(source)
         if self.learn_logit_scale:  # not the loss's configured scale: the model's, learned
             parameters.update(scale=round(self.loss_kwargs()["scale"].item(), 4), scale_learned=True)
         return parameters

@@ -13,6 +13,9 @@ from torch import Tensor, nn
 
 from metrics.keys import SIMILARITIES
 
+# sentence-transformers' names of the row-wise similarities, as its cards list ``similarity_fct``
+PAIRWISE_NAMES = {"cosine": "pairwise_cos_sim", "dot": "pairwise_dot_score"}
+
 
 def _pair_scores(query: Tensor, candidates: tuple[Tensor, ...], similarity: str) -> Tensor:
     """(B, n) row-wise similarities of the query with each candidate column."""
@@ -47,7 +50,7 @@ class MarginMSELoss(nn.Module):
         self.similarity = similarity
 
     def get_config_dict(self) -> dict:
-        return {"similarity_fct": {"cosine": "pairwise_cos_sim", "dot": "pairwise_dot_score"}[self.similarity]}
+        return {"similarity_fct": PAIRWISE_NAMES[self.similarity]}
 
     def forward(self, query: Tensor, positive: Tensor, *negatives: Tensor, labels: Tensor) -> Tensor:
         """``labels``: (B, 1+m) teacher scores, (B, m) margins, or (B,) margins of one negative."""
@@ -95,8 +98,7 @@ class DistillKLDivLoss(nn.Module):
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
     def get_config_dict(self) -> dict:
-        config = {"similarity_fct": {"cosine": "pairwise_cos_sim", "dot": "pairwise_dot_score"}[self.similarity],
-                  "temperature": self.temperature}
+        config = {"similarity_fct": PAIRWISE_NAMES[self.similarity], "temperature": self.temperature}
         if self.student_temperature != self.temperature:
             config["student_temperature"] = self.student_temperature
         if self.teacher_temperature != self.temperature:

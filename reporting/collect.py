@@ -57,7 +57,7 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
     parts = dict(getattr(datamodule, "sources", None) or {None: datamodule})
     weighted = None not in parts and datamodule.hparams.get("sampling") == "weighted"
     weights = {name: part.mixture_weight for name, part in parts.items()} if weighted else {}
-    trains, evals, widget_rows = [], [], None
+    trains, evals, widget = [], [], None
     for name, part in parts.items():
         heads = {split: part.head(split, STATS_ROWS) for split in ("train", "validation", "test")}
         infos = {split: _dataset_info(part, split, head, source_name=name) for split, head in heads.items()}
@@ -65,16 +65,15 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
             if weights:
                 infos["train"]["weight"] = weights[name] / sum(weights.values())
             if name in getattr(module, "source_losses", {}):  # the source's own loss
-                own = module.source_losses[name]
-                infos["train"]["loss"] = _losses(own)
-                infos["train"]["loss_parameters"] = own.get_config_dict() if hasattr(own, "get_config_dict") else {}
+                infos["train"]["loss"] = _losses(module.source_losses[name])
+                infos["train"]["loss_parameters"] = module.loss_parameters(name)
             trains.append(infos["train"])
         # both may come from one dataset: say which split
         evals += [{**info, "name": f"{info['name']} ({split})"} for split in ("validation", "test")
                   if (info := infos[split])]
-        if widget_rows is None:  # sentence-transformers': the (first) evaluation data, else the training data
+        if widget is None:  # sentence-transformers': the (first) evaluation data, else the training data
             widget_split = "validation" if infos["validation"] else "train"
-            widget_rows = (heads[widget_split][0], infos[widget_split]) if infos[widget_split] else ([], None)
+            widget = widget_examples(heads[widget_split][0], infos[widget_split]) if infos[widget_split] else []
     train = trains[0] if trains else None
     return {
         **_model_facts(getattr(encoder, "name", None), clip, library, losses, options),
@@ -84,7 +83,7 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
         "similarity": "Cosine Similarity",
         "architecture": _architecture(export_dir) if library == "sentence-transformers" else None,
         "usage_sentences": _usage_sentences(evals[0] if evals else train),
-        "widget": widget_examples(*widget_rows) if widget_rows and widget_rows[1] else [],
+        "widget": widget or [],
         "train_datasets": trains,
         "eval_datasets": evals,
         "losses": losses,

@@ -135,3 +135,10 @@ def test_map_style_rows_with_missing_or_uneven_scores_are_named_at_start_up(tmp_
     with pytest.raises(ValueError, match=r"2 row\(s\) have missing, NaN or a different number of teacher scores in "
                                          r"--data.init_args.score_column 'scores' than the first row: lines 5, 10 of"):
         dm.setup("fit")
+    rows[19]["scores"] = None  # the last row too (no score after it)
+    write_jsonl(tmp_path / "last.jsonl", rows)
+    dm = PairDataModule(dataset=str(tmp_path / "last.jsonl"), columns=["anchor", "positive", "negative"],
+                        score_column="scores", val_split=None, num_workers=0)
+    dm.connect(DataNeeds(lambda texts, role, prompt=None: {}))
+    with pytest.raises(ValueError, match=r"3 row\(s\) .* lines 5, 10, 20 of"):
+        dm.setup("fit")
