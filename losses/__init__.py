@@ -2,8 +2,9 @@
 
 from losses.distill import DistillKLDivLoss, MarginMSELoss
 from losses.distributed import all_gather_with_grad
+from losses.gist import GISTEmbedLoss, PositiveAwareMNRL
 from losses.matryoshka import MatryoshkaLoss
 from losses.mnrl import MultipleNegativesRankingLoss
 
-__all__ = ["DistillKLDivLoss", "MarginMSELoss", "MatryoshkaLoss", "MultipleNegativesRankingLoss",
-           "all_gather_with_grad"]
+__all__ = ["DistillKLDivLoss", "GISTEmbedLoss", "MarginMSELoss", "MatryoshkaLoss", "MultipleNegativesRankingLoss",
+           "PositiveAwareMNRL", "all_gather_with_grad"]

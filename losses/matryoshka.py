@@ -56,12 +56,22 @@ class MatryoshkaLoss(nn.Module):
         """Whether the inner loss reads the data's teacher scores (a distillation loss)."""
         return getattr(self.loss, "takes_labels", False)
 
+    @property
+    def takes_guide(self) -> bool:
+        """Whether the inner loss reads a guide model's embeddings (``GISTEmbedLoss``)."""
+        return getattr(self.loss, "takes_guide", False)
+
+    @property
+    def guide(self) -> str | None:
+        return getattr(self.loss, "guide", None)
+
     def forward(self, *embeddings: Tensor, **kwargs) -> Tensor:
         """Weighted sum of the inner loss over the Matryoshka dims.
 
         Args:
             *embeddings: (B, D) embeddings per column (anchor, positive, negatives…), as the inner loss takes them.
-            **kwargs: passed on to the inner loss: a learnable ``scale``, a distillation loss's ``labels``.
+            **kwargs: passed on to the inner loss: a learnable ``scale``, a distillation loss's ``labels``, a guided
+                loss's ``guide`` embeddings (not truncated: the guide's dims are its own).
 
         Returns:
             Scalar loss.
