@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from datamodules.batches import REPORT, SOURCE, STREAM
 from datamodules.builtin_datasets import SEED, Builtins
 from datamodules.checks import check_batches, check_columns, check_eval_size, check_files
-from datamodules.contract import DataNeeds, RetrievalTask
+from datamodules.contract import DataNeeds, RetrievalTask, TrainingTexts
 from datamodules.loading import count_rows, load_splits
 from datamodules.locations import Where
 from datamodules.mixture import MixtureSource, StreamMixtureSource, build_sources, source_errors, source_flag, source_task
@@ -506,6 +506,11 @@ class RetrievalDataModule(L.LightningDataModule, ABC):
         """Whether the training batches (of ``source`` in a mixture) carry teacher scores; a subclass with a scores
         column says so."""
         return False
+
+    def training_texts(self, source: str | None = None) -> TrainingTexts | None:
+        """The training rows' texts by ``__row__`` (``datamodules.contract.TrainingTexts``); a text datamodule with
+        map-style training data says; None otherwise."""
+        return None
 
     @property
     def equal_batch_sizes(self) -> bool:

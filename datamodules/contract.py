@@ -42,6 +42,19 @@ class RetrievalTask:
     source: str = ""
 
 
+@dataclass(frozen=True)
+class TrainingTexts:
+    """Every training row's texts as the model reads them (prompts prepended), for models that embed the training
+    set ahead of training (a guided loss's guide: ``lightning_modules.guide``).
+
+    ``rows[i]`` is row i's ``__row__`` (what a training batch's ``rows`` hold); ``columns[c][i]`` its text of loss
+    column c (anchor, positive, negatives…).
+    """
+
+    rows: list[int]
+    columns: list[list[str]]
+
+
 class RetrievalData(Protocol):
     """What the model and litembed's callbacks may read from the datamodule (``RetrievalDataModule`` provides it)."""
 
@@ -58,6 +71,10 @@ class RetrievalData(Protocol):
     def has_teacher_scores(self, source: str | None = None) -> bool:
         """Whether the training batches (of ``source`` in a mixture) carry a teacher's scores
         (``TrainBatch["labels"]``), which a distillation loss reads."""
+
+    def training_texts(self, source: str | None = None) -> TrainingTexts | None:
+        """The training rows' texts (of ``source`` in a mixture), by ``__row__``; None where they are not all known
+        ahead (streamed data) or the data is not text."""
 
     @property
     def equal_batch_sizes(self) -> bool:

@@ -12,7 +12,7 @@ from datamodules.base import RetrievalDataModule
 from datamodules.batches import FEATURES, IDS, LABELS, ROWS, STREAM, EvalBatch, TrainBatch
 from datamodules.builtin_datasets import Builtins, pair_builtins
 from datamodules.checks import check_columns, check_texts, text_value, value_codes
-from datamodules.contract import RetrievalTask
+from datamodules.contract import RetrievalTask, TrainingTexts
 from datamodules.locations import ROW, Where
 from datamodules.sources import BadRow
 from datamodules.splits import arrow_columns
@@ -209,8 +209,22 @@ class PairDataModule(RetrievalDataModule):
         return tuple(text_value(row, column, where) for column in self.columns)
 
     def train_collator(self) -> PairCollator:
-        roles = ["query" if c == self.query_column else "document" for c in self.columns]
-        return PairCollator(self.processor, self.columns, roles, self.prompts, self.score_column)
+        return PairCollator(self.processor, self.columns, self._roles(), self.prompts, self.score_column)
+
+    def _roles(self) -> list[str]:
+        """Each training column's role for the model's prompts: the query column's "query", the others "document"."""
+        return ["query" if c == self.query_column else "document" for c in self.columns]
+
+    def training_texts(self, source: str | None = None) -> TrainingTexts | None:
+        if self.sources:
+            return self.sources[source].training_texts() if source in self.sources else None
+        if self.hparams.streaming or "train" not in self.splits:
+            return None
+        split = self.splits["train"]
+        table = arrow_columns(split, [ROW, *self.columns])
+        columns = [self.processor.prompted(table.column(c).to_pylist(), role, self.prompts.get(c))
+                   for c, role in zip(self.columns, self._roles())]
+        return TrainingTexts(table.column(ROW).to_pylist(), columns)
 
 
 def pa_list(kind) -> bool:

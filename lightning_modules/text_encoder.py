@@ -28,10 +28,13 @@ class TextProcessor:
 
     def __call__(self, texts: list[str], role: str = "document", prompt: str | None = None) -> dict[str, Tensor]:
         """``prompt``: the data's prompt for these texts, in place of the model's for ``role``."""
+        return dict(self.tokenizer(self.prompted(texts, role, prompt), padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt"))
+
+    def prompted(self, texts: list[str], role: str = "document", prompt: str | None = None) -> list[str]:
+        """The texts as the encoder reads them: the data's ``prompt``, else the model's for ``role``, prepended."""
         prompt = self.prompts.get(role, "") if prompt is None else prompt
-        if prompt:
-            texts = [prompt + t for t in texts]
-        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"))
+        return [prompt + t for t in texts] if prompt else list(texts)
 
 
 class TextEncoder(nn.Module):

@@ -97,11 +97,51 @@ GRADCACHE_CITATION = """\
     archivePrefix={arXiv},
     primaryClass={cs.LG}
 }"""
+GIST_CITATION = """\
+@misc{solatorio2024gistembed,
+    title={GISTEmbed: Guided In-sample Selection of Training Negatives for Text Embedding Fine-tuning},
+    author={Aivin V. Solatorio},
+    year={2024},
+    eprint={2402.16829},
+    archivePrefix={arXiv},
+    primaryClass={cs.LG}
+}"""
+NV_RETRIEVER_CITATION = """\
+@misc{moreira2024nvretriever,
+    title={NV-Retriever: Improving text embedding models with effective hard-negative mining},
+    author={Gabriel de Souza P. Moreira and Radek Osmulski and Mengyao Xu and Ronay Ak and Benedikt Schifferer and Even Oldridge},
+    year={2024},
+    eprint={2407.15831},
+    archivePrefix={arXiv},
+    primaryClass={cs.IR}
+}"""
+MARGIN_MSE_CITATION = """\
+@misc{hofstätter2021improving,
+    title={Improving Efficient Neural Ranking Models with Cross-Architecture Knowledge Distillation},
+    author={Sebastian Hofstätter and Sophia Althammer and Michael Schröder and Mete Sertkan and Allan Hanbury},
+    year={2021},
+    eprint={2010.02666},
+    archivePrefix={arXiv},
+    primaryClass={cs.IR}
+}"""
+DISTILL_KL_CITATION = """\
+@misc{lin2020distillingdenserepresentationsranking,
+    title={Distilling Dense Representations for Ranking using Tightly-Coupled Teachers},
+    author={Sheng-Chieh Lin and Jheng-Hong Yang and Jimmy Lin},
+    year={2020},
+    eprint={2010.11386},
+    archivePrefix={arXiv},
+    primaryClass={cs.IR}
+}"""
 CITATIONS = {  # a loss or method (CardData.methods) → its paper
     "MultipleNegativesRankingLoss": MNRL_CITATION,
     "MatryoshkaLoss": MATRYOSHKA_CITATION,
     "CachedMultipleNegativesRankingLoss": GRADCACHE_CITATION,
     "GradCache": GRADCACHE_CITATION,
+    "GISTEmbedLoss": GIST_CITATION,
+    "PositiveAwareMNRL": NV_RETRIEVER_CITATION,
+    "MarginMSELoss": MARGIN_MSE_CITATION,
+    "DistillKLDivLoss": DISTILL_KL_CITATION,
 }
 
 # Local paths a card must not leak; a URL's path is not a local path, so URLs are removed before these are searched.

@@ -172,3 +172,12 @@ def test_a_mixture_under_ddp_equals_one_process_accumulating_two(tmp_path, no_dr
     ddp = ddp_equals_one_process_accumulating_two(tmp_path, no_dropout_bert, pairs,
                                                   f"--data.sources={json.dumps(sources)}", "--data.drop_last=true")
     assert "val/trip_dim_32_cosine_ndcg@10" in ddp and "val/mean_dim_32_cosine_ndcg@10" in ddp
+
+
+def test_a_guided_fit_with_two_processes_equals_one_process_accumulating_two(tmp_path, no_dropout_bert, tiny_bert_dir,
+                                                                            pairs):
+    """GISTEmbedLoss's guide table is built by both processes together (each embeds a share, then they gather): the
+    guided 2-process fit is the 1-process fit accumulating its two batches."""
+    ddp_equals_one_process_accumulating_two(tmp_path, no_dropout_bert, pairs, "--model.loss.loss=losses.GISTEmbedLoss",
+                                            f"--model.loss.loss.guide={tiny_bert_dir}",
+                                            "--model.loss.loss.temperature=0.05")

@@ -90,6 +90,8 @@ def test_a_fit_distils_the_scores_column(tmp_path, tiny_bert_dir, scored, loss):
     assert len(trained) == 7 and all(value == value for value in trained)
     card = (run_dir / "model" / "README.md").read_text()
     assert f'"loss": "{loss.split(".")[1]}"' in card and "pairwise_dot_score" not in card  # (Matryoshka's parameters)
+    assert {"losses.MarginMSELoss": "@misc{hofstätter2021improving,",
+            "losses.DistillKLDivLoss": "@misc{lin2020distillingdenserepresentationsranking,"}[loss] in card
 
 
 def test_a_distillation_loss_needs_scores_and_scores_need_one(capsys, tiny_bert_dir, scored):

@@ -236,3 +236,134 @@ def test_gist_gathered_across_two_ranks_equals_sentence_transformers(st_gist, tm
             torch.testing.assert_close(loss, rank_losses[rank].detach(), rtol=0, atol=1e-6)
             for rank_grad, grad in zip(rank_grads, grads, strict=True):
                 torch.testing.assert_close(rank_grad, grad[rank * B:(rank + 1) * B], rtol=0, atol=1e-6)
+
+
+# ---- whole fits: the guide loaded, its table built once and looked up, the card, the refusals ----
+
+from tests.commands import NO_EXPORT, logged_rows, text_recipe, train_args  # noqa: E402
+from train import cli_main  # noqa: E402
+
+GIST = ["--model.loss.loss=losses.GISTEmbedLoss", "--model.loss.loss.temperature=0.05"]
+
+
+@pytest.fixture(scope="module")
+def triplets_dir(tmp_path_factory) -> str:
+    """(anchor, positive, negative) rows where a negative is another row's positive, plus a validation split."""
+    from conftest import qa_rows, write_jsonl
+
+    directory = tmp_path_factory.mktemp("triplets")
+    rows = qa_rows(41)
+    write_jsonl(directory / "train.jsonl", [{**r, "negative": rows[i + 1]["positive"]}
+                                            for i, r in enumerate(rows[:40])])
+    write_jsonl(directory / "validation.jsonl", qa_rows(16, offset=1000))
+    return str(directory)
+
+
+def test_a_guided_fit_trains_exports_and_names_its_guide(tmp_path, tiny_bert_dir, no_dropout_bert, triplets_dir,
+                                                         caplog):
+    cli_main(train_args(*text_recipe(tiny_bert_dir, triplets_dir), *GIST,
+                        f"--model.loss.loss.guide={no_dropout_bert}", "--data.columns=[anchor, positive, negative]",
+                        "--data.test_split=null", "--trainer.logger.name=gist", save_dir=tmp_path))
+    # 40 anchors, 41 passages (a row's negative is the next row's positive)
+    assert f"guide {no_dropout_bert}: 81 distinct training texts embedded once" in caplog.text
+    run_dir = tmp_path / "gist" / "version_0"
+    trained = [float(row["train/loss"]) for row in logged_rows(run_dir) if row.get("train/loss")]
+    assert len(trained) >= 5 and all(value == value for value in trained)
+    card = (run_dir / "model" / "README.md").read_text()
+    assert '"loss": "GISTEmbedLoss"' in card and "@misc{solatorio2024gistembed," in card
+    from sentence_transformers import SentenceTransformer
+
+    assert SentenceTransformer(str(run_dir / "model")).encode(["a query"]).shape == (1, 32)
+
+
+def test_the_table_holds_what_the_guide_computes_for_the_batch(tiny_bert_dir, no_dropout_bert, triplets_dir):
+    """The looked-up guide embeddings of a training batch are the guide's embeddings of its texts as the model reads
+    them (prompts included), and the streamed path (tokens decoded, then embedded) gives the same here."""
+    from datamodules.contract import DataNeeds
+    from datamodules.pairs import PairDataModule
+    from inference.models import load_model
+    from lightning_modules.guide import Guides
+    from lightning_modules.text_encoder import TextEncoder
+
+    encoder = TextEncoder(tiny_bert_dir, max_length=64, prompts={"query": "query: "})
+    data = PairDataModule(dataset=triplets_dir, columns=["anchor", "positive", "negative"], batch_size=8,
+                          num_workers=0, test_split=None, prompts={"negative": "passage: "})
+    data.connect(DataNeeds(encoder.processor))
+    data.setup("fit")
+    guides = Guides()
+    guides.build({None: (no_dropout_bert, 16)}, data, torch.device("cpu"), 0, 1)
+    batch = next(iter(data.train_dataloader()))
+    looked_up = guides.embeddings(no_dropout_bert, batch, encoder.processor.tokenizer, torch.device("cpu"))
+    texts = data.training_texts()
+    position = {row: i for i, row in enumerate(texts.rows)}
+    guide = load_model(no_dropout_bert, device="cpu")
+    for c, prompt in enumerate(["query: ", "", "passage: "]):
+        rows = [texts.columns[c][position[r]] for r in batch["rows"]]
+        assert all(text.startswith(prompt) for text in rows)
+        torch.testing.assert_close(looked_up[c], guide.encode_texts(rows), rtol=0, atol=1e-5)
+    guides.tables[no_dropout_bert, None] = None  # as for streamed data: decoded from the batch's tokens
+    decoded = guides.embeddings(no_dropout_bert, batch, encoder.processor.tokenizer, torch.device("cpu"))
+    for ours, theirs in zip(decoded, looked_up, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_a_streamed_guided_fit_embeds_each_batch(tmp_path, tiny_bert_dir, no_dropout_bert, triplets_dir, caplog):
+    cli_main(train_args(*text_recipe(tiny_bert_dir, triplets_dir), *GIST,
+                        f"--model.loss.loss.guide={no_dropout_bert}", "--data.columns=[anchor, positive, negative]",
+                        "--data.test_split=null", "--data.streaming=true", "--data.max_train_rows=40",
+                        "--trainer.logger.name=streamed", NO_EXPORT, save_dir=tmp_path))
+    assert "the training data streams, so the guide embeds each batch" in caplog.text
+    trained = [float(row["train/loss"]) for row in logged_rows(tmp_path / "streamed" / "version_0")
+               if row.get("train/loss")]
+    assert trained and all(value == value for value in trained)
+
+
+def test_a_positive_aware_fit_trains(tmp_path, tiny_bert_dir, triplets_dir):
+    cli_main(train_args(*text_recipe(tiny_bert_dir, triplets_dir), "--model.loss.loss=losses.PositiveAwareMNRL",
+                        "--data.columns=[anchor, positive, negative]", "--data.test_split=null",
+                        "--trainer.logger.name=aware", save_dir=tmp_path))
+    run_dir = tmp_path / "aware" / "version_0"
+    card = (run_dir / "model" / "README.md").read_text()
+    assert '"loss": "PositiveAwareMNRL"' in card and "@misc{moreira2024nvretriever," in card
+
+
+def test_gist_without_a_guide_is_refused_naming_the_flag(capsys, tiny_bert_dir, triplets_dir):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *text_recipe(tiny_bert_dir, triplets_dir), *GIST, "--trainer.fast_dev_run=1", NO_EXPORT])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert ("GISTEmbedLoss needs a guide model to screen each batch for false negatives: set "
+            "--model.init_args.loss.init_args.loss.init_args.guide to a model litembed loads") in err, err
+
+
+def test_a_guided_fit_with_gradcache_equals_the_plain_guided_fit(no_dropout_bert, tiny_bert_dir, triplets_dir):
+    """CachedGISTEmbedLoss's promise: GradCache chunks change the memory, not the weights (the guide's embeddings
+    are looked up for the whole batch either way)."""
+    from tests.test_gradcache import fit_text
+
+    guided = [*GIST, f"--model.loss.loss.guide={tiny_bert_dir}", "--data.columns=[anchor, positive, negative]"]
+    plain = fit_text(no_dropout_bert, triplets_dir, *guided)
+    cached = fit_text(no_dropout_bert, triplets_dir, *guided, "--model.gradcache_chunk_size=3")
+    assert cached.trainer.global_step == plain.trainer.global_step > 0
+    plain_weights = dict(plain.model.named_parameters())
+    for name, value in cached.model.named_parameters():
+        assert torch.allclose(value, plain_weights[name], rtol=0, atol=1e-5), name
+
+
+def test_a_mixture_guides_the_source_whose_loss_is_gist(tmp_path, tiny_bert_dir, no_dropout_bert, triplets_dir,
+                                                       pairs_dir, caplog):
+    """A GIST loss for one source of a mixture: only that source's texts get a table; the other trains with MNRL."""
+    import json
+
+    sources = {"triplets": {"dataset": triplets_dir, "columns": ["anchor", "positive", "negative"],
+                            "test_split": None},
+               "pairs": {"dataset": pairs_dir, "test_split": None}}
+    gist = {"triplets": {"class_path": "losses.GISTEmbedLoss",
+                         "init_args": {"guide": no_dropout_bert, "temperature": 0.05}}}
+    cli_main(train_args(*text_recipe(tiny_bert_dir, triplets_dir), f"--data.sources={json.dumps(sources)}",
+                        f"--model.source_losses={json.dumps(gist)}", "--trainer.logger.name=mix", NO_EXPORT,
+                        save_dir=tmp_path))
+    assert f"source 'triplets': guide {no_dropout_bert}: 81 distinct training texts" in caplog.text
+    assert "source 'pairs': guide" not in caplog.text
+    rows = logged_rows(tmp_path / "mix" / "version_0")
+    assert any(row.get("train/triplets_loss") for row in rows) and any(row.get("train/pairs_loss") for row in rows)
