@@ -127,8 +127,9 @@ class EmbeddingModule(L.LightningModule):
         loss = self.loss_of(source)
         return loss.get_config_dict() if hasattr(loss, "get_config_dict") else {}
 
-    def loss_kwargs(self) -> dict:
-        """Extra loss arguments, e.g. a learnable ``scale``."""
+    def loss_kwargs(self, loss_fn: nn.Module | None = None) -> dict:
+        """The model's parameters a loss (``loss_fn``, default ``self.loss``) reads: a learnable ``scale``, SigLIP's
+        ``bias``."""
         return {}
 
     # training
@@ -175,7 +176,7 @@ class EmbeddingModule(L.LightningModule):
         loss_fn = self.loss_of(batch.get(SOURCE))
         inputs = self.loss_inputs(loss_fn, batch)
         if self.gradcache_chunk_size is None:
-            loss = loss_fn(*(self.embed(features) for features in columns), **self.loss_kwargs(), **inputs)
+            loss = loss_fn(*(self.embed(features) for features in columns), **self.loss_kwargs(loss_fn), **inputs)
         else:
             loss = self.gradcache_loss(columns, 1 / self.trainer.accumulate_grad_batches, loss_fn, inputs)
         # for callbacks that monitor it (this batch's loss); the loggers get TrainingLog's mean over the logging window.
@@ -194,7 +195,7 @@ class EmbeddingModule(L.LightningModule):
         the parameters' gradients; the returned loss carries the rest to Lightning's backward. ``loss_fn``: the
         batch's loss (default ``self.loss``); ``inputs``: what it reads besides the embeddings (``loss_inputs``)."""
         loss_fn = self.loss if loss_fn is None else loss_fn
-        kwargs = {**self.loss_kwargs(), **(inputs or {})}
+        kwargs = {**self.loss_kwargs(loss_fn), **(inputs or {})}
         differentiable = {k: v for k, v in kwargs.items() if isinstance(v, Tensor) and v.requires_grad}
         fixed = {k: v for k, v in kwargs.items() if k not in differentiable}
         return cached_step(self.embed, columns, lambda *e, **d: loss_fn(*e, **fixed, **d),
@@ -358,8 +359,9 @@ class EmbeddingModule(L.LightningModule):
                 named = ", ".join(self.data.training_sources) or "none: the data is one dataset"
                 raise ValueError(f"--model.init_args.source_losses names {unknown}, which are not training sources "
                                  f"(--data.init_args.sources: {named}): key each loss by its source's name")
-            if self._trainer is not None:
-                self._check_teacher_scores()
+            if self._trainer is None:  # a module set up by hand (tests): no data to check against
+                return
+            self._check_teacher_scores()
             losses = [self.loss, *self.source_losses.values()]
             gathers = any(getattr(m, "gather_across_devices", False) for loss in losses for m in loss.modules())
             if gathers and self.trainer.world_size > 1 and not self.data.equal_batch_sizes:

@@ -29,8 +29,9 @@ class CLIPEmbeddingModule(EmbeddingModule):
     Args:
         encoder: the CLIP backend, e.g. ``lightning_modules.clip_backends.TransformersClip`` (HF ``CLIPModel``; the
             seed recipe) or ``lightning_modules.clip_backends.OpenClip``.
-        learn_logit_scale: train the model's logit scale (init log(1/0.07), clamped to log(100)) and pass it to the
-            loss as ``scale``, as open_clip does; False keeps the loss's fixed ``scale`` (the seed: 20).
+        learn_logit_scale: train the model's logit scale (init log(1/0.07); with SigLipLoss its own, init log 10;
+            clamped to log(100)) and pass it to the loss as ``scale``, as open_clip does; False keeps the loss's fixed
+            ``scale`` (the seed: 20; SigLIP's initial 10).
         lock_text: freeze the text tower (open_clip's ``--lock-text``).
         lock_text_unlocked_layers: with ``lock_text``, leave this many last text layers trainable.
         lock_image: freeze the image tower (open_clip's ``--lock-image``).
@@ -43,7 +44,10 @@ class CLIPEmbeddingModule(EmbeddingModule):
             equals recomputing the tower (tested). The training images are numbered only for map-style data whose
             training transform is deterministic (HF CLIP's; open_clip's random crop makes each epoch's image new):
             otherwise only evaluation images are. The table is rebuilt, not checkpointed.
-        loss: the training loss; default ``MultipleNegativesRankingLoss()`` (scale 20, cosine).
+        loss: the training loss; default ``MultipleNegativesRankingLoss()`` (scale 20, cosine). ``losses.SigLipLoss``
+            trains SigLIP's sigmoid loss: the model then holds its learnable scale and bias (``sigmoid_logit_scale``,
+            ``sigmoid_logit_bias``, initialised from the loss's options, clamped as open_clip does), which the export
+            leaves out (the bias does not change retrieval ranks).
         **kwargs: optimiser, schedule and evaluation options of ``EmbeddingModule``.
     """
 
@@ -61,14 +65,30 @@ class CLIPEmbeddingModule(EmbeddingModule):
         **kwargs,
     ) -> None:
         super().__init__(loss or MultipleNegativesRankingLoss(), **kwargs)
+        sigmoid = {flag: loss_ for flag, loss_ in self.named_losses().items() if getattr(loss_, "takes_bias", False)}
         for flag, loss_ in self.named_losses().items():
             if getattr(loss_, "takes_guide", False):
                 raise ValueError(f"{flag}: GISTEmbedLoss's guide is a text model, and a CLIP model's training columns "
                                  f"hold images: train CLIP with losses.MultipleNegativesRankingLoss (or "
                                  f"losses.PositiveAwareMNRL, which screens with the model's own scores)")
+            if sigmoid and flag not in sigmoid:
+                raise ValueError(f"{flag} is a softmax loss and {next(iter(sigmoid))} is SigLipLoss: a model trains "
+                                 f"with one or the other (SigLIP's scale and bias would go untrained in the softmax "
+                                 f"steps, which stalls DDP); give every source losses.SigLipLoss, or none")
         self.encoder = encoder
         self.learn_logit_scale = learn_logit_scale
-        self.encoder.logit_scale.requires_grad_(learn_logit_scale)  # unused parameters would stall DDP
+        self.sigmoid = bool(sigmoid)
+        # unused parameters would stall DDP: the encoder's softmax scale is not SigLIP's
+        self.encoder.logit_scale.requires_grad_(learn_logit_scale and not self.sigmoid)
+        if sigmoid:  # SigLIP's scale (as a log) and bias: the model's parameters, as CLIP's scale is
+            siglip = next(iter(sigmoid.values()))
+            self.sigmoid_logit_scale = nn.Parameter(torch.tensor(float(siglip.init_logit_scale)),
+                                                    requires_grad=learn_logit_scale)
+            self.sigmoid_logit_bias = nn.Parameter(torch.tensor(float(siglip.init_logit_bias)))
+            if not learn_logit_scale:
+                rank_zero_info(f"SigLipLoss with --model.init_args.learn_logit_scale false: the scale stays "
+                               f"{math.exp(siglip.init_logit_scale):.4g} and only the bias is learned (SigLIP learns "
+                               f"both: set learn_logit_scale true)")
         if lock_text:
             self.encoder.lock_text(lock_text_unlocked_layers)
         if lock_image:
@@ -138,25 +158,33 @@ class CLIPEmbeddingModule(EmbeddingModule):
     def on_predict_start(self) -> None:
         self._build_image_table()
 
-    def loss_kwargs(self) -> dict:
+    def loss_kwargs(self, loss_fn: nn.Module | None = None) -> dict:
+        if self.sigmoid:
+            return {"scale": self.sigmoid_logit_scale.exp(), "bias": self.sigmoid_logit_bias}
         return {"scale": self.encoder.logit_scale.exp()} if self.learn_logit_scale else {}
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
-        if self.learn_logit_scale:
+        if self.learn_logit_scale:  # open_clip clamps every model's scale, SigLIP's too
             with torch.no_grad():
-                self.encoder.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+                (self.sigmoid_logit_scale if self.sigmoid else self.encoder.logit_scale).clamp_(0, MAX_LOGIT_SCALE)
 
     def training_log_values(self) -> dict[str, Tensor]:
         values = super().training_log_values()
-        if self.learn_logit_scale:  # the loss's scale (1/temperature), as open_clip logs it
-            values["train/logit_scale"] = self.loss_kwargs()["scale"].detach()
+        kwargs = self.loss_kwargs()
+        if "scale" in kwargs:  # the loss's scale (1/temperature), as open_clip logs it
+            values["train/logit_scale"] = kwargs["scale"].detach()
+        if "bias" in kwargs:
+            values["train/logit_bias"] = kwargs["bias"].detach()
         return values
 
     def loss_parameters(self, source: str | None = None) -> dict:
         parameters = super().loss_parameters(source)
-        if self.learn_logit_scale:  # not the loss's configured scale: the model's, learned
-            parameters.update(scale=round(self.loss_kwargs()["scale"].item(), 4), scale_learned=True)
+        kwargs = self.loss_kwargs()
+        if self.sigmoid:  # the model's learned scale and bias, which the export leaves out
+            parameters.update(logit_scale=round(kwargs["scale"].item(), 4), logit_bias=round(kwargs["bias"].item(), 4))
+        elif self.learn_logit_scale:  # not the loss's configured scale: the model's, learned
+            parameters.update(scale=round(kwargs["scale"].item(), 4), scale_learned=True)
         return parameters
 
     def export(self, directory: str) -> None:

@@ -5,6 +5,7 @@ from losses.distributed import all_gather_with_grad
 from losses.gist import GISTEmbedLoss, PositiveAwareMNRL
 from losses.matryoshka import MatryoshkaLoss
 from losses.mnrl import MultipleNegativesRankingLoss
+from losses.siglip import SigLipLoss
 
 __all__ = ["DistillKLDivLoss", "GISTEmbedLoss", "MarginMSELoss", "MatryoshkaLoss", "MultipleNegativesRankingLoss",
-           "PositiveAwareMNRL", "all_gather_with_grad"]
+           "PositiveAwareMNRL", "SigLipLoss", "all_gather_with_grad"]

@@ -133,6 +133,21 @@ DISTILL_KL_CITATION = """\
     archivePrefix={arXiv},
     primaryClass={cs.IR}
 }"""
+SIGLIP_CITATION = """\
+@misc{zhai2023sigmoid,
+    title={Sigmoid Loss for Language Image Pre-Training},
+    author={Xiaohua Zhai and Basil Mustafa and Alexander Kolesnikov and Lucas Beyer},
+    year={2023},
+    eprint={2303.15343},
+    archivePrefix={arXiv},
+    primaryClass={cs.CV}
+}"""
+# what a reader of the card must know about a loss beyond its parameters
+LOSS_NOTES = {
+    "SigLipLoss": "The learned `logit_scale` and `logit_bias` belong to the training loss and are not part of this "
+                  "model: the bias shifts every image–text similarity by the same amount, so retrieval with this "
+                  "model's cosine similarities ranks exactly as the trained logits do.",
+}
 CITATIONS = {  # a loss or method (CardData.methods) → its paper
     "MultipleNegativesRankingLoss": MNRL_CITATION,
     "MatryoshkaLoss": MATRYOSHKA_CITATION,
@@ -142,6 +157,7 @@ CITATIONS = {  # a loss or method (CardData.methods) → its paper
     "PositiveAwareMNRL": NV_RETRIEVER_CITATION,
     "MarginMSELoss": MARGIN_MSE_CITATION,
     "DistillKLDivLoss": DISTILL_KL_CITATION,
+    "SigLipLoss": SIGLIP_CITATION,
 }
 
 # Local paths a card must not leak; a URL's path is not a local path, so URLs are removed before these are searched.
@@ -792,11 +808,12 @@ def _stats_table(info: DatasetInfo) -> str:
 
 def _loss_line(name: str, parameters: dict) -> str:
     shown = f"[<code>{name}</code>]({SBERT_LOSS_DOCS}#{name.lower()})" if name in ST_LOSSES else f"<code>{name}</code>"
+    note = f"\n\n  {LOSS_NOTES[name]}" if name in LOSS_NOTES else ""
     if not parameters:
-        return f"* Loss: {shown}"
+        return f"* Loss: {shown}{note}"
     config = json.dumps(parameters, indent=4, ensure_ascii=False)
     block = "\n".join("  " + line for line in f"```json\n{config}\n```".splitlines())
-    return f"* Loss: {shown} with these parameters:\n{block}"
+    return f"* Loss: {shown} with these parameters:\n{block}{note}"
 
 
 def _hyperparameters(card: CardData) -> str:

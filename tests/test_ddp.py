@@ -181,3 +181,30 @@ def test_a_guided_fit_with_two_processes_equals_one_process_accumulating_two(tmp
     ddp_equals_one_process_accumulating_two(tmp_path, no_dropout_bert, pairs, "--model.loss.loss=losses.GISTEmbedLoss",
                                             f"--model.loss.loss.guide={tiny_bert_dir}",
                                             "--model.loss.loss.temperature=0.05")
+
+
+SIGLIP = ["--model.loss=losses.SigLipLoss", "--model.learn_logit_scale=true", "--data.drop_last=true"]
+
+
+def test_a_siglip_clip_fit_exchanging_texts_between_two_processes_finishes(tmp_path):
+    """SigLIP's neighbour exchange (point-to-point sends inside the loss, and back in its backward) under Lightning's
+    DDP: the run ends by itself, exports once, and its processes agree (one set of metrics, a learned bias)."""
+    ddp = check_ddp_run(fit(clip_recipe() + SIGLIP + DDP, tmp_path / "ddp"), tmp_path / "ddp")
+    assert "val/eval_cosine_ndcg@10" in ddp
+    biases = [float(row["train/logit_bias"]) for row in logged_rows(tmp_path / "ddp") if row.get("train/logit_bias")]
+    assert biases and biases[-1] != -10
+
+
+@pytest.mark.slow  # 3 processes (~40 s)
+def test_a_siglip_fit_without_the_exchange_equals_one_process_accumulating_two(tmp_path):
+    """Without the exchange each process's SigLIP loss is its own batch's: DDP's averaged gradients are one process's
+    accumulated over the same two batches."""
+    args = clip_recipe() + SIGLIP + ["--model.loss.gather_across_devices=false"]
+    ddp = check_ddp_run(fit(args + DDP, tmp_path / "ddp"), tmp_path / "ddp")
+    single = fit(args + ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.accumulate_grad_batches=2",
+                         NO_EXPORT], tmp_path / "one")
+    assert single.returncode == 0, single.stderr[-3000:]
+    one = metrics(tmp_path / "one")
+    assert set(ddp) == set(one)
+    for key, value in one.items():
+        assert ddp[key] == pytest.approx(value, abs=1e-4), key
