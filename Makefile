@@ -26,11 +26,14 @@ $(STAMP): pyproject.toml $(LOCK)
 
 install: $(STAMP)
 
+# ARGS: more flags for the demo run, e.g. make demo-clip ARGS="--model.init_args.loss losses.SigLipLoss"
+ARGS ?=
+
 demo: $(STAMP)
-	$(PY) train.py fit --config configs/demo/text.yaml
+	$(PY) train.py fit --config configs/demo/text.yaml $(ARGS)
 
 demo-clip: $(STAMP)
-	$(PY) train.py fit --config configs/demo/clip.yaml
+	$(PY) train.py fit --config configs/demo/clip.yaml $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile

@@ -66,7 +66,7 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
                 infos["train"]["weight"] = weights[name] / sum(weights.values())
             if name in getattr(module, "source_losses", {}):  # the source's own loss
                 infos["train"]["loss"] = _losses(module.source_losses[name])
-                infos["train"]["loss_parameters"] = module.loss_parameters(name)
+                infos["train"]["loss_parameters"] = _shown(module.loss_parameters(name))
             trains.append(infos["train"])
         # both may come from one dataset: say which split
         evals += [{**info, "name": f"{info['name']} ({split})"} for split in ("validation", "test")
@@ -88,7 +88,7 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
         "eval_datasets": evals,
         "losses": losses,
         "methods": _methods(module.gradcache_chunk_size),
-        "loss_parameters": module.loss_parameters(),
+        "loss_parameters": _shown(module.loss_parameters()),
         "hyperparameters": _hyperparameters(os.path.join(run_dir, "config.yaml")),
         "versions": _versions(clip),
         "hardware": _hardware(trainer, fit_seconds),
@@ -178,7 +178,7 @@ def facts_from_run_folder(run_dir: str) -> dict:
         "eval_datasets": [],
         "losses": losses,
         "methods": _methods(args.get("gradcache_chunk_size")),
-        "loss_parameters": loss.get_config_dict() if hasattr(loss, "get_config_dict") else {},
+        "loss_parameters": _shown(loss.get_config_dict()) if hasattr(loss, "get_config_dict") else {},
         "hyperparameters": _hyperparameters(config_path),
         "versions": {},
         "hardware": {},

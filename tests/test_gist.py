@@ -276,6 +276,17 @@ def test_a_guided_fit_trains_exports_and_names_its_guide(tmp_path, tiny_bert_dir
     assert SentenceTransformer(str(run_dir / "model")).encode(["a query"]).shape == (1, 32)
 
 
+def test_the_card_shows_a_local_guide_by_its_folder_name(tmp_path, tiny_bert_dir, no_dropout_bert, triplets_dir):
+    """GIST without Matryoshka: its parameters (the guide's path among them) are on the card, which must hold no
+    local path (the export refuses one): the guide shows as its folder's name."""
+    recipe = [f for f in text_recipe(tiny_bert_dir, triplets_dir) if not f.startswith("--model.loss")]
+    cli_main(train_args(*recipe, "--model.loss=losses.GISTEmbedLoss", f"--model.loss.guide={no_dropout_bert}",
+                        "--data.test_split=null", "--trainer.max_steps=2", "--trainer.logger.name=plain",
+                        save_dir=tmp_path))
+    card = (tmp_path / "plain" / "version_0" / "model" / "README.md").read_text()
+    assert '"guide": "…/bert-no-dropout0"' in card and '"margin_strategy": "absolute"' in card
+
+
 def test_the_table_holds_what_the_guide_computes_for_the_batch(tiny_bert_dir, no_dropout_bert, triplets_dir):
     """The looked-up guide embeddings of a training batch are the guide's embeddings of its texts as the model reads
     them (prompts included), and the streamed path (tokens decoded, then embedded) gives the same here."""
