@@ -174,6 +174,7 @@ def test_a_mixture_under_ddp_equals_one_process_accumulating_two(tmp_path, no_dr
     assert "val/trip_dim_32_cosine_ndcg@10" in ddp and "val/mean_dim_32_cosine_ndcg@10" in ddp
 
 
+@pytest.mark.slow  # 3 processes (~41 s); the text recipe's 2-process fit is the default suite's
 def test_a_guided_fit_with_two_processes_equals_one_process_accumulating_two(tmp_path, no_dropout_bert, tiny_bert_dir,
                                                                             pairs):
     """GISTEmbedLoss's guide table is built by both processes together (each embeds a share, then they gather): the
@@ -186,6 +187,7 @@ def test_a_guided_fit_with_two_processes_equals_one_process_accumulating_two(tmp
 SIGLIP = ["--model.loss=losses.SigLipLoss", "--model.learn_logit_scale=true", "--data.drop_last=true"]
 
 
+@pytest.mark.slow  # 2 processes (~31 s); the exchange itself: tests/test_siglip.py, 2 gloo ranks
 def test_a_siglip_clip_fit_exchanging_texts_between_two_processes_finishes(tmp_path):
     """SigLIP's neighbour exchange (point-to-point sends inside the loss, and back in its backward) under Lightning's
     DDP: the run ends by itself, exports once, and its processes agree (one set of metrics, a learned bias)."""
@@ -208,3 +210,4 @@ def test_a_siglip_fit_without_the_exchange_equals_one_process_accumulating_two(t
     assert set(ddp) == set(one)
     for key, value in one.items():
         assert ddp[key] == pytest.approx(value, abs=1e-4), key
+
