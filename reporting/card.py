@@ -142,6 +142,15 @@ SIGLIP_CITATION = """\
     archivePrefix={arXiv},
     primaryClass={cs.CV}
 }"""
+LORA_CITATION = """\
+@misc{hu2021lora,
+    title={LoRA: Low-Rank Adaptation of Large Language Models},
+    author={Edward J. Hu and Yelong Shen and Phillip Wallis and Zeyuan Allen-Zhu and Yuanzhi Li and Shean Wang and Lu Wang and Weizhu Chen},
+    year={2021},
+    eprint={2106.09685},
+    archivePrefix={arXiv},
+    primaryClass={cs.CL}
+}"""
 # what a reader of the card must know about a loss beyond its parameters
 LOSS_NOTES = {
     "SigLipLoss": "The learned `logit_scale` and `logit_bias` belong to the training loss and are not part of this "
@@ -158,6 +167,7 @@ CITATIONS = {  # a loss or method (CardData.methods) → its paper
     "MarginMSELoss": MARGIN_MSE_CITATION,
     "DistillKLDivLoss": DISTILL_KL_CITATION,
     "SigLipLoss": SIGLIP_CITATION,
+    "LoRA": LORA_CITATION,
 }
 
 # Local paths a card must not leak; a URL's path is not a local path, so URLs are removed before these are searched.
@@ -268,7 +278,10 @@ class CardData:
         eval_datasets: the validation datasets.
         losses: loss class names, outer first (``["MatryoshkaLoss", "MultipleNegativesRankingLoss"]``): one
             ``loss:<Name>`` tag and citation each; the first is the one shown under each dataset.
-        methods: training methods beyond the loss that have a paper (``GradCache``): cited after the losses.
+        methods: training methods beyond the loss that have a paper (``GradCache``, ``LoRA``): cited after the
+            losses.
+        adapters: how adapters trained the model (LoRA's rank, targets and the share of parameters that trained),
+            shown under Training Details; None for full fine-tuning.
         loss_parameters: the outer loss's configuration, shown as JSON under each dataset; with MatryoshkaLoss it
             must hold ``matryoshka_dims`` (the usage snippet truncates to the smallest).
         evaluations: the final retrieval metrics per evaluation set.
@@ -302,6 +315,7 @@ class CardData:
     losses: list[str]
     methods: list[str] = field(default_factory=list)
     loss_parameters: dict = field(default_factory=dict)
+    adapters: str | None = None
     evaluations: list[EvalSet] = field(default_factory=list)
     training_log: TrainingLog | None = None
     hyperparameters: dict[str, object] = field(default_factory=dict)
@@ -753,6 +767,8 @@ def _training_details(card: CardData) -> str:
             plural = "s" if len(datasets) > 1 else ""
             parts.append(f"### {kind.title()} Dataset{plural}")
             parts += [_dataset_section(info, kind, card) for info in datasets]
+    if card.adapters:
+        parts.append(f"### Adapters\n\n{card.adapters}")
     if card.hyperparameters or card.non_default_hyperparameters:
         parts.append(_hyperparameters(card))
     if card.plots:

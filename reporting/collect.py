@@ -87,7 +87,9 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
         "train_datasets": trains,
         "eval_datasets": evals,
         "losses": losses,
-        "methods": _methods(module.gradcache_chunk_size),
+        "methods": _methods(module.gradcache_chunk_size) + (["LoRA"] if getattr(encoder, "adapter_summary", None)
+                                                            else []),
+        "adapters": getattr(encoder, "adapter_summary", None),
         "loss_parameters": _shown(module.loss_parameters()),
         "hyperparameters": _hyperparameters(os.path.join(run_dir, "config.yaml")),
         "versions": _versions(clip),
@@ -250,7 +252,7 @@ def build_card(run_dir: str, facts: dict | None = None, log: MetricsLog | None =
         train_datasets=[DatasetInfo(**d) for d in facts["train_datasets"]],
         eval_datasets=[DatasetInfo(**d) for d in facts["eval_datasets"]],
         losses=facts["losses"], methods=facts.get("methods", []), loss_parameters=facts["loss_parameters"],
-        evaluations=evaluations,
+        adapters=facts.get("adapters"), evaluations=evaluations,
         training_log=_training_log(log, exported, facts["steps_per_epoch"], primary),
         hyperparameters=hyper["all"], non_default_hyperparameters=hyper["non_default"],
         versions=facts["versions"], plots=[(_plot_caption(p), os.path.relpath(p, os.path.join(

@@ -79,3 +79,30 @@ def no_dropout_bert(tmp_path_factory, minilm_path) -> str:
     AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config)).save_pretrained(directory)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(directory)
     return directory
+
+
+def write_decoder_dir(directory: str, texts: list[str], **config) -> str:
+    """A random-init Qwen2 decoder laid out like a hub snapshot, with a byte-level BPE tokenizer trained on ``texts``
+    (400 tokens; what transformers rebuilds as a ``Qwen2Tokenizer``): its end-of-sequence token is ``<|endoftext|>``,
+    which, like Qwen's, it does not append."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
+
+    from tests.tiny import TINY_QWEN2
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>").save_pretrained(directory)
+    settings = {**TINY_QWEN2, **config, "vocab_size": backend.get_vocab_size()}
+    AutoModel.from_config(AutoConfig.for_model(settings.pop("model_type"), **settings)).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def decoder_dir(tmp_path_factory) -> str:
+    """A tiny Qwen2-shaped decoder embedder (``write_decoder_dir``) whose tokenizer learnt ``qa_rows``' words."""
+    texts = [t for r in qa_rows(400) + qa_rows(400, offset=1000) for t in r.values()]
+    return write_decoder_dir(str(tmp_path_factory.mktemp("decoder")), texts + ["Instruct: find the passage. Query: "])

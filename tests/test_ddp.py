@@ -211,3 +211,10 @@ def test_a_siglip_fit_without_the_exchange_equals_one_process_accumulating_two(t
     for key, value in one.items():
         assert ddp[key] == pytest.approx(value, abs=1e-4), key
 
+
+@pytest.mark.slow  # 3 processes (~40 s); the text recipe's 2-process fit is the default suite's
+def test_a_lora_fit_with_two_processes_equals_one_process_accumulating_two(tmp_path, no_dropout_bert, pairs):
+    """LoRA adapters (the frozen base is not a DDP parameter; no unused-parameter stall) under 2 gloo processes: the
+    1-process fit accumulating its two batches."""
+    ddp_equals_one_process_accumulating_two(tmp_path, no_dropout_bert, pairs, "--model.encoder.lora.r=4",
+                                            "--model.encoder.lora.dropout=0.0")

@@ -6,6 +6,9 @@ benchmarks' ``--tiny`` runs use these too) without importing the tests' conftest
 
 TINY_BERT: dict = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                    "intermediate_size": 64, "max_position_embeddings": 128}
+# a decoder embedder's shape (Qwen2: grouped-query attention, RMSNorm, rotary positions); vocab_size set by the tokenizer
+TINY_QWEN2: dict = {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128}
 # lightning_modules.clip_backends.TransformersClip(config=…)
 TINY_HF_CLIP_CONFIG: dict = {
     "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
