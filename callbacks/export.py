@@ -127,6 +127,7 @@ class ExportModel(Callback):
             path = getattr(callback, "best_model_path", "")
             if callback.monitor and path:
                 checkpoint = torch.load(path, map_location=pl_module.device, weights_only=True)
+                pl_module.restore_frozen_base(checkpoint)
                 pl_module.load_state_dict(checkpoint["state_dict"])
                 score = callback.best_model_score
                 self.best = (path, None if score is None else float(score), callback.monitor)

@@ -308,6 +308,7 @@ def load_checkpoint(checkpoint: str) -> EmbeddingModule:
                          f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}") from err
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # litembed's own file: hyperparameters too
     try:
+        module.restore_frozen_base(state)
         module.load_state_dict(state["state_dict"])
     except RuntimeError as err:
         raise ValueError(f"{FLAG} {checkpoint!r}: its weights do not fit the model of {config_path} "

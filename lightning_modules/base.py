@@ -33,6 +33,8 @@ from reporting.tables import format_table
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/", category=PossibleUserWarning)
 
 
+FROZEN_FROM_BASE = "frozen_from_base"  # a checkpoint's note: the base model its left-out frozen weights come from
+
 # what a subclass defines: ``embed(features) -> (B, D) embeddings`` of one column's (or one evaluation stream's)
 # features (tokens, pixel values), and ``export(directory)``, saving the model in a format its ecosystem loads
 # (sentence-transformers, open_clip)
@@ -100,6 +102,7 @@ class EmbeddingModule(L.LightningModule):
         self.history: list[tuple[int, dict[str, float]]] = []  # (global step, val metrics); step -1 = base model
         self._resumed = False
         self._collectors: dict[str, EmbeddingCollector] = {}
+        self._said_checkpoint_size = False
 
     @property
     def data(self) -> RetrievalData:
@@ -391,8 +394,42 @@ class EmbeddingModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["litembed"] = {"history": self.history}
+        frozen = self._frozen_base_keys()
+        if frozen:  # what building the module loads again need not be written at every checkpoint
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+            checkpoint["litembed"][FROZEN_FROM_BASE] = self.encoder.name
+            if not self._said_checkpoint_size:
+                self._said_checkpoint_size = True
+                kept = sum(v.numel() for v in checkpoint["state_dict"].values())
+                dropped = sum(p.numel() for n, p in self.named_parameters() if n in frozen)
+                rank_zero_info(f"Checkpoints hold {kept:,} values (the adapters and what else trains; AdamW's state "
+                               f"besides): the frozen base's {dropped:,} parameters are loaded again from "
+                               f"{self.encoder.name} when a checkpoint is read")
+
+    def _frozen_base_keys(self) -> set[str]:
+        """Weights a checkpoint leaves out: the frozen base of a pretrained encoder that trains LoRA adapters, which
+        building the module loads again from the same model (a random-init base keeps every weight)."""
+        encoder = getattr(self, "encoder", None)
+        if encoder is None or not getattr(encoder, "adapter_summary", None) or not getattr(encoder, "name", None):
+            return set()
+        return {f"encoder.{n}" for n, p in encoder.named_parameters() if not p.requires_grad}
+
+    def restore_frozen_base(self, checkpoint: dict) -> None:
+        """Put back into ``checkpoint["state_dict"]`` the frozen base weights ``on_save_checkpoint`` left out, from
+        this module, built from the base model the checkpoint names (before the weights are loaded)."""
+        base = checkpoint.get("litembed", {}).get(FROZEN_FROM_BASE)
+        if not base:
+            return
+        frozen = self._frozen_base_keys()
+        if getattr(getattr(self, "encoder", None), "name", None) != base or not frozen:
+            raise ValueError(f"the checkpoint holds LoRA adapters trained on {base}, whose frozen weights it leaves "
+                             f"out: build the model with --model.init_args.encoder.init_args.model_name_or_path "
+                             f"{base} and the same lora options to load it")
+        own = self.state_dict()
+        checkpoint["state_dict"].update({k: own[k] for k in frozen if k not in checkpoint["state_dict"]})
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.restore_frozen_base(checkpoint)  # Lightning loads the state dict after this hook
         if self._trainer is not None and self._trainer.state.fn != "fit":  # (load_from_checkpoint has no trainer)
             # the callbacks' states (where fit writes its checkpoints, which is best, the RNGs to go on with) only
             # serve a fit that goes on; an evaluation has no use for them, and Lightning, restoring them, warns that

@@ -197,3 +197,25 @@ def test_gradcache_with_lora_gives_the_plain_steps_gradients(minilm_path):
     torch.manual_seed(1)
     cached(module, columns, 3).backward()
     assert_same(reference, grads(module))
+
+
+def test_a_lora_checkpoint_holds_the_adapters_and_loads_to_the_exported_model(tmp_path, tiny_bert_dir, pairs_dir,
+                                                                              caplog):
+    """The frozen base is not written at every checkpoint (building the module loads it again): the checkpoint holds
+    the adapters, and read back (load_model on the .ckpt) it embeds as the export does."""
+    import glob
+
+    from inference.models import load_model
+
+    cli_main(train_args(*text_recipe(tiny_bert_dir, pairs_dir), "--model.encoder.lora.r=4",
+                        "--trainer.logger.name=lora", save_dir=tmp_path))
+    run = tmp_path / "lora" / "version_0"
+    (path,) = glob.glob(str(run / "checkpoints" / "last.ckpt"))
+    checkpoint = torch.load(path, weights_only=False)
+    parameters = [k for k in checkpoint["state_dict"] if not k.endswith(("position_ids", "token_type_ids"))]
+    assert parameters and all(".lora_" in k for k in parameters), parameters
+    assert checkpoint["litembed"]["frozen_from_base"] == tiny_bert_dir
+    assert "Checkpoints hold 1,024 values" in caplog.text  # 2 layers × (query, value) × (A 4×32 + B 32×4)
+    texts = [r["anchor"] for r in qa_rows(4)]
+    torch.testing.assert_close(load_model(path, device="cpu").encode_texts(texts),
+                               st_embeddings(str(run / "model"), texts), rtol=0, atol=1e-5)
