@@ -160,3 +160,65 @@ def test_clip_seed_recipe_map_style(tmp_path, coco_like):
     # 8 images × 5 captions: no batch holds an image twice, so 5 batches of 8 (the batch size is 16)
     assert [step for step, _ in cli.model.history] == [-1, 1, 2, 3, 4, 5]
     assert len(cli.datamodule.splits["train"]) == 40
+
+
+def qwen3_embedding_like(directory, texts) -> str:
+    """A model repository laid out like Qwen/Qwen3-Embedding-0.6B: a causal-LM checkpoint (weights under ``model.``,
+    an LM head), its tokenizer, padded left, and sentence-transformers' files (last-token Pooling, the query prompt)."""
+    import json
+
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    from conftest import write_decoder_dir
+
+    write_decoder_dir(str(directory), texts)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer.padding_side = "left"
+    tokenizer.save_pretrained(directory)
+    Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                 max_position_embeddings=256)).save_pretrained(directory)
+    files = {"modules.json": [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                              {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                              {"idx": 2, "name": "2", "path": "2_Normalize",
+                               "type": "sentence_transformers.models.Normalize"}],
+             "1_Pooling/config.json": {"word_embedding_dimension": 32, "pooling_mode_lasttoken": True,
+                                       "include_prompt": True},
+             "config_sentence_transformers.json": {"prompts": {"query": "Instruct: Given a web search query, retrieve "
+                                                               "relevant passages that answer the query\nQuery:",
+                                                               "document": ""}}}
+    for name, content in files.items():
+        os.makedirs(os.path.dirname(os.path.join(directory, name)), exist_ok=True)
+        with open(os.path.join(directory, name), "w") as f:
+            json.dump(content, f)
+    return str(directory)
+
+
+def test_qwen3_embedding_lora_recipe_on_local_directories(tmp_path, pairs_dir):
+    """The recipe unchanged but for paths (a hub-like snapshot of a tiny Qwen3 decoder and a data directory), the dims
+    of a 32-wide model, and the precision a CPU runs: LoRA adapters train, the export loads in plain
+    SentenceTransformer and embeds queries, instruction included, as the trained module does."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from conftest import qa_rows
+
+    texts = [t for r in qa_rows(300) for t in r.values()] + [
+        "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"]
+    model_dir = qwen3_embedding_like(tmp_path / "Qwen3-Embedding-0.6B", texts)
+    cli = cli_main(["fit", "--config", os.path.join(ROOT, "configs", "qwen3_embedding_lora.yaml"),
+                    f"--model.init_args.encoder.init_args.model_name_or_path={model_dir}",
+                    f"--data.init_args.dataset={pairs_dir}", "--model.init_args.loss.init_args.dims=[32, 16, 8, 4]",
+                    "--data.init_args.batch_size=16", "--data.init_args.num_workers=0",
+                    "--model.init_args.gradcache_chunk_size=4", "--trainer.precision=32-true",
+                    '--trainer.callbacks=[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", '
+                    '"init_args": {"monitor": "val/dim_32_cosine_ndcg@10", "mode": "max"}}]',
+                    f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    assert cli.trainer.global_step == 3 and cli.model.encoder.adapter_summary
+    export = os.path.join(cli.trainer.log_dir, "model")
+    queries = [r["anchor"] for r in qa_rows(4, offset=200)]
+    module = cli.model.eval()
+    with torch.no_grad():
+        ours = module.embed(module.processor(queries, "query"))
+    theirs = SentenceTransformer(export, device="cpu").encode(queries, prompt_name="query", convert_to_tensor=True)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
