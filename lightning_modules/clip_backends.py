@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
 from lightning_modules.hub import ENCODER_FLAGS as FLAG, loading
+from lightning_modules.lora import LoRA, add_lora, is_adapted, merged, summary, tower_targets
 
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -96,6 +97,11 @@ class ClipBackend(nn.Module, ABC):
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
         return self.processor.tokenize(texts)
 
+    @property
+    def adapter_summary(self) -> str | None:
+        """The LoRA adapters and the parameters they train (console and card); None for full fine-tuning."""
+        return summary(self.model) if is_adapted(self.model) else None
+
     def image_transform(self, image: Image.Image, train: bool) -> Tensor:
         return self.processor.image_transform(image, train)
 
@@ -148,9 +154,14 @@ class TransformersClip(ClipBackend):
             ``tests.tiny.TINY_HF_CLIP_CONFIG``), for random init with OpenAI's tokenizer (built offline) and a CLIP
             image processor sized to the vision config; ignored when ``model_name_or_path`` is set.
         max_length: tokens kept per caption (capped at the text model's ``max_position_embeddings``).
+        lora: train LoRA adapters (``lightning_modules.lora.LoRA``) in ``lora_towers`` instead of every weight;
+            target modules default to each tower's attention query and value projections (``["all-linear"]``: every
+            linear layer of the towers). The export merges them.
+        lora_towers: ``text``, ``image`` or both.
     """
 
-    def __init__(self, model_name_or_path: str | None = None, config: dict | None = None, max_length: int = 77) -> None:
+    def __init__(self, model_name_or_path: str | None = None, config: dict | None = None, max_length: int = 77,
+                 lora: LoRA | None = None, lora_towers: list[str] = ["text", "image"]) -> None:
         super().__init__()
         self.name = model_name_or_path
         if model_name_or_path is not None:
@@ -170,6 +181,10 @@ class TransformersClip(ClipBackend):
         processor.tokenizer.model_max_length = max_length  # saved with it: sentence-transformers truncates alike
         self.processor = HFClipProcessor(processor, max_length)
         self.embedding_dim = self.model.config.projection_dim
+        if lora is not None:
+            self.model = add_lora(self.model, lora, f"{FLAG}.lora", tower_targets(
+                lora, list(lora_towers), {"text": "text_model", "image": "vision_model"}, ["q_proj", "v_proj"],
+                ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"], f"{FLAG}.lora_towers"))
 
     @property
     def logit_scale(self) -> nn.Parameter:
@@ -214,11 +229,12 @@ class TransformersClip(ClipBackend):
         ``get_image_features``, exactly as this backend; ``CLIPModel.from_pretrained(directory)`` loads it too.
         """
         os.makedirs(directory, exist_ok=True)
-        self.model.save_pretrained(directory)
+        model = merged(self.model) if is_adapted(self.model) else self.model
+        model.save_pretrained(directory)
         self.processor.hf_processor.save_pretrained(directory)
         with torch.no_grad():  # what get_*_features returns decides where sentence-transformers finds the embedding
-            probe = self.model.get_text_features(input_ids=torch.zeros(1, 1, dtype=torch.long,
-                                                                       device=self.logit_scale.device))
+            probe = model.get_text_features(input_ids=torch.zeros(1, 1, dtype=torch.long,
+                                                                  device=self.logit_scale.device))
         method_output_name = None if isinstance(probe, Tensor) else "pooler_output"
         files = {
             # The module path every release reads (6.x aliases it to sentence_transformers.base.modules.transformer).
@@ -257,10 +273,15 @@ class OpenClip(ClipBackend):
             ``tests.tiny.TINY_OPEN_CLIP_CFG``) at random init, instead of ``arch``.
         max_length: text context length; None keeps the model's (77 for OpenAI CLIP). Changing it resizes the
             text positional embedding.
+        lora: train LoRA adapters (``lightning_modules.lora.LoRA``) in ``lora_towers``; target modules default to the
+            residual blocks' MLP (``c_fc``, ``c_proj``); ``attn`` adapts the attention (one ``nn.MultiheadAttention``,
+            which peft adapts as a whole). The export merges them.
+        lora_towers: ``text``, ``image`` or both.
     """
 
     def __init__(self, arch: str = "ViT-B-32", pretrained: str | None = None, model_cfg: dict | None = None,
-                 max_length: int | None = None) -> None:
+                 max_length: int | None = None, lora: LoRA | None = None,
+                 lora_towers: list[str] = ["text", "image"]) -> None:
         super().__init__()
         # open_clip names a pretrained model by architecture and tag (hf-hub: ids are hub models as they are)
         self.name = (arch if arch.startswith("hf-hub:") else None if model_cfg is not None or pretrained is None
@@ -284,6 +305,16 @@ class OpenClip(ClipBackend):
         self.model_cfg["text_cfg"]["context_length"] = context_length
         self.processor = OpenClipProcessor(tokenizer, train_transform, val_transform)
         self.embedding_dim = self.model_cfg["embed_dim"]
+        if lora is not None:
+            names = lora.target_modules or []
+            if any(n in ("in_proj", "out_proj", "in_proj_weight") for n in names):
+                raise ValueError(f"{FLAG}.lora.target_modules {names}: open_clip's attention is one "
+                                 f"nn.MultiheadAttention whose projections never run as layers, so adapters on them "
+                                 f"would not train; name attn (peft adapts the whole attention) or the MLP's c_fc "
+                                 f"and c_proj (the default)")
+            self.model = add_lora(self.model, lora, f"{FLAG}.lora", tower_targets(
+                lora, list(lora_towers), {"text": "transformer", "image": "visual.transformer"}, ["c_fc", "c_proj"],
+                ["attn", "c_fc", "c_proj"], f"{FLAG}.lora_towers"))
 
     @property
     def logit_scale(self) -> nn.Parameter:
@@ -318,8 +349,9 @@ class OpenClip(ClipBackend):
         ``arch``, or here with ``OpenClip(arch="local-dir:<directory>")``.
         """
         os.makedirs(directory, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()},
+        model = merged(self.model) if is_adapted(self.model) else self.model
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                   os.path.join(directory, OPEN_CLIP_WEIGHTS))
         with open(os.path.join(directory, OPEN_CLIP_CONFIG), "w") as f:
             json.dump({"model_cfg": self.model_cfg,
-                       "preprocess_cfg": open_clip.get_model_preprocess_cfg(self.model)}, f, indent=2)
+                       "preprocess_cfg": open_clip.get_model_preprocess_cfg(model)}, f, indent=2)

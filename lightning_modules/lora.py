@@ -36,15 +36,18 @@ class LoRA:
     target_modules: list[str] | None = field(default=None)
 
 
-def add_lora(model: nn.Module, options: LoRA, flag: str) -> nn.Module:
-    """``model`` with LoRA adapters (a ``peft.PeftModel``); every other weight frozen."""
+def add_lora(model: nn.Module, options: LoRA, flag: str, targets: str | list[str] | None = None) -> nn.Module:
+    """``model`` with LoRA adapters (a ``peft.PeftModel``); every other weight frozen. ``targets``: what to adapt when
+    the caller decides it (a regular expression over module names, e.g. one tower's layers); default: the options'
+    ``target_modules``, else peft's choice for the architecture."""
     from peft import LoraConfig, get_peft_model
 
     if options.r < 1:
         raise ValueError(f"{flag}.r must be ≥ 1 (the adapters' rank), got {options.r}")
     if not 0 <= options.dropout < 1:
         raise ValueError(f"{flag}.dropout must be in [0, 1), got {options.dropout}")
-    targets = options.target_modules
+    if targets is None:
+        targets = options.target_modules
     if targets == ["all-linear"]:
         targets = "all-linear"
     config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout, target_modules=targets,
@@ -60,14 +63,32 @@ def add_lora(model: nn.Module, options: LoRA, flag: str) -> nn.Module:
 
 def summary(model: nn.Module) -> str:
     """What the adapters are and how many parameters train, as the console and the model card say it."""
+    from peft.tuners.lora import LoraLayer
+
     config = model.peft_config["default"]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    targets = ", ".join(sorted(config.target_modules)) if not isinstance(config.target_modules, str) else \
-        config.target_modules
-    return (f"LoRA adapters (r={config.r}, alpha={config.lora_alpha:g}, dropout={config.lora_dropout:g}) on {targets}: "
-            f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f}%); the export merges them "
-            f"into the base weights")
+    adapted = [name for name, module in model.named_modules() if isinstance(module, LoraLayer)]
+    kinds = ", ".join(sorted({name.rsplit(".", 1)[-1] for name in adapted}))
+    return (f"LoRA adapters (r={config.r}, alpha={config.lora_alpha:g}, dropout={config.lora_dropout:g}) on "
+            f"{len(adapted)} layers ({kinds}): {trainable:,} of {total:,} parameters train "
+            f"({100 * trainable / total:.2f}%); the export merges them into the base weights")
+
+
+def tower_targets(options: LoRA, towers: list[str], prefixes: dict[str, str], default: list[str],
+                  all_linear: list[str], flag: str) -> str:
+    """A regular expression for peft matching the layers named in ``options.target_modules`` (default ``default``;
+    ``["all-linear"]``: ``all_linear``) inside the chosen ``towers``, each tower's modules starting with its prefix."""
+    import re
+
+    unknown = sorted(set(towers) - set(prefixes))
+    if not towers or unknown:
+        raise ValueError(f"{flag}: lora_towers must name some of {sorted(prefixes)}, got {towers}")
+    names = options.target_modules or default
+    if names == ["all-linear"]:
+        names = all_linear
+    scope = "|".join(re.escape(prefixes[t]) for t in towers)
+    return rf"({scope})\..*\.({'|'.join(re.escape(n) for n in names)})"
 
 
 def merged(model: nn.Module) -> nn.Module:

@@ -139,7 +139,7 @@ def test_a_decoder_lora_fit_exports_what_sentence_transformers_embeds_the_same(t
     rows = logged_rows(tmp_path / "decoder" / "version_0")
     assert any(row.get("train/loss") for row in rows)
     card = (export / "README.md").read_text()
-    assert "### Adapters\n\nLoRA adapters (r=4, alpha=32, dropout=0) on q_proj, v_proj: " in card
+    assert "### Adapters\n\nLoRA adapters (r=4, alpha=32, dropout=0) on 4 layers (q_proj, v_proj): " in card
     assert "parameters train" in card and "@misc{hu2021lora," in card
 
 
@@ -219,3 +219,73 @@ def test_a_lora_checkpoint_holds_the_adapters_and_loads_to_the_exported_model(tm
     texts = [r["anchor"] for r in qa_rows(4)]
     torch.testing.assert_close(load_model(path, device="cpu").encode_texts(texts),
                                st_embeddings(str(run / "model"), texts), rtol=0, atol=1e-5)
+
+
+# ---- LoRA on CLIP towers: HF CLIPModel, open_clip (MLP linears, or its attention through peft) ----
+
+from lightning_modules.clip_backends import OpenClip, TransformersClip  # noqa: E402
+from tests.tiny import TINY_HF_CLIP_CONFIG, TINY_OPEN_CLIP_CFG  # noqa: E402
+
+CAPTIONS = ["a red circle on a white square", "two blue triangles"]
+
+
+@pytest.mark.parametrize("backend, targets, towers", [("transformers", None, ["text"]),
+                                                      ("transformers", ["all-linear"], ["text", "image"]),
+                                                      ("open_clip", None, ["text", "image"]),
+                                                      ("open_clip", ["attn", "c_fc"], ["image"])])
+def test_clip_towers_with_lora_export_merged_and_reload_equal(tmp_path, backend, targets, towers):
+    torch.manual_seed(0)
+    options = LoRA(r=2, dropout=0.0, target_modules=targets)
+    encoder = (TransformersClip(config=TINY_HF_CLIP_CONFIG, lora=options, lora_towers=towers) if backend == "transformers"
+               else OpenClip(model_cfg=TINY_OPEN_CLIP_CFG, lora=options, lora_towers=towers))
+    trainable = [n for n, p in encoder.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n for n in trainable)
+    tower_names = {"text": ("text_model", "base_model.model.transformer."), "image": ("vision_model", "visual.")}
+    for tower in ("text", "image"):  # adapters in the chosen towers only
+        assert any(any(k in n for k in tower_names[tower]) for n in trainable) == (tower in towers), tower
+    with torch.no_grad():
+        for name, parameter in encoder.named_parameters():
+            if ".lora_B." in name:
+                parameter.normal_(0, 0.1)
+    encoder.eval()
+    features, pixels = encoder.tokenize(CAPTIONS), torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        text, image = encoder.encode_text(features), encoder.encode_image(pixels)
+    encoder.save(str(tmp_path / "export"))
+    if backend == "transformers":
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(tmp_path / "export"), device="cpu")
+        torch.testing.assert_close(model.encode(CAPTIONS, convert_to_tensor=True, normalize_embeddings=False), text,
+                                   rtol=0, atol=1e-5)
+    else:
+        reloaded = OpenClip(arch=f"local-dir:{tmp_path / 'export'}").eval()
+        with torch.no_grad():
+            torch.testing.assert_close(reloaded.encode_text(features), text, rtol=0, atol=1e-5)
+            torch.testing.assert_close(reloaded.encode_image(pixels), image, rtol=0, atol=1e-5)
+
+
+def test_open_clip_attention_projections_are_refused_with_what_works():
+    with pytest.raises(ValueError, match="open_clip's attention is one nn.MultiheadAttention .* name attn"):
+        OpenClip(model_cfg=TINY_OPEN_CLIP_CFG, lora=LoRA(target_modules=["out_proj"]))
+
+
+def test_a_clip_lora_fit_exports_what_sentence_transformers_embeds_the_same(tmp_path):
+    from tests.commands import clip_recipe
+
+    cli = cli_main(train_args(*clip_recipe(), "--model.encoder.lora.r=4", "--model.encoder.lora.dropout=0.0",
+                              "--model.learn_logit_scale=true", "--test_after_fit=false",
+                              "--trainer.logger.name=clip-lora", save_dir=tmp_path))
+    module = cli.model.eval()
+    trained = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert trained - {"encoder.model.base_model.model.logit_scale"} and all(
+        ".lora_" in n or n.endswith("logit_scale") for n in trained)
+    from sentence_transformers import SentenceTransformer
+
+    export = tmp_path / "clip-lora" / "version_0" / "model"
+    with torch.no_grad():
+        ours = module.embed(module.processor.tokenize(CAPTIONS))
+    theirs = SentenceTransformer(str(export), device="cpu").encode(CAPTIONS, convert_to_tensor=True,
+                                                                   normalize_embeddings=False)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    assert "### Adapters" in (export / "README.md").read_text()
