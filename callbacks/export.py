@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_modules.lora import EXPORT_FORMS
 from reporting.collect import gather_facts, is_clip
 from reporting.report import save_facts, write_report
 from reporting.tables import format_table
@@ -52,11 +53,17 @@ class ExportModel(Callback):
         usage_images: images the usage snippet of a CLIP model's card encodes and compares with its sentences: file
             names as a reader of the card opens them (files you publish beside the model) or URLs. None: the snippet
             shows how, commented out.
+        adapters: a LoRA model's export: ``merged`` into the base weights (loads anywhere, no peft), or ``separate``
+            (the adapters alone, a few MB, which sentence-transformers loads onto the base model with peft; text
+            models).
     """
 
     def __init__(self, dirpath: str | None = "model", title: str | None = None, model_id: str | None = None,
                  language: list[str] = ["en"], license: str = "apache-2.0",
-                 usage_images: list[str] | None = None) -> None:
+                 usage_images: list[str] | None = None, adapters: str = "merged") -> None:
+        if adapters not in EXPORT_FORMS:
+            raise ValueError(f"--export.adapters must be one of {EXPORT_FORMS}, got {adapters!r}")
+        self.adapters = adapters
         self.dirpath = dirpath
         self.card_options = {"title": title, "model_id": model_id, "language": list(language), "license": license,
                              "usage_images": list(usage_images) if usage_images else None}
@@ -67,6 +74,13 @@ class ExportModel(Callback):
         self.trained = False  # training has ended: what follows is the export (and train.py's test)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.adapters == "separate":
+            if not getattr(pl_module.encoder, "adapter_summary", None):
+                raise ValueError("--export.adapters separate exports LoRA adapters, and this model trains none: set "
+                                 "--model.init_args.encoder.init_args.lora, or leave --export.adapters merged")
+            if is_clip(type(pl_module)):
+                raise ValueError("--export.adapters separate: a CLIP model's adapters are exported merged (open_clip "
+                                 "loads no adapters); leave --export.adapters merged")
         if self.card_options["usage_images"] and not is_clip(type(pl_module)):
             raise ValueError(f"--export.usage_images: {type(pl_module).__name__} embeds texts only; its card's usage "
                              f"snippet encodes sentences (leave the option out)")
@@ -97,7 +111,10 @@ class ExportModel(Callback):
                                f"{', …' if len(bad) > 3 else ''}); the checkpoint "
                                f"{self.best[0] if self.best else 'in memory'} holds them")
         if trainer.is_global_zero:
-            pl_module.export(directory)
+            if self.adapters == "separate":
+                pl_module.export(directory, merge_adapters=False)
+            else:
+                pl_module.export(directory)
             rank_zero_info(f"Exported the model to {directory}")
             try:  # the other ranks wait at the barrier below: a failing card must not keep them there
                 self._write_card(trainer, pl_module, log_dir, directory, step)
@@ -109,7 +126,8 @@ class ExportModel(Callback):
     def _write_card(self, trainer, pl_module, log_dir: str, directory: str, step: int) -> None:
         seconds = time.monotonic() - self._started if self._started is not None else None
         save_facts(log_dir, gather_facts(trainer, pl_module, trainer.datamodule, log_dir, directory, step,
-                                         self.best[0] if self.best else None, seconds, self.card_options))
+                                         self.best[0] if self.best else None, seconds,
+                                         {**self.card_options, "adapters": self.adapters}))
         self.run_dir = log_dir
         self._report(trainer)
 

@@ -72,7 +72,18 @@ def summary(model: nn.Module) -> str:
     kinds = ", ".join(sorted({name.rsplit(".", 1)[-1] for name in adapted}))
     return (f"LoRA adapters (r={config.r}, alpha={config.lora_alpha:g}, dropout={config.lora_dropout:g}) on "
             f"{len(adapted)} layers ({kinds}): {trainable:,} of {total:,} parameters train "
-            f"({100 * trainable / total:.2f}%); the export merges them into the base weights")
+            f"({100 * trainable / total:.2f}%)")
+
+
+EXPORT_FORMS = ("merged", "separate")
+
+
+def export_sentence(form: str) -> str:
+    """How the card says the adapters were exported (``--export.adapters``)."""
+    if form == "separate":
+        return ("The export holds the adapters alone (peft's adapter_config.json and adapter_model.safetensors): "
+                "`SentenceTransformer(path)` loads them onto the base model named there, with `peft` installed.")
+    return "The export has them merged into the base weights: it loads as a plain model, without `peft`."
 
 
 def tower_targets(options: LoRA, towers: list[str], prefixes: dict[str, str], default: list[str],

@@ -44,5 +44,5 @@ class TextEmbeddingModule(EmbeddingModule):
     def embed(self, features: dict[str, Tensor]) -> Tensor:
         return self.encoder(features)
 
-    def export(self, directory: str) -> None:
-        self.encoder.save(directory)
+    def export(self, directory: str, merge_adapters: bool = True) -> None:
+        self.encoder.save(directory, merge_adapters)

@@ -152,13 +152,18 @@ class TextEncoder(nn.Module):
                    None if prompt_length is None else int(prompt_length[0]))
         return F.normalize(emb, dim=-1) if self.normalize else emb
 
-    def save(self, directory: str) -> None:
+    def save(self, directory: str, merge_adapters: bool = True) -> None:
         """Write a directory that ``SentenceTransformer(directory)`` loads: Transformer + Pooling (+ Normalize).
 
         Uses the module layout every sentence-transformers release since 2.x reads, so older installs load it too.
+        LoRA adapters are merged into the base weights, or with ``merge_adapters`` False saved alone (peft's adapter
+        files, no ``config.json``), which sentence-transformers loads onto the base model with peft installed.
         """
         os.makedirs(directory, exist_ok=True)
-        (merged(self.model) if is_adapted(self.model) else self.model).save_pretrained(directory)
+        if is_adapted(self.model) and not merge_adapters:
+            self.model.save_pretrained(directory)
+        else:
+            (merged(self.model) if is_adapted(self.model) else self.model).save_pretrained(directory)
         self.processor.tokenizer.save_pretrained(directory)
         modules = [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},

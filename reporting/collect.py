@@ -23,6 +23,7 @@ import yaml
 
 from cli_errors import import_object
 from cli_options import SECTIONS, option_defaults
+from lightning_modules.lora import export_sentence
 from datamodules.images import ImageLoadError, image_header
 from lightning_modules.hub import hub_model_name
 from metrics.keys import PRIMARY_METRIC, parse_metric_key, stage_of
@@ -89,7 +90,8 @@ def gather_facts(trainer, module, datamodule, run_dir: str, export_dir: str, exp
         "losses": losses,
         "methods": _methods(module.gradcache_chunk_size) + (["LoRA"] if getattr(encoder, "adapter_summary", None)
                                                             else []),
-        "adapters": getattr(encoder, "adapter_summary", None),
+        "adapters": (f"{encoder.adapter_summary}. {export_sentence(options.get('adapters', 'merged'))}"
+                     if getattr(encoder, "adapter_summary", None) else None),
         "loss_parameters": _shown(module.loss_parameters()),
         "hyperparameters": _hyperparameters(os.path.join(run_dir, "config.yaml")),
         "versions": _versions(clip),

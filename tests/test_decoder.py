@@ -140,6 +140,7 @@ def test_a_decoder_lora_fit_exports_what_sentence_transformers_embeds_the_same(t
     assert any(row.get("train/loss") for row in rows)
     card = (export / "README.md").read_text()
     assert "### Adapters\n\nLoRA adapters (r=4, alpha=32, dropout=0) on 4 layers (q_proj, v_proj): " in card
+    assert "The export has them merged into the base weights" in card
     assert "parameters train" in card and "@misc{hu2021lora," in card
 
 
@@ -289,3 +290,29 @@ def test_a_clip_lora_fit_exports_what_sentence_transformers_embeds_the_same(tmp_
                                                                    normalize_embeddings=False)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
     assert "### Adapters" in (export / "README.md").read_text()
+
+
+def test_the_adapters_alone_export_loads_in_sentence_transformers_with_peft(tmp_path, tiny_bert_dir, pairs_dir):
+    """--export.adapters separate: peft's adapter files and sentence-transformers' modules, no base weights; ST loads
+    them onto the base and embeds as the trained module; the card says how the export loads."""
+    cli = cli_main(train_args(*text_recipe(tiny_bert_dir, pairs_dir), "--model.encoder.lora.r=4",
+                              "--export.adapters=separate", "--trainer.logger.name=adapter", save_dir=tmp_path))
+    export = tmp_path / "adapter" / "version_0" / "model"
+    files = set(os.listdir(export))
+    assert {"adapter_config.json", "adapter_model.safetensors", "modules.json"} <= files
+    assert not files & {"config.json", "model.safetensors"}
+    module = cli.model.eval()
+    texts = [r["anchor"] for r in qa_rows(4, offset=200)]
+    with torch.no_grad():
+        mine = module.embed(module.processor(texts, "query"))
+    torch.testing.assert_close(mine, st_embeddings(str(export), texts), rtol=0, atol=1e-5)
+    assert "The export holds the adapters alone" in (export / "README.md").read_text()
+
+
+def test_the_adapters_alone_export_needs_adapters(capsys, tiny_bert_dir, pairs_dir):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *text_recipe(tiny_bert_dir, pairs_dir), "--export.adapters=separate",
+                  "--trainer.fast_dev_run=1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--export.adapters separate exports LoRA adapters, and this model trains " \
+        "none" in err, err
