@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from tests.tiny import TINY_BERT
+from tests.tiny import TINY_BERT, write_decoder_dir
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the tests may reach a hub
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -78,26 +78,6 @@ def no_dropout_bert(tmp_path_factory, minilm_path) -> str:
     config = {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config)).save_pretrained(directory)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(directory)
-    return directory
-
-
-def write_decoder_dir(directory: str, texts: list[str], **config) -> str:
-    """A random-init Qwen2 decoder laid out like a hub snapshot, with a byte-level BPE tokenizer trained on ``texts``
-    (400 tokens; what transformers rebuilds as a ``Qwen2Tokenizer``): its end-of-sequence token is ``<|endoftext|>``,
-    which, like Qwen's, it does not append."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
-
-    from tests.tiny import TINY_QWEN2
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
-                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>").save_pretrained(directory)
-    settings = {**TINY_QWEN2, **config, "vocab_size": backend.get_vocab_size()}
-    AutoModel.from_config(AutoConfig.for_model(settings.pop("model_type"), **settings)).save_pretrained(directory)
     return directory
 
 

@@ -169,7 +169,7 @@ def qwen3_embedding_like(directory, texts) -> str:
 
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
-    from conftest import write_decoder_dir
+    from tests.tiny import write_decoder_dir
 
     write_decoder_dir(str(directory), texts)
     tokenizer = AutoTokenizer.from_pretrained(directory)

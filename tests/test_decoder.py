@@ -208,9 +208,10 @@ def test_a_lora_checkpoint_holds_the_adapters_and_loads_to_the_exported_model(tm
 
     from inference.models import load_model
 
-    cli_main(train_args(*text_recipe(tiny_bert_dir, pairs_dir), "--model.encoder.lora.r=4",
-                        "--trainer.logger.name=lora", save_dir=tmp_path))
+    cli = cli_main(train_args(*text_recipe(tiny_bert_dir, pairs_dir), "--model.encoder.lora.r=4",
+                              "--trainer.logger.name=lora", save_dir=tmp_path))
     run = tmp_path / "lora" / "version_0"
+    assert_st_evaluator_reproduces_the_logged_metrics(cli.model, cli.datamodule, str(run / "model"))
     (path,) = glob.glob(str(run / "checkpoints" / "last.ckpt"))
     checkpoint = torch.load(path, weights_only=False)
     parameters = [k for k in checkpoint["state_dict"] if not k.endswith(("position_ids", "token_type_ids"))]
@@ -292,6 +293,26 @@ def test_a_clip_lora_fit_exports_what_sentence_transformers_embeds_the_same(tmp_
     assert "### Adapters" in (export / "README.md").read_text()
 
 
+def assert_st_evaluator_reproduces_the_logged_metrics(module, datamodule, export: str, query_prompt: str | None = None):
+    """sentence-transformers' InformationRetrievalEvaluator on the export gives the final logged validation metrics:
+    the export embeds as the weights the metrics were computed with."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    streams, task = datamodule.streams["val"], datamodule.retrieval_tasks("val")[0]
+    evaluator = InformationRetrievalEvaluator(
+        queries={str(i): q for i, q in enumerate(streams["query"])},
+        corpus={str(i): d for i, d in enumerate(streams["corpus"])},
+        relevant_docs={str(i): {str(d) for d in rel} for i, rel in enumerate(task.relevant)},
+        name="dim_32", truncate_dim=32, query_prompt_name=query_prompt)
+    reference = evaluator(SentenceTransformer(export, device="cpu"))
+    final = module.history[-1][1]
+    assert any(key.startswith("dim_32_cosine_") for key in reference)
+    for key, value in reference.items():
+        if key.startswith("dim_32_cosine_"):
+            assert final[f"val/{key}"] == pytest.approx(value, abs=1e-5), key
+
+
 def test_the_adapters_alone_export_loads_in_sentence_transformers_with_peft(tmp_path, tiny_bert_dir, pairs_dir):
     """--export.adapters separate: peft's adapter files and sentence-transformers' modules, no base weights; ST loads
     them onto the base and embeds as the trained module; the card says how the export loads."""
@@ -307,6 +328,7 @@ def test_the_adapters_alone_export_loads_in_sentence_transformers_with_peft(tmp_
         mine = module.embed(module.processor(texts, "query"))
     torch.testing.assert_close(mine, st_embeddings(str(export), texts), rtol=0, atol=1e-5)
     assert "The export holds the adapters alone" in (export / "README.md").read_text()
+    assert_st_evaluator_reproduces_the_logged_metrics(cli.model, cli.datamodule, str(export))
 
 
 def test_the_adapters_alone_export_needs_adapters(capsys, tiny_bert_dir, pairs_dir):

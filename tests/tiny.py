@@ -23,3 +23,21 @@ TINY_OPEN_CLIP_CFG: dict = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
+
+
+def write_decoder_dir(directory: str, texts: list[str], **config) -> str:
+    """A random-init Qwen2 decoder (``TINY_QWEN2`` with ``config`` overrides) laid out like a hub snapshot, with a
+    byte-level BPE tokenizer trained on ``texts`` (400 tokens; what transformers rebuilds as a ``Qwen2Tokenizer``):
+    its end-of-sequence token is ``<|endoftext|>``, which, like Qwen's, it does not append."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>").save_pretrained(directory)
+    settings = {**TINY_QWEN2, **config, "vocab_size": backend.get_vocab_size()}
+    AutoModel.from_config(AutoConfig.for_model(settings.pop("model_type"), **settings)).save_pretrained(directory)
+    return directory
