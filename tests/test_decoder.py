@@ -200,29 +200,6 @@ def test_gradcache_with_lora_gives_the_plain_steps_gradients(minilm_path):
     assert_same(reference, grads(module))
 
 
-def test_a_lora_checkpoint_holds_the_adapters_and_loads_to_the_exported_model(tmp_path, tiny_bert_dir, pairs_dir,
-                                                                              caplog):
-    """The frozen base is not written at every checkpoint (building the module loads it again): the checkpoint holds
-    the adapters, and read back (load_model on the .ckpt) it embeds as the export does."""
-    import glob
-
-    from inference.models import load_model
-
-    cli = cli_main(train_args(*text_recipe(tiny_bert_dir, pairs_dir), "--model.encoder.lora.r=4",
-                              "--trainer.logger.name=lora", save_dir=tmp_path))
-    run = tmp_path / "lora" / "version_0"
-    assert_st_evaluator_reproduces_the_logged_metrics(cli.model, cli.datamodule, str(run / "model"))
-    (path,) = glob.glob(str(run / "checkpoints" / "last.ckpt"))
-    checkpoint = torch.load(path, weights_only=False)
-    parameters = [k for k in checkpoint["state_dict"] if not k.endswith(("position_ids", "token_type_ids"))]
-    assert parameters and all(".lora_" in k for k in parameters), parameters
-    assert checkpoint["litembed"]["frozen_from_base"] == tiny_bert_dir
-    assert "Checkpoints hold 1,024 values" in caplog.text  # 2 layers × (query, value) × (A 4×32 + B 32×4)
-    texts = [r["anchor"] for r in qa_rows(4)]
-    torch.testing.assert_close(load_model(path, device="cpu").encode_texts(texts),
-                               st_embeddings(str(run / "model"), texts), rtol=0, atol=1e-5)
-
-
 # ---- LoRA on CLIP towers: HF CLIPModel, open_clip (MLP linears, or its attention through peft) ----
 
 from lightning_modules.clip_backends import OpenClip, TransformersClip  # noqa: E402
@@ -313,12 +290,26 @@ def assert_st_evaluator_reproduces_the_logged_metrics(module, datamodule, export
             assert final[f"val/{key}"] == pytest.approx(value, abs=1e-5), key
 
 
-def test_the_adapters_alone_export_loads_in_sentence_transformers_with_peft(tmp_path, tiny_bert_dir, pairs_dir):
-    """--export.adapters separate: peft's adapter files and sentence-transformers' modules, no base weights; ST loads
-    them onto the base and embeds as the trained module; the card says how the export loads."""
+def test_lora_checkpoints_and_the_adapters_alone_export_load_to_the_trained_model(tmp_path, tiny_bert_dir, pairs_dir,
+                                                                                   caplog):
+    """The frozen base is not written at every checkpoint (building the module loads it again): the checkpoint holds
+    the adapters, and read back (load_model on the .ckpt) it embeds as the export does. --export.adapters separate:
+    peft's adapter files and sentence-transformers' modules, no base weights; ST loads them onto the base, embeds as the
+    trained module and reproduces the logged metrics; the card says how the export loads."""
+    from inference.models import load_model
+
     cli = cli_main(train_args(*text_recipe(tiny_bert_dir, pairs_dir), "--model.encoder.lora.r=4",
                               "--export.adapters=separate", "--trainer.logger.name=adapter", save_dir=tmp_path))
-    export = tmp_path / "adapter" / "version_0" / "model"
+    run = tmp_path / "adapter" / "version_0"
+    export = run / "model"
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    parameters = [k for k in checkpoint["state_dict"] if not k.endswith(("position_ids", "token_type_ids"))]
+    assert parameters and all(".lora_" in k for k in parameters), parameters
+    assert checkpoint["litembed"]["frozen_from_base"] == tiny_bert_dir
+    assert "Checkpoints hold 1,024 values" in caplog.text  # 2 layers × (query, value) × (A 4×32 + B 32×4)
+    anchors = [r["anchor"] for r in qa_rows(4)]
+    torch.testing.assert_close(load_model(str(run / "checkpoints" / "last.ckpt"), device="cpu").encode_texts(anchors),
+                               st_embeddings(str(export), anchors), rtol=0, atol=1e-5)
     files = set(os.listdir(export))
     assert {"adapter_config.json", "adapter_model.safetensors", "modules.json"} <= files
     assert not files & {"config.json", "model.safetensors"}

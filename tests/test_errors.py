@@ -63,7 +63,7 @@ def printed_config(capsys, *args: str) -> dict:
      "--model.init_args.loss.init_args.loss.init_args.scale must be > 0",
      "--model.init_args.loss.init_args.loss.init_args.scale=50"),
     ("--model.init_args.encoder.init_args.pooling=bogus", "--model.init_args.encoder.init_args.pooling must be one "
-     "of ('cls', 'mean'), got 'bogus'", "--model.init_args.encoder.init_args.pooling=cls"),
+     "of ('cls', 'mean', 'lasttoken'), got 'bogus'", "--model.init_args.encoder.init_args.pooling=cls"),
     ("--model.init_args.lr=-1", "--model.init_args.lr must be > 0, got -1.0", "--model.init_args.lr=1.0e-4"),
 ], ids=["batch_size", "matryoshka_dims", "matryoshka_weights", "inner_loss_scale", "pooling", "lr"])
 def test_constructor_error_is_one_line_naming_the_flag(capsys, bad, message, good):
@@ -189,7 +189,8 @@ def test_the_new_export_flags_named_are_accepted(capsys):
                             "--export.model_id=me/mine", "--export.language=[de]", "--export.license=mit",
                             "--export.usage_images=[a.png, https://example.com/b.png]")
     assert config["export"] == {"dirpath": "out", "title": "Mine", "model_id": "me/mine", "language": ["de"],
-                                "license": "mit", "usage_images": ["a.png", "https://example.com/b.png"]}
+                                "license": "mit", "usage_images": ["a.png", "https://example.com/b.png"],
+                                "adapters": "merged"}
 
 
 def test_print_config_still_works_and_has_no_optimizer(capsys):

@@ -261,8 +261,11 @@ def triplets_dir(tmp_path_factory) -> str:
 
 def test_a_guided_fit_trains_exports_and_names_its_guide(tmp_path, tiny_bert_dir, no_dropout_bert, triplets_dir,
                                                          caplog):
-    cli_main(train_args(*text_recipe(tiny_bert_dir, triplets_dir), *GIST,
-                        f"--model.loss.loss.guide={no_dropout_bert}", "--data.columns=[anchor, positive, negative]",
+    """GIST alone (no Matryoshka): its parameters, the guide's path among them, are on the card, which must hold no
+    local path (the export refuses one): the guide shows as its folder's name."""
+    recipe = [f for f in text_recipe(tiny_bert_dir, triplets_dir) if not f.startswith("--model.loss")]
+    cli_main(train_args(*recipe, "--model.loss=losses.GISTEmbedLoss", "--model.loss.temperature=0.05",
+                        f"--model.loss.guide={no_dropout_bert}", "--data.columns=[anchor, positive, negative]",
                         "--data.test_split=null", "--trainer.logger.name=gist", save_dir=tmp_path))
     # 40 anchors, 41 passages (a row's negative is the next row's positive)
     assert f"guide {no_dropout_bert}: 81 distinct training texts embedded once" in caplog.text
@@ -270,21 +273,11 @@ def test_a_guided_fit_trains_exports_and_names_its_guide(tmp_path, tiny_bert_dir
     trained = [float(row["train/loss"]) for row in logged_rows(run_dir) if row.get("train/loss")]
     assert len(trained) >= 5 and all(value == value for value in trained)
     card = (run_dir / "model" / "README.md").read_text()
-    assert '"loss": "GISTEmbedLoss"' in card and "@misc{solatorio2024gistembed," in card
+    assert "<code>GISTEmbedLoss</code>" in card and "@misc{solatorio2024gistembed," in card
+    assert '"guide": "…/bert-no-dropout0"' in card and '"margin_strategy": "absolute"' in card
     from sentence_transformers import SentenceTransformer
 
     assert SentenceTransformer(str(run_dir / "model")).encode(["a query"]).shape == (1, 32)
-
-
-def test_the_card_shows_a_local_guide_by_its_folder_name(tmp_path, tiny_bert_dir, no_dropout_bert, triplets_dir):
-    """GIST without Matryoshka: its parameters (the guide's path among them) are on the card, which must hold no
-    local path (the export refuses one): the guide shows as its folder's name."""
-    recipe = [f for f in text_recipe(tiny_bert_dir, triplets_dir) if not f.startswith("--model.loss")]
-    cli_main(train_args(*recipe, "--model.loss=losses.GISTEmbedLoss", f"--model.loss.guide={no_dropout_bert}",
-                        "--data.test_split=null", "--trainer.max_steps=2", "--trainer.logger.name=plain",
-                        save_dir=tmp_path))
-    card = (tmp_path / "plain" / "version_0" / "model" / "README.md").read_text()
-    assert '"guide": "…/bert-no-dropout0"' in card and '"margin_strategy": "absolute"' in card
 
 
 def test_the_table_holds_what_the_guide_computes_for_the_batch(tiny_bert_dir, no_dropout_bert, triplets_dir):
@@ -318,6 +311,7 @@ def test_the_table_holds_what_the_guide_computes_for_the_batch(tiny_bert_dir, no
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # a whole fit (or two); the default suite's guided fit and table test stay
 def test_a_streamed_guided_fit_embeds_each_batch(tmp_path, tiny_bert_dir, no_dropout_bert, triplets_dir, caplog):
     cli_main(train_args(*text_recipe(tiny_bert_dir, triplets_dir), *GIST,
                         f"--model.loss.loss.guide={no_dropout_bert}", "--data.columns=[anchor, positive, negative]",
@@ -347,6 +341,7 @@ def test_gist_without_a_guide_is_refused_naming_the_flag(capsys, tiny_bert_dir, 
             "--model.init_args.loss.init_args.loss.init_args.guide to a model litembed loads") in err, err
 
 
+@pytest.mark.slow  # a whole fit (or two); the default suite's guided fit and table test stay
 def test_a_guided_fit_with_gradcache_equals_the_plain_guided_fit(no_dropout_bert, tiny_bert_dir, triplets_dir):
     """CachedGISTEmbedLoss's promise: GradCache chunks change the memory, not the weights (the guide's embeddings
     are looked up for the whole batch either way)."""
@@ -361,6 +356,7 @@ def test_a_guided_fit_with_gradcache_equals_the_plain_guided_fit(no_dropout_bert
         assert torch.allclose(value, plain_weights[name], rtol=0, atol=1e-5), name
 
 
+@pytest.mark.slow  # a whole fit (or two); the default suite's guided fit and table test stay
 def test_a_mixture_guides_the_source_whose_loss_is_gist(tmp_path, tiny_bert_dir, no_dropout_bert, triplets_dir,
                                                        pairs_dir, caplog):
     """A GIST loss for one source of a mixture: only that source's texts get a table; the other trains with MNRL."""

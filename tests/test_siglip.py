@@ -163,6 +163,7 @@ def test_a_siglip_fit_learns_scale_and_bias_exports_and_says_so_on_the_card(tmp_
     assert SentenceTransformer(str(tmp_path / "siglip" / "version_0" / "model")).encode(["a red circle"]).shape[0] == 1
 
 
+@pytest.mark.slow  # a whole CLIP fit; the default suite's SigLIP fit stays
 def test_a_siglip_fit_with_a_locked_cached_image_tower(tmp_path):
     cli = cli_main(train_args(*clip_recipe(), "--model.loss=losses.SigLipLoss", "--model.lock_image=true",
                               "--test_after_fit=false", NO_EXPORT, "--trainer.logger.name=locked", save_dir=tmp_path))
