@@ -121,12 +121,14 @@ class Probe:
         return {"step_mb": peak - self.start_mb, "s_per_step": statistics.median(self.times[1:]), "steps": len(self.times)}
 
 
-def run_litembed(args, root: str, batch: int, chunk: int | None) -> dict:
+def timed_fit(flags: list[str], device: str, steps: int, precision: str = "32-true"):
+    """A text ``train.py fit`` of ``steps`` optimizer steps (validation, logging, checkpoints and export off) with
+    ``flags`` for the model and data; (its memory and step times as ``Probe.result()``, the fitted module)."""
     from lightning.pytorch import Callback
 
     from train import cli_main
 
-    probe = Probe(args.device)
+    probe = Probe(device)
 
     class Timing(Callback):
         def on_train_start(self, trainer, pl_module) -> None:
@@ -135,21 +137,26 @@ def run_litembed(args, root: str, batch: int, chunk: int | None) -> dict:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             probe.stepped()
 
-    cli = cli_main(["--seed_everything=0", f"--trainer.accelerator={args.device}", "--trainer.devices=1",
-                    f"--trainer.max_steps={args.steps}", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+    cli = cli_main(["--seed_everything=0", f"--trainer.accelerator={device}", "--trainer.devices=1",
+                    f"--trainer.max_steps={steps}", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
                     "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0",
-                    "--model=lightning_modules.text.TextEmbeddingModule", "--model.evaluate_before_training=false",
-                    "--export.dirpath=null", "--model.encoder=lightning_modules.text_encoder.TextEncoder",
-                    f"--model.encoder.model_name_or_path={root}/model", "--model.encoder.pooling=mean",
-                    f"--model.encoder.max_length={args.max_length}", "--model.loss=losses.MatryoshkaLoss",
-                    "--model.loss.loss=losses.MultipleNegativesRankingLoss", f"--model.loss.dims={dims(args.hidden)}",
-                    f"--model.gradcache_chunk_size={'null' if chunk is None else chunk}",
-                    "--data=datamodules.pairs.PairDataModule", f"--data.dataset={root}/train.jsonl",
-                    "--data.val_split=null", f"--data.batch_size={batch}", "--data.num_workers=0"], run=False)
+                    f"--trainer.precision={precision}", "--model=lightning_modules.text.TextEmbeddingModule",
+                    "--model.evaluate_before_training=false", "--export.dirpath=null",
+                    "--model.encoder=lightning_modules.text_encoder.TextEncoder",
+                    "--data=datamodules.pairs.PairDataModule", "--data.val_split=null", "--data.num_workers=0", *flags],
+                   run=False)
     cli.trainer.callbacks.append(Timing())
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    assert cli.trainer.global_step == args.steps
-    return probe.result()
+    assert cli.trainer.global_step == steps
+    return probe.result(), cli.model
+
+
+def run_litembed(args, root: str, batch: int, chunk: int | None) -> dict:
+    return timed_fit([f"--model.encoder.model_name_or_path={root}/model", "--model.encoder.pooling=mean",
+                      f"--model.encoder.max_length={args.max_length}", "--model.loss=losses.MatryoshkaLoss",
+                      "--model.loss.loss=losses.MultipleNegativesRankingLoss", f"--model.loss.dims={dims(args.hidden)}",
+                      f"--model.gradcache_chunk_size={'null' if chunk is None else chunk}",
+                      f"--data.dataset={root}/train.jsonl", f"--data.batch_size={batch}"], args.device, args.steps)[0]
 
 
 def run_st(args, root: str, batch: int, chunk: int | None) -> dict:

@@ -27,7 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.gradcache_memory import WORDS, Probe  # noqa: E402
+from bench.gradcache_memory import WORDS, timed_fit  # noqa: E402
 
 CONFIGS = {  # name → flags on top of the backbone's
     "full fine-tuning": [],
@@ -82,35 +82,13 @@ def backbone_flags(args, root: str, backbone: str) -> list[str]:
 
 
 def run(args, root: str, backbone: str, config: str) -> dict:
-    from lightning.pytorch import Callback
-
-    from train import cli_main
-
-    probe = Probe(args.device)
-
-    class Timing(Callback):
-        def on_train_start(self, trainer, pl_module) -> None:
-            probe.started()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            probe.stepped()
-
-    cli = cli_main(["--seed_everything=0", f"--trainer.accelerator={args.device}", "--trainer.devices=1",
-                    f"--trainer.max_steps={args.steps}", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
-                    "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0",
-                    f"--trainer.precision={'bf16-mixed' if args.device == 'cuda' else '32-true'}",
-                    "--model=lightning_modules.text.TextEmbeddingModule", "--model.evaluate_before_training=false",
-                    "--export.dirpath=null", "--model.encoder=lightning_modules.text_encoder.TextEncoder",
-                    *backbone_flags(args, root, backbone), f"--model.encoder.max_length={args.max_length}",
-                    "--model.loss=losses.MatryoshkaLoss", "--model.loss.loss=losses.MultipleNegativesRankingLoss",
-                    "--model.loss.dims=[64, 32]", *CONFIGS[config],
-                    "--data=datamodules.pairs.PairDataModule", f"--data.dataset={root}/train.jsonl",
-                    "--data.val_split=null", f"--data.batch_size={args.batch_size}", "--data.num_workers=0"], run=False)
-    cli.trainer.callbacks.append(Timing())
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    assert cli.trainer.global_step == args.steps
-    module = cli.model
-    return {**probe.result(), "trainable": sum(p.numel() for p in module.parameters() if p.requires_grad),
+    result, module = timed_fit(
+        [*backbone_flags(args, root, backbone), f"--model.encoder.max_length={args.max_length}",
+         "--model.loss=losses.MatryoshkaLoss", "--model.loss.loss=losses.MultipleNegativesRankingLoss",
+         "--model.loss.dims=[64, 32]", *CONFIGS[config], f"--data.dataset={root}/train.jsonl",
+         f"--data.batch_size={args.batch_size}"], args.device, args.steps,
+        "bf16-mixed" if args.device == "cuda" else "32-true")
+    return {**result, "trainable": sum(p.numel() for p in module.parameters() if p.requires_grad),
             "total": sum(p.numel() for p in module.parameters())}
 
 
