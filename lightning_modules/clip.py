@@ -65,12 +65,12 @@ class CLIPEmbeddingModule(EmbeddingModule):
         **kwargs,
     ) -> None:
         super().__init__(loss or MultipleNegativesRankingLoss(), **kwargs)
-        sigmoid = {flag: loss_ for flag, loss_ in self.named_losses().items() if getattr(loss_, "takes_bias", False)}
-        for flag, loss_ in self.named_losses().items():
-            if getattr(loss_, "takes_guide", False):
-                raise ValueError(f"{flag}: GISTEmbedLoss's guide is a text model, and a CLIP model's training columns "
-                                 f"hold images: train CLIP with losses.MultipleNegativesRankingLoss (or "
-                                 f"losses.PositiveAwareMNRL, which screens with the model's own scores)")
+        sigmoid = self.losses_with("takes_bias")
+        for flag in self.losses_with("takes_guide"):
+            raise ValueError(f"{flag}: GISTEmbedLoss's guide is a text model, and a CLIP model's training columns "
+                             f"hold images: train CLIP with losses.MultipleNegativesRankingLoss (or "
+                             f"losses.PositiveAwareMNRL, which screens with the model's own scores)")
+        for flag in self.named_losses():
             if sigmoid and flag not in sigmoid:
                 raise ValueError(f"{flag} is a softmax loss and {next(iter(sigmoid))} is SigLipLoss: a model trains "
                                  f"with one or the other (SigLIP's scale and bias would go untrained in the softmax "
@@ -158,7 +158,7 @@ class CLIPEmbeddingModule(EmbeddingModule):
     def on_predict_start(self) -> None:
         self._build_image_table()
 
-    def loss_kwargs(self, loss_fn: nn.Module | None = None) -> dict:
+    def loss_kwargs(self) -> dict:
         if self.sigmoid:
             return {"scale": self.sigmoid_logit_scale.exp(), "bias": self.sigmoid_logit_bias}
         return {"scale": self.encoder.logit_scale.exp()} if self.learn_logit_scale else {}

@@ -21,12 +21,10 @@ class TextEmbeddingModule(EmbeddingModule):
 
     def __init__(self, encoder: TextEncoder, loss: nn.Module | None = None, **kwargs) -> None:
         super().__init__(loss or MultipleNegativesRankingLoss(), **kwargs)
-        for flag, loss_ in self.named_losses().items():
-            if any(getattr(m, "takes_bias", False) for m in loss_.modules()):
-                raise ValueError(f"{flag}: SigLipLoss is for image–text models (lightning_modules.clip."
-                                 f"CLIPEmbeddingModule, which holds its learnable scale and bias); a text encoder "
-                                 f"trains with losses.MultipleNegativesRankingLoss, GISTEmbedLoss or a distillation "
-                                 f"loss")
+        for flag in self.losses_with("takes_bias"):
+            raise ValueError(f"{flag}: SigLipLoss is for image–text models (lightning_modules.clip."
+                             f"CLIPEmbeddingModule, which holds its learnable scale and bias); a text encoder trains "
+                             f"with losses.MultipleNegativesRankingLoss, GISTEmbedLoss or a distillation loss")
         self.encoder = encoder
         if isinstance(self.loss, MatryoshkaLoss) and max(self.loss.dims) > encoder.embedding_dim:
             raise ValueError(f"--model.init_args.loss.init_args.dims: {max(self.loss.dims)} is larger than the model's "
