@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
 from lightning_modules.hub import ENCODER_FLAGS as FLAG, loading
-from lightning_modules.lora import LoRA, add_lora, is_adapted, merged, summary, tower_targets
+from lightning_modules.lora import LoRA, add_lora, exportable, summary, tower_targets
 
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -100,7 +100,7 @@ class ClipBackend(nn.Module, ABC):
     @property
     def adapter_summary(self) -> str | None:
         """The LoRA adapters and the parameters they train (console and card); None for full fine-tuning."""
-        return summary(self.model) if is_adapted(self.model) else None
+        return summary(self.model)
 
     def image_transform(self, image: Image.Image, train: bool) -> Tensor:
         return self.processor.image_transform(image, train)
@@ -229,7 +229,7 @@ class TransformersClip(ClipBackend):
         ``get_image_features``, exactly as this backend; ``CLIPModel.from_pretrained(directory)`` loads it too.
         """
         os.makedirs(directory, exist_ok=True)
-        model = merged(self.model) if is_adapted(self.model) else self.model
+        model = exportable(self.model)
         model.save_pretrained(directory)
         self.processor.hf_processor.save_pretrained(directory)
         with torch.no_grad():  # what get_*_features returns decides where sentence-transformers finds the embedding
@@ -349,7 +349,7 @@ class OpenClip(ClipBackend):
         ``arch``, or here with ``OpenClip(arch="local-dir:<directory>")``.
         """
         os.makedirs(directory, exist_ok=True)
-        model = merged(self.model) if is_adapted(self.model) else self.model
+        model = exportable(self.model)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                   os.path.join(directory, OPEN_CLIP_WEIGHTS))
         with open(os.path.join(directory, OPEN_CLIP_CONFIG), "w") as f:

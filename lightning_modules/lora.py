@@ -61,8 +61,11 @@ def add_lora(model: nn.Module, options: LoRA, flag: str, targets: str | list[str
     return adapted
 
 
-def summary(model: nn.Module) -> str:
-    """What the adapters are and how many parameters train, as the console and the model card say it."""
+def summary(model: nn.Module) -> str | None:
+    """What the adapters are and how many parameters train, as the console and the model card say it; None for a
+    model without adapters (full fine-tuning)."""
+    if not is_adapted(model):
+        return None
     from peft.tuners.lora import LoraLayer
 
     config = model.peft_config["default"]
@@ -102,9 +105,10 @@ def tower_targets(options: LoRA, towers: list[str], prefixes: dict[str, str], de
     return rf"({scope})\..*\.({'|'.join(re.escape(n) for n in names)})"
 
 
-def merged(model: nn.Module) -> nn.Module:
-    """A copy of an adapted model with the adapters merged into the base weights (plain ``transformers`` model)."""
-    return copy.deepcopy(model).merge_and_unload()
+def exportable(model: nn.Module) -> nn.Module:
+    """The model to save: an adapted one as a copy with the adapters merged into the base weights (a plain model that
+    loads without peft), any other as it is."""
+    return copy.deepcopy(model).merge_and_unload() if is_adapted(model) else model
 
 
 def is_adapted(model: nn.Module) -> bool:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from lightning_modules.hub import ENCODER_FLAGS as FLAG, loading
-from lightning_modules.lora import LoRA, add_lora, is_adapted, merged, summary
+from lightning_modules.lora import LoRA, add_lora, exportable, is_adapted, summary
 
 PROMPT_LENGTH = "prompt_length"  # a feature: the prompt's leading tokens, left out of mean pooling
 
@@ -29,12 +29,13 @@ class TextProcessor:
         self.max_length = max_length
         self.prompts = prompts
         self.prompt_lengths = prompt_lengths  # the features say how many leading tokens the prompt took (pooling)
+        self._prompt_tokens: dict[str, int] = {}  # prompt → its length in tokens, counted once
 
     def __call__(self, texts: list[str], role: str = "document", prompt: str | None = None) -> dict[str, Tensor]:
         """``prompt``: the data's prompt for these texts, in place of the model's for ``role``."""
+        prompt = self._prompt(role, prompt)
         features = dict(self.tokenizer(self.prompted(texts, role, prompt), padding=True, truncation=True,
                                        max_length=self.max_length, return_tensors="pt"))
-        prompt = self.prompts.get(role, "") if prompt is None else prompt
         if self.prompt_lengths and prompt:
             features[PROMPT_LENGTH] = torch.full((len(texts),), self.prompt_length(prompt), dtype=torch.long)
         return features
@@ -42,13 +43,18 @@ class TextProcessor:
     def prompt_length(self, prompt: str) -> int:
         """The prompt's tokens at the start of a text's, as sentence-transformers counts them: the prompt tokenised
         alone, less a trailing special token (EOS, SEP)."""
-        ids = self.tokenizer([prompt], truncation=True, max_length=self.max_length)["input_ids"][0]
-        return len(ids) - (ids[-1] in self.tokenizer.all_special_ids)
+        if prompt not in self._prompt_tokens:
+            ids = self.tokenizer([prompt], truncation=True, max_length=self.max_length)["input_ids"][0]
+            self._prompt_tokens[prompt] = len(ids) - (ids[-1] in self.tokenizer.all_special_ids)
+        return self._prompt_tokens[prompt]
 
     def prompted(self, texts: list[str], role: str = "document", prompt: str | None = None) -> list[str]:
         """The texts as the encoder reads them: the data's ``prompt``, else the model's for ``role``, prepended."""
-        prompt = self.prompts.get(role, "") if prompt is None else prompt
+        prompt = self._prompt(role, prompt)
         return [prompt + t for t in texts] if prompt else list(texts)
+
+    def _prompt(self, role: str, prompt: str | None) -> str:
+        return self.prompts.get(role, "") if prompt is None else prompt
 
 
 class TextEncoder(nn.Module):
@@ -138,7 +144,7 @@ class TextEncoder(nn.Module):
     @property
     def adapter_summary(self) -> str | None:
         """The LoRA adapters and the parameters they train (console and card); None for full fine-tuning."""
-        return summary(self.model) if is_adapted(self.model) else None
+        return summary(self.model)
 
     @property
     def embedding_dim(self) -> int:
@@ -160,10 +166,8 @@ class TextEncoder(nn.Module):
         files, no ``config.json``), which sentence-transformers loads onto the base model with peft installed.
         """
         os.makedirs(directory, exist_ok=True)
-        if is_adapted(self.model) and not merge_adapters:
-            self.model.save_pretrained(directory)
-        else:
-            (merged(self.model) if is_adapted(self.model) else self.model).save_pretrained(directory)
+        (self.model if is_adapted(self.model) and not merge_adapters else exportable(self.model)).save_pretrained(
+            directory)
         self.processor.tokenizer.save_pretrained(directory)
         modules = [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
