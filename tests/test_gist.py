@@ -2,20 +2,18 @@
 gradients in float64, alone, inside Matryoshka, under 2 gloo ranks with the gather), and the guide-free
 positive-aware margin."""
 
-import datetime
 import itertools
 import sys
 from unittest import mock
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 from losses import GISTEmbedLoss, MatryoshkaLoss, MultipleNegativesRankingLoss, PositiveAwareMNRL
-from tests.test_losses import B, D, EmbeddingsModel, assert_same_loss_and_grads, embeddings
+from tests.test_losses import B, D, EmbeddingsModel, assert_same_loss_and_grads, embeddings, gloo_rank
 
 G = 12  # the guide's embedding size: its own, not the model's
 
@@ -188,11 +186,8 @@ def test_gist_rejects_bad_inputs():
 
 
 def _distributed_worker(rank: int, directory: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=60))
     rows = slice(rank * B, (rank + 1) * B)
-    results = {}
-    try:
+    with gloo_rank(rank, 2, directory) as results:
         for name, loss in [("gist", GISTEmbedLoss("guide", temperature=0.05, margin=0.05,
                                                   gather_across_devices=True)),
                            ("aware", PositiveAwareMNRL(gather_across_devices=True, contrast_positives=True))]:
@@ -201,9 +196,6 @@ def _distributed_worker(rank: int, directory: str) -> None:
             value = loss(*inputs, guide=guide) if name == "gist" else loss(*inputs)
             value.backward()
             results[name] = value.detach(), [e.grad for e in inputs]
-    finally:
-        torch.save(results, f"{directory}/rank{rank}.pt")
-        dist.destroy_process_group()
 
 
 def _st_gist_on_rank(st_loss, inputs: list[torch.Tensor], guide: list[torch.Tensor], rank: int) -> torch.Tensor:

@@ -3,6 +3,8 @@
 import datetime
 import random
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -282,12 +284,23 @@ def test_matryoshka_rejects_dim_larger_than_the_embeddings():
 
 
 # Cross-device gathering: two gloo processes on CPU, each holding half of one global batch.
-def _distributed_worker(rank: int, directory: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=2,
+@contextmanager
+def gloo_rank(rank: int, world: int, directory: str) -> Iterator[dict]:
+    """This spawned process as rank ``rank`` of ``world`` gloo processes meeting in ``directory``: yields a dict of
+    results, saved to ``directory/rank<rank>.pt`` for the test to read however the block ends."""
+    dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
-    rows = slice(rank * B, (rank + 1) * B)
-    results = {}
+    results: dict = {}
     try:
+        yield results
+    finally:
+        torch.save(results, f"{directory}/rank{rank}.pt")
+        dist.destroy_process_group()
+
+
+def _distributed_worker(rank: int, directory: str) -> None:
+    rows = slice(rank * B, (rank + 1) * B)
+    with gloo_rank(rank, 2, directory) as results:
         # all_gather_with_grad: rank r weighs the gathered rows by r + 1, so x's gradient is (1 + 2) everywhere.
         x = embeddings(1, rows=2 * B)[0].detach()[rows].T.contiguous().T.requires_grad_()  # a non-contiguous (B, D)
         gathered = all_gather_with_grad(x)
@@ -303,9 +316,6 @@ def _distributed_worker(rank: int, directory: str) -> None:
             MultipleNegativesRankingLoss(gather_across_devices=True)(*embeddings(2, rows=B + rank))
         except ValueError as error:
             results["unequal"] = str(error)
-    finally:
-        torch.save(results, f"{directory}/rank{rank}.pt")
-        dist.destroy_process_group()
 
 
 def _per_row_loss(scale: float, symmetric: bool, anchor, positive, *negatives) -> torch.Tensor:

@@ -1,17 +1,15 @@
 """SigLIP's sigmoid loss against open_clip's SigLipLoss itself: values and gradients (embeddings, scale and bias) in
 float64, alone and under 2 and 3 gloo ranks exchanging texts with their neighbours."""
 
-import datetime
 import math
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from losses import SigLipLoss
-from tests.test_losses import B, D, embeddings
+from tests.test_losses import B, D, embeddings, gloo_rank
 
 
 def leaves(seed: int = 0, rows: int = B) -> list[torch.Tensor]:
@@ -73,12 +71,9 @@ def test_siglip_refuses_hard_negative_columns_and_bad_shapes():
 
 
 def _worker(rank: int, world: int, directory: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
-    try:
+    with gloo_rank(rank, world, directory) as results:
         full = leaves(seed=1, rows=world * B)
         rows = slice(rank * B, (rank + 1) * B)
-        results = {}
         for name, loss_fn, kwargs in [("ours", ours, {}), ("theirs", theirs, {"rank": rank, "world_size": world}),
                                       ("local", ours, {"gather_across_devices": False})]:
             inputs = [full[0].detach()[rows].requires_grad_(), full[1].detach()[rows].requires_grad_(),
@@ -86,9 +81,6 @@ def _worker(rank: int, world: int, directory: str) -> None:
             loss = loss_fn(inputs, **kwargs)
             loss.backward()
             results[name] = loss.detach(), [t.grad for t in inputs]
-    finally:
-        torch.save(results, f"{directory}/rank{rank}.pt")
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("world", [2, pytest.param(3, marks=pytest.mark.slow)])  # 3: both ways round (~18 s)
